@@ -53,7 +53,7 @@ func TestGhostMXIDErrors(t *testing.T) {
 	}{
 		{"@bob:example.org", ErrNotGhost},
 		{"@_xmpp_alice=40example.com:other.org", ErrNotGhost},
-		{"@_xmpp_alice:example.org", ErrNotGhost},                // no domain in the JID
+		{"@_xmpp_alice:example.org", ErrNotGhost},                 // no domain in the JID
 		{"@_xmpp_alice=40example=2ecom:example.org", ErrNotGhost}, // '.' escaped: not canonical
 		{"@_xmpp_alice=4:example.org", ErrNotGhost},
 		{"@_xmpp_a_=40b.c:example.org", ErrNotGhost},

@@ -1,0 +1,304 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// ControlStream is the JetStream stream that keeps durable events.
+const ControlStream = "PB_CONTROL"
+
+// Handler receives events from [Bus.Subscribe]. It is called from one
+// goroutine per subscription, in order; it must not block for long.
+type Handler func(ctx context.Context, ev *Event)
+
+// DurableHandler receives events from [Bus.Consume]. Returning an error
+// redelivers the event later; returning nil acknowledges it.
+type DurableHandler func(ctx context.Context, ev *Event) error
+
+// Bus is the connection to NATS, embedded or external, and everything above
+// it. It is safe for concurrent use.
+type Bus struct {
+	nc    *nats.Conn
+	js    jetstream.JetStream
+	srv   *server.Server // nil when external
+	store *Store
+	log   *slog.Logger
+	seq   Sequencer
+
+	closeOnce sync.Once
+}
+
+// Open connects to NATS (starting the embedded server if cfg has no URLs),
+// and creates the control stream and buckets if they are missing.
+func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Bus, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("bridge: nats config: %w", err)
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	b := &Bus{log: log}
+	opts := []nats.Option{
+		nats.Name("presence-bridge"),
+		nats.MaxReconnects(-1),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("nats disconnected", "err", err) }),
+		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "url", c.ConnectedUrlRedacted()) }),
+		nats.ErrorHandler(func(_ *nats.Conn, s *nats.Subscription, err error) {
+			subj := ""
+			if s != nil {
+				subj = s.Subject
+			}
+			log.Error("nats async error", "subject", subj, "err", err)
+		}),
+	}
+	url := ""
+	if cfg.IsEmbedded() {
+		srv, err := startEmbedded(cfg.Embedded)
+		if err != nil {
+			return nil, err
+		}
+		b.srv = srv
+		opts = append(opts, nats.InProcessServer(srv))
+		log.Info("embedded nats started", "data_dir", cfg.Embedded.DataDir, "listen", cfg.Embedded.Listen)
+	} else {
+		url = joinURLs(cfg.URLs)
+		switch {
+		case cfg.CredentialsFile != "":
+			opts = append(opts, nats.UserCredentials(cfg.CredentialsFile))
+		case cfg.Token != "":
+			opts = append(opts, nats.Token(cfg.Token))
+		case cfg.User != "":
+			opts = append(opts, nats.UserInfo(cfg.User, cfg.Password))
+		}
+	}
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		b.shutdownServer()
+		return nil, fmt.Errorf("bridge: connect to nats: %w", err)
+	}
+	b.nc = nc
+	if b.js, err = jetstream.New(nc); err != nil {
+		b.Close()
+		return nil, fmt.Errorf("bridge: jetstream: %w", err)
+	}
+	if err := b.ensureStream(ctx, cfg); err != nil {
+		b.Close()
+		return nil, err
+	}
+	if b.store, err = openStore(ctx, b.js, cfg.Replicas); err != nil {
+		b.Close()
+		return nil, err
+	}
+	return b, nil
+}
+
+func joinURLs(urls []string) string {
+	s := ""
+	for i, u := range urls {
+		if i > 0 {
+			s += ","
+		}
+		s += u
+	}
+	return s
+}
+
+func startEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
+	opts := &server.Options{
+		ServerName: "presence-bridge",
+		JetStream:  true,
+		StoreDir:   cfg.DataDir,
+		NoSigs:     true,
+		NoLog:      true,
+		DontListen: cfg.Listen == "",
+	}
+	if cfg.Listen != "" {
+		host, port, err := net.SplitHostPort(cfg.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("bridge: nats.embedded.listen: %w", err)
+		}
+		opts.Host = host
+		if opts.Port, err = strconv.Atoi(port); err != nil {
+			return nil, fmt.Errorf("bridge: nats.embedded.listen: %w", err)
+		}
+		if opts.Port == 0 {
+			opts.Port = server.RANDOM_PORT
+		}
+	}
+	srv, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("bridge: embedded nats: %w", err)
+	}
+	srv.Start()
+	if !srv.ReadyForConnections(30 * time.Second) {
+		srv.Shutdown()
+		return nil, fmt.Errorf("bridge: embedded nats did not start (data dir %s)", cfg.DataDir)
+	}
+	return srv, nil
+}
+
+func (b *Bus) ensureStream(ctx context.Context, cfg Config) error {
+	var subjects []string
+	for _, k := range []Kind{KindSubscription, KindMembership, KindOptOut} {
+		subjects = append(subjects, subjectRoot+".*.*."+string(k)+".*")
+	}
+	_, err := b.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:      ControlStream,
+		Subjects:  subjects,
+		Storage:   jetstream.FileStorage,
+		Retention: jetstream.LimitsPolicy,
+		MaxAge:    cfg.ControlMaxAge,
+		Replicas:  cfg.Replicas,
+	})
+	if err != nil {
+		return fmt.Errorf("bridge: create stream %s: %w", ControlStream, err)
+	}
+	return nil
+}
+
+// Store returns the state buckets.
+func (b *Bus) Store() *Store { return b.store }
+
+// Conn returns the underlying NATS connection.
+func (b *Bus) Conn() *nats.Conn { return b.nc }
+
+// ClientURL returns the URL other processes can use to reach the embedded
+// server when it listens, else "".
+func (b *Bus) ClientURL() string {
+	if b.srv == nil || b.srv.Addr() == nil {
+		return ""
+	}
+	return b.srv.ClientURL()
+}
+
+// Publish completes ev (version, id, sequence, time) and publishes it in
+// direction dir: In on ev.Origin's subject, Out on the other network's.
+// Durable kinds wait for the stream's acknowledgement.
+func (b *Bus) Publish(ctx context.Context, dir Direction, ev *Event) error {
+	if ev.V == 0 {
+		ev.V = SchemaVersion
+	}
+	if ev.ID == "" {
+		ev.ID = NewID()
+	}
+	if ev.Seq == 0 {
+		ev.Seq = b.seq.Next()
+	}
+	if ev.ObservedAt.IsZero() {
+		ev.ObservedAt = time.Now().UTC()
+	}
+	data, err := EncodeEvent(ev)
+	if err != nil {
+		return err
+	}
+	net := ev.Origin
+	if dir == Out {
+		net = ev.Origin.Other()
+	}
+	subj := Subject(dir, net, ev.Kind, ev.User)
+	if ev.Kind.Durable() {
+		if _, err := b.js.Publish(ctx, subj, data, jetstream.WithMsgID(ev.ID)); err != nil {
+			return fmt.Errorf("bridge: publish %s: %w", subj, err)
+		}
+		return nil
+	}
+	if err := b.nc.Publish(subj, data); err != nil {
+		return fmt.Errorf("bridge: publish %s: %w", subj, err)
+	}
+	return nil
+}
+
+// Subscribe delivers events on subjects matching filter (see
+// [SubjectFilter]) to h until the subscription is drained or the bus
+// closed. Malformed messages are logged and dropped.
+func (b *Bus) Subscribe(ctx context.Context, filter string, h Handler) (*nats.Subscription, error) {
+	sub, err := b.nc.Subscribe(filter, func(m *nats.Msg) {
+		ev, err := DecodeEvent(m.Data)
+		if err != nil {
+			b.log.Warn("dropping malformed bus message", "subject", m.Subject, "err", err)
+			return
+		}
+		h(ctx, ev)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bridge: subscribe %s: %w", filter, err)
+	}
+	return sub, nil
+}
+
+// Consume reads durable events matching filter through the durable consumer
+// name, which resumes where it stopped after a restart. It blocks until ctx
+// ends. Malformed events are logged and terminated; a handler error
+// redelivers the event after a delay.
+func (b *Bus) Consume(ctx context.Context, name, filter string, h DurableHandler) error {
+	cons, err := b.js.CreateOrUpdateConsumer(ctx, ControlStream, jetstream.ConsumerConfig{
+		Durable:       name,
+		FilterSubject: filter,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       30 * time.Second,
+		MaxDeliver:    -1,
+		BackOff:       nil,
+	})
+	if err != nil {
+		return fmt.Errorf("bridge: consumer %s: %w", name, err)
+	}
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		ev, err := DecodeEvent(m.Data())
+		if err != nil {
+			b.log.Warn("dropping malformed control event", "subject", m.Subject(), "err", err)
+			_ = m.Term()
+			return
+		}
+		if err := h(ctx, ev); err != nil {
+			b.log.Warn("control event failed, will retry", "subject", m.Subject(), "id", ev.ID, "err", err)
+			_ = m.NakWithDelay(time.Second)
+			return
+		}
+		_ = m.Ack()
+	})
+	if err != nil {
+		return fmt.Errorf("bridge: consume %s: %w", name, err)
+	}
+	<-ctx.Done()
+	cc.Drain()
+	<-cc.Closed()
+	return nil
+}
+
+// Close drains the connection and stops the embedded server. It is safe to
+// call more than once.
+func (b *Bus) Close() error {
+	var err error
+	b.closeOnce.Do(func() {
+		if b.nc != nil {
+			if e := b.nc.Drain(); e != nil && !errors.Is(e, nats.ErrConnectionClosed) {
+				err = e
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for !b.nc.IsClosed() && time.Now().Before(deadline) {
+				time.Sleep(5 * time.Millisecond)
+			}
+			b.nc.Close()
+		}
+		b.shutdownServer()
+	})
+	return err
+}
+
+func (b *Bus) shutdownServer() {
+	if b.srv != nil {
+		b.srv.Shutdown()
+		b.srv.WaitForShutdown()
+	}
+}

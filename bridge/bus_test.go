@@ -1,0 +1,165 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/presence-bridge/presence-bridge/mapping"
+)
+
+// openTestBus starts an embedded server in a temp dir.
+func openTestBus(t testing.TB, dir string) *Bus {
+	t.Helper()
+	cfg := Default()
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	cfg.Embedded.DataDir = dir
+	b, err := Open(context.Background(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func TestPublishSubscribePresence(t *testing.T) {
+	b := openTestBus(t, "")
+	ctx := context.Background()
+	var mu sync.Mutex
+	var got []*Event
+	if _, err := b.Subscribe(ctx, SubjectFilter(In, mapping.NetworkXMPP, KindPresence), func(_ context.Context, ev *Event) {
+		mu.Lock()
+		got = append(got, ev)
+		mu.Unlock()
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// Something on the other network or direction must not arrive.
+	_ = b.Publish(ctx, In, &Event{Kind: KindPresence, Origin: mapping.NetworkMatrix, User: "@bob:example.org", Presence: &mapping.Presence{State: mapping.StateAway}})
+	_ = b.Publish(ctx, Out, &Event{Kind: KindPresence, Origin: mapping.NetworkMatrix, User: "@bob:example.org", Presence: &mapping.Presence{State: mapping.StateAway}})
+	want := mapping.Presence{State: mapping.StateBusy, Status: "in a meeting", Priority: 5}
+	if err := b.Publish(ctx, In, &Event{Kind: KindPresence, Origin: mapping.NetworkXMPP, User: "alice@example.com", Presence: &want}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "presence event", func() bool { mu.Lock(); defer mu.Unlock(); return len(got) > 0 })
+	b.Conn().Flush()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 1 || got[0].User != "alice@example.com" || !got[0].Presence.Equal(want) || got[0].Seq == 0 || got[0].ID == "" {
+		t.Fatalf("got %+v", got)
+	}
+}
+
+func TestPublishRejectsInvalidEvent(t *testing.T) {
+	b := openTestBus(t, "")
+	err := b.Publish(context.Background(), In, &Event{Kind: KindPresence, Origin: mapping.NetworkXMPP, User: "alice@example.com"})
+	if !errors.Is(err, ErrBadEvent) {
+		t.Fatalf("presence without payload: err = %v", err)
+	}
+}
+
+// TestDurableSurvivesRestart: a subscription request published while nobody
+// consumes is delivered after the bus (and its embedded server) restart.
+func TestDurableSurvivesRestart(t *testing.T) {
+	dir := t.TempDir()
+	b := openTestBus(t, dir)
+	ctx := context.Background()
+	ev := &Event{Kind: KindSubscription, Origin: mapping.NetworkXMPP, User: "alice@example.com", Peer: "@bob:example.org", Subscription: &SubscriptionPayload{Type: Subscribe}}
+	if err := b.Publish(ctx, In, ev); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+
+	b2 := openTestBus(t, dir)
+	cctx, cancel := context.WithCancel(ctx)
+	var n atomic.Int32
+	var first atomic.Bool
+	done := make(chan error, 1)
+	go func() {
+		done <- b2.Consume(cctx, "test", SubjectFilter(In, mapping.NetworkXMPP, KindSubscription), func(_ context.Context, got *Event) error {
+			if got.ID != ev.ID || got.Subscription.Type != Subscribe {
+				t.Errorf("got %+v", got)
+			}
+			// Fail the first delivery: it must come again.
+			if first.CompareAndSwap(false, true) {
+				return errors.New("not yet")
+			}
+			n.Add(1)
+			return nil
+		})
+	}()
+	waitFor(t, 10*time.Second, "redelivered subscription", func() bool { return n.Load() == 1 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestBucketUpdateCompareAndSet(t *testing.T) {
+	b := openTestBus(t, "")
+	ctx := context.Background()
+	key := PairKey("@bob:example.org", "alice@example.com")
+	var wg sync.WaitGroup
+	const writers = 20
+	for i := 0; i < writers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := b.Store().Links.Update(ctx, key, func(cur Link, exists bool) (Link, bool, error) {
+				cur.RoomID += "x" // every writer must be counted once
+				return cur, true, nil
+			})
+			if err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	got, _, err := b.Store().Links.Get(ctx, key)
+	if err != nil || len(got.RoomID) != writers {
+		t.Fatalf("after %d racing updates: %q, %v", writers, got.RoomID, err)
+	}
+	if _, _, err := b.Store().Links.Get(ctx, PairKey("@nobody:x.y", "n@x.y")); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("missing key: %v", err)
+	}
+}
+
+func TestPresenceNeverOverwrittenByOlder(t *testing.T) {
+	b := openTestBus(t, "")
+	ctx := context.Background()
+	s := b.Store()
+	newer := PresenceRecord{Presence: mapping.Presence{State: mapping.StateAway}, Seq: 20}
+	older := PresenceRecord{Presence: mapping.Presence{State: mapping.StateAvailable}, Seq: 10}
+	if ok, err := s.PutPresenceIfNewer(ctx, mapping.NetworkXMPP, "alice@example.com", newer); !ok || err != nil {
+		t.Fatalf("first write: %v %v", ok, err)
+	}
+	if ok, err := s.PutPresenceIfNewer(ctx, mapping.NetworkXMPP, "alice@example.com", older); ok || err != nil {
+		t.Fatalf("older write: %v %v", ok, err)
+	}
+	got, _, _ := s.Presence.Get(ctx, PresenceKey(mapping.NetworkXMPP, "alice@example.com"))
+	if got.Presence.State != mapping.StateAway {
+		t.Fatalf("stored %v, want the newer away", got.Presence.State)
+	}
+	var keys []string
+	_ = s.Presence.Range(ctx, func(k string, _ PresenceRecord) error { keys = append(keys, k); return nil })
+	if len(keys) != 1 || keys[0] != "xmpp.alice=40example=2Ecom" {
+		t.Fatalf("keys %v", keys)
+	}
+}

@@ -1,0 +1,288 @@
+package bridge
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/presence-bridge/presence-bridge/mapping"
+)
+
+// ErrNotFound is returned by [Bucket.Get] for a key that holds nothing.
+var ErrNotFound = errors.New("bridge: not found")
+
+// The bucket names.
+const (
+	BucketPresence      = "pb_presence"
+	BucketSubscriptions = "pb_subscriptions"
+	BucketLinks         = "pb_links"
+	BucketSettings      = "pb_settings"
+	BucketTxns          = "pb_txns"
+)
+
+// PresenceRecord is the last presence of one user on one side.
+type PresenceRecord struct {
+	Presence    mapping.Presence `json:"presence"`
+	OriginState mapping.State    `json:"origin_state,omitzero"`
+	Seq         uint64           `json:"seq"`
+	UpdatedAt   time.Time        `json:"updated_at"`
+}
+
+// Subscription is the RFC 6121 subscription state between a puppet and an
+// XMPP contact, from the puppet's point of view: From means the contact may
+// see the puppet's presence, To that the puppet sees the contact's. Of the
+// sixteen combinations only nine are legal (To excludes PendingOut, From
+// excludes PendingIn); the XMPP side owns the transitions.
+type Subscription struct {
+	To         bool      `json:"to,omitempty"`
+	From       bool      `json:"from,omitempty"`
+	PendingOut bool      `json:"pending_out,omitempty"`
+	PendingIn  bool      `json:"pending_in,omitempty"`
+	UpdatedAt  time.Time `json:"updated_at"`
+}
+
+// LinkState is where the consent between a Matrix user and an XMPP user stands.
+type LinkState string
+
+// The link states.
+const (
+	LinkAsked    LinkState = "asked"
+	LinkApproved LinkState = "approved"
+	LinkDenied   LinkState = "denied"
+	LinkRevoked  LinkState = "revoked"
+)
+
+// Link is the consent between a Matrix user and an XMPP user, and the room
+// that carries it on Matrix.
+type Link struct {
+	MatrixUser string    `json:"matrix_user"`
+	XMPPUser   string    `json:"xmpp_user"`
+	RoomID     string    `json:"room_id,omitempty"`
+	State      LinkState `json:"state"`
+	UpdatedAt  time.Time `json:"updated_at"`
+}
+
+// UserSettings are one person's choices.
+type UserSettings struct {
+	// OptOut stops the export of this person's presence to the other network.
+	OptOut    bool      `json:"optout,omitempty"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// Store holds the bridge's state in JetStream KV buckets.
+type Store struct {
+	// Presence: key PresenceKey(network, user).
+	Presence *Bucket[PresenceRecord]
+	// Subscriptions: key PairKey(matrix user, xmpp bare JID).
+	Subscriptions *Bucket[Subscription]
+	// Links: key PairKey(matrix user, xmpp bare JID).
+	Links *Bucket[Link]
+	// Settings: key PresenceKey(network, user).
+	Settings *Bucket[UserSettings]
+	// Txns: Matrix transaction ids already processed, kept for a day.
+	Txns *Bucket[time.Time]
+}
+
+// PresenceKey is the key of one user on one network.
+func PresenceKey(net mapping.Network, user string) string {
+	return net.String() + "." + EncodeToken(user)
+}
+
+// PairKey is the key of a (Matrix user, XMPP user) pair.
+func PairKey(matrixUser, xmppUser string) string {
+	return EncodeToken(matrixUser) + "." + EncodeToken(xmppUser)
+}
+
+// ParsePairKey is the inverse of [PairKey].
+func ParsePairKey(key string) (matrixUser, xmppUser string, err error) {
+	for i := 0; i < len(key); i++ {
+		if key[i] == '.' {
+			if matrixUser, err = DecodeToken(key[:i]); err == nil {
+				xmppUser, err = DecodeToken(key[i+1:])
+			}
+			return matrixUser, xmppUser, err
+		}
+	}
+	return "", "", fmt.Errorf("%w: pair key %q", ErrBadToken, key)
+}
+
+func openStore(ctx context.Context, js jetstream.JetStream, replicas int) (*Store, error) {
+	s := &Store{}
+	var err error
+	if s.Presence, err = openBucket[PresenceRecord](ctx, js, BucketPresence, replicas, 0); err != nil {
+		return nil, err
+	}
+	if s.Subscriptions, err = openBucket[Subscription](ctx, js, BucketSubscriptions, replicas, 0); err != nil {
+		return nil, err
+	}
+	if s.Links, err = openBucket[Link](ctx, js, BucketLinks, replicas, 0); err != nil {
+		return nil, err
+	}
+	if s.Settings, err = openBucket[UserSettings](ctx, js, BucketSettings, replicas, 0); err != nil {
+		return nil, err
+	}
+	if s.Txns, err = openBucket[time.Time](ctx, js, BucketTxns, replicas, 24*time.Hour); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// PutPresenceIfNewer stores rec for (net, user) unless a record with a
+// sequence at least as large is already there. It reports whether it wrote.
+func (s *Store) PutPresenceIfNewer(ctx context.Context, net mapping.Network, user string, rec PresenceRecord) (bool, error) {
+	wrote := false
+	_, err := s.Presence.Update(ctx, PresenceKey(net, user), func(cur PresenceRecord, exists bool) (PresenceRecord, bool, error) {
+		if exists && cur.Seq >= rec.Seq {
+			wrote = false
+			return cur, false, nil
+		}
+		wrote = true
+		return rec, true, nil
+	})
+	return wrote, err
+}
+
+// Bucket is a typed JetStream KV bucket holding JSON values.
+type Bucket[T any] struct {
+	kv   jetstream.KeyValue
+	name string
+}
+
+func openBucket[T any](ctx context.Context, js jetstream.JetStream, name string, replicas int, ttl time.Duration) (*Bucket[T], error) {
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:   name,
+		History:  1,
+		Storage:  jetstream.FileStorage,
+		Replicas: replicas,
+		TTL:      ttl,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bridge: bucket %s: %w", name, err)
+	}
+	return &Bucket[T]{kv: kv, name: name}, nil
+}
+
+// Get returns the value at key and its revision, or [ErrNotFound].
+func (b *Bucket[T]) Get(ctx context.Context, key string) (T, uint64, error) {
+	var v T
+	e, err := b.kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return v, 0, ErrNotFound
+	}
+	if err != nil {
+		return v, 0, fmt.Errorf("bridge: %s get %q: %w", b.name, key, err)
+	}
+	if err := json.Unmarshal(e.Value(), &v); err != nil {
+		return v, 0, fmt.Errorf("bridge: %s get %q: corrupt value: %w", b.name, key, err)
+	}
+	return v, e.Revision(), nil
+}
+
+// Put stores v at key unconditionally.
+func (b *Bucket[T]) Put(ctx context.Context, key string, v T) (uint64, error) {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return 0, fmt.Errorf("bridge: %s put %q: %w", b.name, key, err)
+	}
+	rev, err := b.kv.Put(ctx, key, data)
+	if err != nil {
+		return 0, fmt.Errorf("bridge: %s put %q: %w", b.name, key, err)
+	}
+	return rev, nil
+}
+
+// Create stores v at key only if the key holds nothing; it returns
+// (false, nil) if it already did.
+func (b *Bucket[T]) Create(ctx context.Context, key string, v T) (bool, error) {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return false, err
+	}
+	_, err = b.kv.Create(ctx, key, data)
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("bridge: %s create %q: %w", b.name, key, err)
+	}
+	return true, nil
+}
+
+// Update reads key, calls fn with the current value (zero and false if
+// none) and, if fn says so, writes its result with compare-and-set,
+// retrying fn when another writer got there first. It returns the value
+// that is stored afterwards.
+func (b *Bucket[T]) Update(ctx context.Context, key string, fn func(cur T, exists bool) (next T, write bool, err error)) (T, error) {
+	for attempt := 0; ; attempt++ {
+		cur, rev, err := b.Get(ctx, key)
+		exists := err == nil
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return cur, err
+		}
+		next, write, err := fn(cur, exists)
+		if err != nil || !write {
+			return cur, err
+		}
+		data, err := json.Marshal(next)
+		if err != nil {
+			return cur, fmt.Errorf("bridge: %s update %q: %w", b.name, key, err)
+		}
+		if exists {
+			_, err = b.kv.Update(ctx, key, data, rev)
+		} else {
+			_, err = b.kv.Create(ctx, key, data)
+		}
+		if err == nil {
+			return next, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !errors.Is(err, jetstream.ErrKeyExists) {
+			return cur, fmt.Errorf("bridge: %s update %q: %w", b.name, key, err)
+		}
+		if attempt >= 100 {
+			return cur, fmt.Errorf("bridge: %s update %q: too much contention", b.name, key)
+		}
+		if ctx.Err() != nil {
+			return cur, ctx.Err()
+		}
+	}
+}
+
+// Delete removes key.
+func (b *Bucket[T]) Delete(ctx context.Context, key string) error {
+	if err := b.kv.Delete(ctx, key); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("bridge: %s delete %q: %w", b.name, key, err)
+	}
+	return nil
+}
+
+// Range calls fn for every key and value in the bucket. Values that no
+// longer decode are skipped with an error joined into the result.
+func (b *Bucket[T]) Range(ctx context.Context, fn func(key string, v T) error) error {
+	lister, err := b.kv.ListKeys(ctx)
+	if err != nil {
+		return fmt.Errorf("bridge: %s list: %w", b.name, err)
+	}
+	var keys []string
+	for k := range lister.Keys() {
+		keys = append(keys, k)
+	}
+	var errs []error
+	for _, k := range keys {
+		v, _, err := b.Get(ctx, k)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err := fn(k, v); err != nil {
+			return err
+		}
+	}
+	return errors.Join(errs...)
+}
