@@ -250,6 +250,9 @@ func (b *Bus) Consume(ctx context.Context, name, filter string, h DurableHandler
 		MaxDeliver:    -1,
 		BackOff:       nil,
 	})
+	if ctx.Err() != nil {
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("bridge: consumer %s: %w", name, err)
 	}

@@ -63,6 +63,8 @@ type Link struct {
 	XMPPUser   string    `json:"xmpp_user"`
 	RoomID     string    `json:"room_id,omitempty"`
 	State      LinkState `json:"state"`
+	// Initiator is the network of the person who asked first.
+	Initiator mapping.Network `json:"initiator,omitzero"`
 	UpdatedAt  time.Time `json:"updated_at"`
 }
 

@@ -1,0 +1,104 @@
+package core
+
+import (
+	"sync"
+	"time"
+)
+
+// coalescer rate-limits emissions per key: the first offer after a quiet
+// window is emitted at once (no added latency for single changes); offers
+// within the window replace each other and the latest is emitted when the
+// window ends. So a burst costs at most one emission per window per key and
+// its final state is never lost.
+type coalescer[T any] struct {
+	window time.Duration
+	emit   func(key string, v T)
+
+	mu      sync.Mutex
+	slots   map[string]*slot[T]
+	stopped bool
+}
+
+type slot[T any] struct {
+	last    time.Time // when the last emission happened
+	pending bool
+	value   T
+	timer   *time.Timer
+}
+
+func newCoalescer[T any](window time.Duration, emit func(string, T)) *coalescer[T] {
+	return &coalescer[T]{window: window, emit: emit, slots: make(map[string]*slot[T])}
+}
+
+// Offer hands in the latest value for key.
+func (c *coalescer[T]) Offer(key string, v T) {
+	now := time.Now()
+	c.mu.Lock()
+	if c.stopped {
+		c.mu.Unlock()
+		return
+	}
+	s := c.slots[key]
+	if s == nil {
+		s = &slot[T]{}
+		c.slots[key] = s
+	}
+	if s.timer == nil && now.Sub(s.last) >= c.window {
+		s.last = now
+		c.mu.Unlock()
+		c.emit(key, v)
+		return
+	}
+	s.value, s.pending = v, true
+	if s.timer == nil {
+		s.timer = time.AfterFunc(s.last.Add(c.window).Sub(now), func() { c.fire(key) })
+	}
+	c.mu.Unlock()
+}
+
+func (c *coalescer[T]) fire(key string) {
+	c.mu.Lock()
+	s := c.slots[key]
+	if c.stopped || s == nil {
+		c.mu.Unlock()
+		return
+	}
+	s.timer = nil
+	if !s.pending {
+		delete(c.slots, key)
+		c.mu.Unlock()
+		return
+	}
+	v := s.value
+	var zero T
+	s.value, s.pending = zero, false
+	s.last = time.Now()
+	// Come back once more after the window to forget an idle key.
+	s.timer = time.AfterFunc(c.window, func() { c.fire(key) })
+	c.mu.Unlock()
+	c.emit(key, v)
+}
+
+// Flush emits every pending value now and stops all timers.
+func (c *coalescer[T]) Flush() {
+	c.mu.Lock()
+	c.stopped = true
+	type kv struct {
+		k string
+		v T
+	}
+	var out []kv
+	for k, s := range c.slots {
+		if s.timer != nil {
+			s.timer.Stop()
+		}
+		if s.pending {
+			out = append(out, kv{k, s.value})
+		}
+	}
+	clear(c.slots)
+	c.mu.Unlock()
+	for _, e := range out {
+		c.emit(e.k, e.v)
+	}
+}

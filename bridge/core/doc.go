@@ -1,0 +1,28 @@
+// Package core is the bridge's brain: it reads what the two sides observed
+// (bridge.In events), decides who may see what, and tells the sides what to
+// do (bridge.Out events). It never talks to XMPP or Matrix itself.
+//
+// Rules, each enforced here and proved by a test:
+//   - Loop prevention: events about the bridge's own puppets and ghosts are
+//     dropped, so presence the bridge set is never bridged back.
+//   - Access: allow/deny lists of XMPP domains and Matrix servers.
+//   - Opt-out: a person who opted out has no presence exported; on opting
+//     out the other side sees them go offline once.
+//   - Order: per user, an event with an older sequence never overrides a
+//     newer one.
+//   - Coalescing: per user, the first change in a quiet period goes out at
+//     once; further changes within the coalescing window collapse into the
+//     latest, sent when the window ends.
+//   - Consent (DESIGN-NOTES §3): an XMPP subscribe to a puppet becomes an
+//     invite from the XMPP user's ghost to the Matrix user; the Matrix user's
+//     join approves, reject or leave denies or revokes. A Matrix user
+//     inviting a ghost makes the puppet ask the XMPP user, whose answer
+//     decides whether the ghost joins. Links are kept in the links bucket,
+//     so a restart asks nobody again.
+//
+// Who may see presence on each network is enforced by that network: Prosody
+// delivers a puppet's presence only to contacts the XMPP side lets see it
+// (From/Both), and a homeserver shows a ghost's presence only to users who
+// share a room with it. The core's part is to never create such a room or
+// subscription without consent.
+package core
