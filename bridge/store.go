@@ -65,7 +65,7 @@ type Link struct {
 	State      LinkState `json:"state"`
 	// Initiator is the network of the person who asked first.
 	Initiator mapping.Network `json:"initiator,omitzero"`
-	UpdatedAt  time.Time `json:"updated_at"`
+	UpdatedAt time.Time       `json:"updated_at"`
 }
 
 // UserSettings are one person's choices.

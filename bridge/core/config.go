@@ -24,8 +24,9 @@ const (
 type Config struct {
 	// CoalesceWindow: per user, changes within it collapse into the latest.
 	CoalesceWindow time.Duration `yaml:"coalesce_window"`
-	// Policy answers subscription requests: ask, accept or reject.
-	Policy Policy `yaml:"subscription_policy"`
+	// Policy answers subscription requests: ask, accept or reject. It is set
+	// from xmpp.subscription_policy by cmd, so it is not a key of its own.
+	Policy Policy `yaml:"-"`
 	// AllowXMPPDomains, if not empty, are the only XMPP domains bridged.
 	AllowXMPPDomains []string `yaml:"allow_xmpp_domains"`
 	// DenyXMPPDomains are never bridged.

@@ -73,7 +73,10 @@ func (c *Core) onSubscription(ctx context.Context, ev *bridge.Event) error {
 		if l.State == bridge.LinkAsked && l.Initiator == mapping.NetworkMatrix {
 			// The XMPP user said yes to the Matrix user's invite.
 			return all(
-				func() error { _, err := c.setLink(ctx, mxid, jid, func(l *bridge.Link) { l.State = bridge.LinkApproved }); return err },
+				func() error {
+					_, err := c.setLink(ctx, mxid, jid, func(l *bridge.Link) { l.State = bridge.LinkApproved })
+					return err
+				},
 				func() error { return c.toMatrix(ctx, jid, mxid, "join", l.RoomID) },
 				func() error { return c.sendStoredPresence(ctx, mapping.NetworkXMPP, jid) },
 			)
@@ -100,7 +103,10 @@ func (c *Core) xmppSubscribe(ctx context.Context, l bridge.Link, mxid, jid strin
 	case l.State == bridge.LinkAsked && l.Initiator == mapping.NetworkMatrix:
 		// The Matrix user invited first: this request is the answer.
 		return all(
-			func() error { _, err := c.setLink(ctx, mxid, jid, func(l *bridge.Link) { l.State = bridge.LinkApproved }); return err },
+			func() error {
+				_, err := c.setLink(ctx, mxid, jid, func(l *bridge.Link) { l.State = bridge.LinkApproved })
+				return err
+			},
 			func() error { return c.toXMPP(ctx, mxid, jid, bridge.Subscribed) },
 			func() error { return c.toMatrix(ctx, jid, mxid, "join", l.RoomID) },
 			func() error { return c.sendStoredPresence(ctx, mapping.NetworkXMPP, jid) },
@@ -181,7 +187,10 @@ func (c *Core) matrixInvite(ctx context.Context, l bridge.Link, mxid, jid, roomI
 	switch l.State {
 	case bridge.LinkApproved:
 		return all(
-			func() error { _, err := c.setLink(ctx, mxid, jid, func(l *bridge.Link) { l.RoomID = roomID }); return err },
+			func() error {
+				_, err := c.setLink(ctx, mxid, jid, func(l *bridge.Link) { l.RoomID = roomID })
+				return err
+			},
 			func() error { return c.toMatrix(ctx, jid, mxid, "join", roomID) },
 			func() error { return c.sendStoredPresence(ctx, mapping.NetworkXMPP, jid) },
 		)
@@ -218,7 +227,10 @@ func (c *Core) revoke(ctx context.Context, l bridge.Link, mxid, jid string, by m
 	}
 	c.log.Info("link ended", "by", by, "state", state)
 	steps := []func() error{
-		func() error { _, err := c.setLink(ctx, mxid, jid, func(l *bridge.Link) { l.State = state }); return err },
+		func() error {
+			_, err := c.setLink(ctx, mxid, jid, func(l *bridge.Link) { l.State = state })
+			return err
+		},
 		func() error { return c.toXMPP(ctx, mxid, jid, bridge.Unsubscribed) },
 		func() error { return c.toXMPP(ctx, mxid, jid, bridge.Unsubscribe) },
 	}

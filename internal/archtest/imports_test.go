@@ -1,0 +1,65 @@
+// Package archtest enforces the import rules of STYLE.md: mapping reaches
+// only the standard library; the two sides never import each other; only
+// cmd knows everything.
+package archtest
+
+import (
+	"encoding/json"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/presence-bridge/presence-bridge"
+
+type pkg struct {
+	ImportPath string
+	Deps       []string
+	Standard   bool
+}
+
+func deps(t *testing.T, pattern string) []pkg {
+	t.Helper()
+	out, err := exec.Command("go", "list", "-deps", "-json", pattern).Output()
+	if err != nil {
+		t.Fatalf("go list %s: %v", pattern, err)
+	}
+	var pkgs []pkg
+	dec := json.NewDecoder(strings.NewReader(string(out)))
+	for dec.More() {
+		var p pkg
+		if err := dec.Decode(&p); err != nil {
+			t.Fatal(err)
+		}
+		pkgs = append(pkgs, p)
+	}
+	return pkgs
+}
+
+func TestMappingImportsOnlyStandardLibrary(t *testing.T) {
+	for _, p := range deps(t, module+"/mapping/...") {
+		if !p.Standard && !strings.HasPrefix(p.ImportPath, module+"/mapping") {
+			t.Errorf("mapping reaches %s", p.ImportPath)
+		}
+	}
+}
+
+func TestSidesNeverImportEachOther(t *testing.T) {
+	rules := map[string][]string{
+		"xmppside":   {module + "/matrixside", module + "/cmd", module + "/bridge/core", "maunium.net/go/mautrix"},
+		"matrixside": {module + "/xmppside", module + "/cmd", module + "/bridge/core", "mellium.im/xmpp"},
+		"bridge":     {module + "/xmppside", module + "/matrixside", module + "/cmd", "mellium.im/xmpp", "maunium.net/go/mautrix"},
+	}
+	for from, forbidden := range rules {
+		for _, p := range deps(t, module+"/"+from+"/...") {
+			for _, f := range forbidden {
+				if p.ImportPath == f || strings.HasPrefix(p.ImportPath, f+"/") {
+					if strings.HasPrefix(p.ImportPath, module+"/"+from) {
+						continue
+					}
+					t.Errorf("%s reaches %s", from, p.ImportPath)
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,402 @@
+package prosodytest
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"mellium.im/sasl"
+	"mellium.im/xmlstream"
+	"mellium.im/xmpp"
+	"mellium.im/xmpp/jid"
+	"mellium.im/xmpp/stanza"
+)
+
+const (
+	loginTimeout = 10 * time.Second
+	closeTimeout = 5 * time.Second
+)
+
+// Stanza is a received stanza (or other top-level element), decoded enough
+// for assertions. Raw holds the complete element as XML.
+type Stanza struct {
+	Name      string // local name: "presence", "message", "iq", ...
+	Type      string
+	From      string
+	To        string
+	ID        string
+	Show      string
+	Status    string
+	Priority  string
+	IdleSince string // since attribute of XEP-0319 <idle xmlns='urn:xmpp:idle:1'/>
+	Body      string // <body/> of a message
+	Raw       string // full XML
+}
+
+// String returns the raw XML.
+func (s Stanza) String() string { return s.Raw }
+
+// Client is a logged-in XMPP client connected to a Server over plain TCP.
+// Every stanza it receives is recorded; see Wait and Received.
+type Client struct {
+	JID jid.JID // full JID actually bound by the server
+
+	conn      net.Conn
+	sess      *xmpp.Session
+	serveDone chan struct{}
+	serveErr  error // valid after serveDone is closed
+	closeOnce sync.Once
+
+	mu       sync.Mutex
+	received []Stanza
+	consumed []bool        // consumed[i]: received[i] was returned by Wait
+	notify   chan struct{} // closed and replaced whenever a stanza arrives
+}
+
+// Login connects to the server's c2s port and authenticates as
+// user@Domain with SASL PLAIN over plain TCP, then binds a resource.
+// Prosody ignores the requested resource, so use Client.JID to learn the
+// bound full JID. No initial presence is sent; use SendPresence for that.
+// The client is closed automatically when the test ends.
+func (s *Server) Login(t testing.TB, user, password, resource string) *Client {
+	t.Helper()
+	c, err := s.login(user, password, resource)
+	if err != nil {
+		t.Fatalf("prosodytest: login %s@%s: %v", user, s.Domain, err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+func (s *Server) login(user, password, resource string) (*Client, error) {
+	origin, err := jid.New(user, s.Domain, resource)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := net.DialTimeout("tcp", s.C2SAddr, loginTimeout)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), loginTimeout)
+	defer cancel()
+
+	// mellium only authenticates on secure (TLS) streams unless the Secure bit
+	// is cleared from the SASL feature's requirements. Loopback only!
+	auth := xmpp.SASL("", password, sasl.Plain)
+	auth.Necessary &^= xmpp.Secure
+	sess, err := xmpp.NewClientSession(ctx, origin, conn, auth, xmpp.BindResource())
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+
+	c := &Client{
+		JID:       sess.LocalAddr(),
+		conn:      conn,
+		sess:      sess,
+		serveDone: make(chan struct{}),
+		notify:    make(chan struct{}),
+	}
+	go func() {
+		defer close(c.serveDone)
+		c.serveErr = c.sess.Serve(xmpp.HandlerFunc(c.handle))
+	}()
+	return c, nil
+}
+
+// handle runs on the Serve goroutine for every received top-level element.
+// It must not call the session's send methods (deadlock); replies are
+// written to w instead.
+func (c *Client) handle(w xmlstream.TokenReadEncoder, start *xml.StartElement) error {
+	// mellium blanks a "from" equal to our own bare JID; put it back so that
+	// Raw and From show what the server sent.
+	st := start.Copy()
+	for i, a := range st.Attr {
+		if a.Name.Local == "from" && a.Value == "" {
+			st.Attr[i].Value = c.JID.Bare().String()
+		}
+	}
+
+	// w is positioned after the start element and ends with its end element.
+	var buf bytes.Buffer
+	enc := xml.NewEncoder(&buf)
+	if _, err := xmlstream.Copy(enc, stripXMLNS(xmlstream.MultiReader(xmlstream.Token(st), w))); err != nil {
+		return err
+	}
+	if err := enc.Flush(); err != nil {
+		return err
+	}
+	s := parseStanza(buf.String())
+
+	c.mu.Lock()
+	c.received = append(c.received, s)
+	c.consumed = append(c.consumed, false)
+	close(c.notify)
+	c.notify = make(chan struct{})
+	c.mu.Unlock()
+
+	// Acknowledge roster pushes (RFC 6121 §2.1.6); other get/set IQs get
+	// mellium's default service-unavailable error.
+	if s.Name == "iq" && s.Type == "set" && strings.Contains(s.Raw, "jabber:iq:roster") {
+		_, err := xmlstream.Copy(w, stanza.IQ{ID: s.ID, Type: stanza.ResultIQ}.Wrap(nil))
+		return err
+	}
+	return nil
+}
+
+// stripXMLNS removes namespace declaration attributes. The decoder has
+// already resolved them into Name.Space and xml.Encoder declares them again,
+// so keeping them would produce duplicate xmlns attributes.
+func stripXMLNS(r xml.TokenReader) xml.TokenReader {
+	return xmlstream.ReaderFunc(func() (xml.Token, error) {
+		tok, err := r.Token()
+		if start, ok := tok.(xml.StartElement); ok {
+			attrs := start.Attr[:0:0]
+			for _, a := range start.Attr {
+				if a.Name.Space != "xmlns" && !(a.Name.Space == "" && a.Name.Local == "xmlns") {
+					attrs = append(attrs, a)
+				}
+			}
+			start.Attr = attrs
+			tok = start
+		}
+		return tok, err
+	})
+}
+
+// parseStanza extracts the fields of Stanza from raw XML.
+func parseStanza(raw string) Stanza {
+	var v struct {
+		XMLName  xml.Name
+		Type     string `xml:"type,attr"`
+		From     string `xml:"from,attr"`
+		To       string `xml:"to,attr"`
+		ID       string `xml:"id,attr"`
+		Show     string `xml:"show"`
+		Status   string `xml:"status"`
+		Priority string `xml:"priority"`
+		Body     string `xml:"body"`
+		Idle     *struct {
+			Since string `xml:"since,attr"`
+		} `xml:"urn:xmpp:idle:1 idle"`
+	}
+	_ = xml.Unmarshal([]byte(raw), &v) // best effort; Raw is always set
+	s := Stanza{
+		Name: v.XMLName.Local, Type: v.Type, From: v.From, To: v.To, ID: v.ID,
+		Show: v.Show, Status: v.Status, Priority: v.Priority, Body: v.Body,
+		Raw: raw,
+	}
+	if v.Idle != nil {
+		s.IdleSince = v.Idle.Since
+	}
+	return s
+}
+
+// Send sends one raw XML stanza, e.g. `<message to='bob@localhost'
+// type='chat'><body>hi</body></message>`. A missing namespace on the
+// top-level presence/message/iq defaults to jabber:client, and mellium adds
+// "id" and "from" if they are absent.
+func (c *Client) Send(ctx context.Context, stanzaXML string) error {
+	d := xml.NewDecoder(strings.NewReader(stanzaXML))
+	var toks []xml.Token
+	depth := 0
+	for {
+		tok, err := d.Token()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("prosodytest: parsing stanza: %w", err)
+		}
+		switch tok.(type) {
+		case xml.StartElement:
+			depth++
+		case xml.EndElement:
+			depth--
+		default:
+			if len(toks) == 0 {
+				continue // skip whitespace, comments etc. before the element
+			}
+		}
+		toks = append(toks, xml.CopyToken(tok))
+		if depth == 0 {
+			break
+		}
+	}
+	if len(toks) == 0 {
+		return errors.New("prosodytest: Send: no XML element")
+	}
+	i := 0
+	return c.sess.Send(ctx, xmlstream.ReaderFunc(func() (xml.Token, error) {
+		if i >= len(toks) {
+			return nil, io.EOF
+		}
+		i++
+		return toks[i-1], nil
+	}))
+}
+
+// SendPresence sends a presence stanza. Empty strings are omitted, as is a
+// zero priority.
+func (c *Client) SendPresence(ctx context.Context, typ, to, show, status string, priority int) error {
+	var b strings.Builder
+	b.WriteString("<presence")
+	writeAttr(&b, "type", typ)
+	writeAttr(&b, "to", to)
+	b.WriteString(">")
+	writeElem(&b, "show", show)
+	writeElem(&b, "status", status)
+	if priority != 0 {
+		writeElem(&b, "priority", strconv.Itoa(priority))
+	}
+	b.WriteString("</presence>")
+	return c.Send(ctx, b.String())
+}
+
+func writeAttr(b *strings.Builder, name, value string) {
+	if value == "" {
+		return
+	}
+	fmt.Fprintf(b, " %s='", name)
+	_ = xml.EscapeText(b, []byte(value))
+	b.WriteString("'")
+}
+
+func writeElem(b *strings.Builder, name, value string) {
+	if value == "" {
+		return
+	}
+	fmt.Fprintf(b, "<%s>", name)
+	_ = xml.EscapeText(b, []byte(value))
+	fmt.Fprintf(b, "</%s>", name)
+}
+
+// Wait returns the first received stanza, not yet returned by an earlier
+// Wait, for which pred is true, waiting up to timeout for it to arrive.
+// On timeout it fails the test with desc and everything received so far.
+func (c *Client) Wait(t testing.TB, timeout time.Duration, desc string, pred func(Stanza) bool) Stanza {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	s, err := c.wait(ctx, pred)
+	if err != nil {
+		var b strings.Builder
+		for i, s := range c.Received() {
+			fmt.Fprintf(&b, "  %d: %s\n", i, s.Raw)
+		}
+		t.Fatalf("prosodytest: %s: waiting for %s: %v; received:\n%s", c.JID, desc, err, b.String())
+	}
+	return s
+}
+
+func (c *Client) wait(ctx context.Context, pred func(Stanza) bool) (Stanza, error) {
+	for {
+		c.mu.Lock()
+		for i, s := range c.received {
+			if !c.consumed[i] && pred(s) {
+				c.consumed[i] = true
+				c.mu.Unlock()
+				return s, nil
+			}
+		}
+		notify := c.notify
+		c.mu.Unlock()
+
+		select {
+		case <-notify:
+		case <-c.serveDone:
+			// Check the buffer one last time, then give up.
+			c.mu.Lock()
+			for i, s := range c.received {
+				if !c.consumed[i] && pred(s) {
+					c.consumed[i] = true
+					c.mu.Unlock()
+					return s, nil
+				}
+			}
+			c.mu.Unlock()
+			return Stanza{}, fmt.Errorf("connection closed (%v)", c.serveErr)
+		case <-ctx.Done():
+			return Stanza{}, ctx.Err()
+		}
+	}
+}
+
+// Received returns every stanza received so far, consumed or not.
+func (c *Client) Received() []Stanza {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]Stanza(nil), c.received...)
+}
+
+// Roster fetches the roster with a jabber:iq:roster get and returns bare JID
+// -> subscription ("none", "to", "from", "both").
+func (c *Client) Roster(ctx context.Context) (map[string]string, error) {
+	id := "roster-" + randomID()
+	err := c.Send(ctx, `<iq type='get' id='`+id+`'><query xmlns='jabber:iq:roster'/></iq>`)
+	if err != nil {
+		return nil, err
+	}
+	res, err := c.wait(ctx, func(s Stanza) bool { return s.Name == "iq" && s.ID == id })
+	if err != nil {
+		return nil, fmt.Errorf("prosodytest: roster get: %w", err)
+	}
+	if res.Type != "result" {
+		return nil, fmt.Errorf("prosodytest: roster get failed: %s", res.Raw)
+	}
+	var v struct {
+		Items []struct {
+			JID          string `xml:"jid,attr"`
+			Subscription string `xml:"subscription,attr"`
+		} `xml:"jabber:iq:roster query>item"`
+	}
+	if err := xml.Unmarshal([]byte(res.Raw), &v); err != nil {
+		return nil, fmt.Errorf("prosodytest: decoding roster: %w", err)
+	}
+	roster := make(map[string]string, len(v.Items))
+	for _, it := range v.Items {
+		roster[it.JID] = it.Subscription
+	}
+	return roster, nil
+}
+
+// Close sends unavailable presence, closes the stream and the connection and
+// waits (bounded) for the receive loop to end. It is safe to call more than
+// once and after the server went away.
+func (c *Client) Close() {
+	c.closeOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
+		defer cancel()
+		select {
+		case <-c.serveDone: // connection already gone
+		default:
+			_ = c.SendPresence(ctx, "unavailable", "", "", "", 0)
+			// Not sess.SetCloseDeadline: it races with Serve in mellium v0.23.0.
+			_ = c.conn.SetReadDeadline(time.Now().Add(closeTimeout))
+			_ = c.sess.Close()
+			select {
+			case <-c.serveDone:
+			case <-ctx.Done():
+			}
+		}
+		_ = c.conn.Close()
+		<-c.serveDone
+	})
+}
+
+func randomID() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
