@@ -1,0 +1,45 @@
+# presence-bridge. On a fresh Debian machine with Go installed:
+#   make run     build and run the bridge with config.yaml
+#   make test    install Prosody and nats-server (apt), build Dendrite, run every test
+.PHONY: build run deps dendrite test check bench fuzz clean
+
+BIN      := .build/bin
+CONFIG   ?= config.yaml
+GO       ?= go
+SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+build:
+	$(GO) build -o $(BIN)/presence-bridge ./cmd/presence-bridge
+
+run: build
+	$(BIN)/presence-bridge -config $(CONFIG)
+
+# The real servers the tests run against: Prosody 0.12 and nats-server from
+# Debian, Dendrite v0.15.2 built from the tool module in tools/dendrite.
+deps:
+	@command -v prosody >/dev/null && command -v nats-server >/dev/null || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prosody nats-server; }
+
+dendrite:
+	@test -x $(BIN)/dendrite || { cd tools/dendrite && $(GO) build -o ../../$(BIN)/ tool; }
+
+test: deps dendrite
+	$(GO) test -count=1 -timeout 30m ./...
+
+check:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
+	$(GO) vet ./...
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./mapping/ ./bridge/... ./xmppside/... ./matrixside/... ./e2e/...
+
+# Short fuzzing of every fuzz target (seed corpora are in testdata/fuzz).
+fuzz:
+	@for pkg in $$($(GO) list ./...); do \
+		for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+			$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime 20s $$pkg || exit 1; \
+		done; \
+	done
+
+clean:
+	rm -rf .build

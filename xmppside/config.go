@@ -1,0 +1,109 @@
+package xmppside
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"mellium.im/xmpp/jid"
+)
+
+// Policy says how the component answers a subscription request to a puppet.
+type Policy string
+
+// The policies.
+const (
+	// PolicyAccept approves every request at once and subscribes back.
+	PolicyAccept Policy = "accept"
+	// PolicyReject denies every request.
+	PolicyReject Policy = "reject"
+	// PolicyAsk keeps the request pending and asks the Matrix user through
+	// the core (a durable subscription event).
+	PolicyAsk Policy = "ask"
+)
+
+// Config is the "xmpp" section of config.yaml.
+type Config struct {
+	// Host and Port of the XMPP server's XEP-0114 component listener.
+	Host string `yaml:"host"`
+	Port int    `yaml:"port"`
+	// ComponentDomain is the component's JID, e.g. matrix.example.net; the
+	// puppets live on it.
+	ComponentDomain string `yaml:"component_domain"`
+	// Secret is the XEP-0114 shared secret. cmd may fill it from the
+	// environment; it is never logged.
+	Secret string `yaml:"secret"`
+	// SubscriptionPolicy is accept, reject or ask (the default).
+	SubscriptionPolicy Policy `yaml:"subscription_policy"`
+	// MaxStatusBytes cuts longer status messages, in both directions.
+	MaxStatusBytes int `yaml:"max_status_bytes"`
+	// ReconnectMin and ReconnectMax bound the exponential backoff between
+	// connection attempts.
+	ReconnectMin time.Duration `yaml:"reconnect_min"`
+	ReconnectMax time.Duration `yaml:"reconnect_max"`
+	// ConnectTimeout bounds the TCP dial and the handshake.
+	ConnectTimeout time.Duration `yaml:"connect_timeout"`
+	// ShutdownTimeout bounds the clean shutdown: unavailable presences and
+	// the closing of the stream.
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+}
+
+// Default returns the defaults documented in config.yaml.
+func Default() Config {
+	return Config{
+		Host:               "127.0.0.1",
+		Port:               5347,
+		SubscriptionPolicy: PolicyAsk,
+		MaxStatusBytes:     1024,
+		ReconnectMin:       500 * time.Millisecond,
+		ReconnectMax:       30 * time.Second,
+		ConnectTimeout:     10 * time.Second,
+		ShutdownTimeout:    10 * time.Second,
+	}
+}
+
+// Validate reports every problem at once, each prefixed with its key.
+func (c Config) Validate() error {
+	var errs []error
+	add := func(key, format string, a ...any) { errs = append(errs, fmt.Errorf(key+": "+format, a...)) }
+	if c.Host == "" {
+		add("host", "required")
+	} else if strings.ContainsAny(c.Host, " /") {
+		add("host", "%q: want a host name or IP address", c.Host)
+	}
+	if c.Port < 1 || c.Port > 65535 {
+		add("port", "must be 1-65535")
+	}
+	if c.ComponentDomain == "" {
+		add("component_domain", "required")
+	} else if j, err := jid.Parse(c.ComponentDomain); err != nil {
+		add("component_domain", "%q: %v", c.ComponentDomain, err)
+	} else if j.Localpart() != "" || j.Resourcepart() != "" || j.String() != c.ComponentDomain {
+		add("component_domain", "%q: want a bare, lower case domain such as matrix.example.net", c.ComponentDomain)
+	}
+	if c.Secret == "" {
+		add("secret", "required (may come from the environment)")
+	}
+	switch c.SubscriptionPolicy {
+	case PolicyAccept, PolicyReject, PolicyAsk:
+	default:
+		add("subscription_policy", "%q: must be accept, reject or ask", c.SubscriptionPolicy)
+	}
+	if c.MaxStatusBytes < 1 {
+		add("max_status_bytes", "must be at least 1")
+	}
+	if c.ReconnectMin <= 0 {
+		add("reconnect_min", "must be positive")
+	}
+	if c.ReconnectMax < c.ReconnectMin {
+		add("reconnect_max", "%v: must be at least reconnect_min (%v)", c.ReconnectMax, c.ReconnectMin)
+	}
+	if c.ConnectTimeout <= 0 {
+		add("connect_timeout", "must be positive")
+	}
+	if c.ShutdownTimeout <= 0 {
+		add("shutdown_timeout", "must be positive")
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,144 @@
+package xmppside
+
+import (
+	"context"
+	"encoding/xml"
+	"runtime/debug"
+	"strings"
+
+	"mellium.im/xmlstream"
+	"mellium.im/xmpp"
+	"mellium.im/xmpp/jid"
+	xstanza "mellium.im/xmpp/stanza"
+
+	"github.com/presence-bridge/presence-bridge/mapping"
+	"github.com/presence-bridge/presence-bridge/xmppside/stanza"
+)
+
+// handler returns the stream handler. It handles presence itself (mellium's
+// mux would call a presence handler once per child element) and IQs and
+// messages too, so that every reply carries the right from.
+//
+// A handler that returns an error ends the stream, so this one never does:
+// bad stanzas are logged and dropped or answered with a stanza error, and a
+// panic is recovered and logged.
+func (c *Component) handler(ctx context.Context) xmpp.Handler {
+	return xmpp.HandlerFunc(func(t xmlstream.TokenReadEncoder, start *xml.StartElement) (err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				c.log.Error("stanza handler panicked; stanza dropped", "panic", r, "stack", string(debug.Stack()))
+				err = nil
+			}
+		}()
+		c.handle(ctx, t, t, *start)
+		return nil
+	})
+}
+
+// handle dispatches one top-level element read from r (positioned after
+// start); replies go to w.
+func (c *Component) handle(ctx context.Context, r xml.TokenReader, w xmlstream.TokenWriter, start xml.StartElement) {
+	if !stanza.IsStanza(start.Name) {
+		c.log.Warn("ignoring unknown top-level element", "name", start.Name.Local, "ns", start.Name.Space)
+		return
+	}
+	switch start.Name.Local {
+	case "presence":
+		c.handlePresence(ctx, r, w, start)
+	case "iq":
+		c.handleIQ(ctx, r, w, start)
+	case "message":
+		c.handleMessage(w, start)
+	}
+}
+
+// checkFrom refuses a stanza whose from is missing, invalid or on the
+// component's own domain (only the component speaks for it: anything else
+// is spoofed or a loop).
+func (c *Component) checkFrom(h stanza.Header) (jid.JID, bool) {
+	if h.From == "" {
+		c.log.Warn("refusing stanza without from", "stanza", h.Name, "type", h.Type)
+		return jid.JID{}, false
+	}
+	from, err := jid.Parse(h.From)
+	if err != nil {
+		c.log.Warn("refusing stanza with invalid from", "stanza", h.Name, "from", clip(h.From), "err", err)
+		return jid.JID{}, false
+	}
+	if d := from.Domainpart(); d == c.cfg.ComponentDomain || strings.HasSuffix(d, "."+c.cfg.ComponentDomain) {
+		c.log.Warn("refusing stanza from the component's own domain", "stanza", h.Name, "from", clip(h.From))
+		return jid.JID{}, false
+	}
+	return from, true
+}
+
+// toProblem says which stanza error answers a bad destination.
+type toProblem struct {
+	cond xstanza.Condition
+}
+
+// checkTo decodes the destination: the component domain or a puppet. A
+// problem says which stanza error to reply with.
+func (c *Component) checkTo(h stanza.Header) (to jid.JID, mxid string, problem *toProblem) {
+	to, err := jid.Parse(h.To)
+	if err != nil {
+		c.log.Warn("stanza to an invalid JID", "stanza", h.Name, "to", clip(h.To), "err", err)
+		return to, "", &toProblem{xstanza.JIDMalformed}
+	}
+	if to.Domainpart() != c.cfg.ComponentDomain {
+		c.log.Warn("stanza addressed outside the component domain", "stanza", h.Name, "to", clip(h.To))
+		return to, "", &toProblem{xstanza.BadRequest}
+	}
+	if to.Localpart() == "" {
+		return to, "", nil
+	}
+	mxid, err = c.ns.ParsePuppetJID(to.Bare().String())
+	if err != nil {
+		c.log.Info("stanza to a JID that is no puppet", "stanza", h.Name, "to", clip(h.To), "err", err)
+		return to, "", &toProblem{xstanza.ItemNotFound}
+	}
+	return to, mxid, nil
+}
+
+// replyError writes a stanza error in reply to h, unless h is itself an
+// error (or an IQ result), which must never be answered. A reply to a stanza
+// addressed outside our domain comes from the component domain, since
+// anything else ends the stream.
+func (c *Component) replyError(w xmlstream.TokenWriter, h stanza.Header, typ xstanza.ErrorType, cond xstanza.Condition) {
+	if h.Type == "error" || (h.Name == "iq" && h.Type == "result") {
+		return
+	}
+	from := ""
+	if to, err := jid.Parse(h.To); err != nil || to.Domainpart() != c.cfg.ComponentDomain {
+		from = c.cfg.ComponentDomain
+	}
+	if _, err := xmlstream.Copy(w, stanza.ErrorReply(h, from, typ, cond)); err != nil {
+		c.log.Warn("writing error reply failed", "err", err)
+	}
+}
+
+// handleMessage answers messages to puppets: the bridge carries presence
+// only.
+func (c *Component) handleMessage(w xmlstream.TokenWriter, start xml.StartElement) {
+	h := stanza.ParseHeader(start)
+	if h.Type == "error" {
+		c.log.Debug("ignoring message error", "from", clip(h.From))
+		return
+	}
+	if _, ok := c.checkFrom(h); !ok {
+		return
+	}
+	if _, _, p := c.checkTo(h); p != nil {
+		c.replyError(w, h, xstanza.Cancel, p.cond)
+		return
+	}
+	c.replyError(w, h, xstanza.Cancel, xstanza.ServiceUnavailable)
+}
+
+// clip shortens attacker-controlled strings for logs.
+func clip(s string) string {
+	if len(s) > 256 {
+		return mapping.TruncateStatus(s, 256) + "…"
+	}
+	return s
+}
