@@ -1,7 +1,6 @@
 package bridge
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -129,14 +128,14 @@ func EncodeEvent(e *Event) ([]byte, error) {
 	if err := e.Validate(); err != nil {
 		return nil, err
 	}
-	return json.Marshal(e)
+	return appendEvent(make([]byte, 0, 320), e), nil
 }
 
 // DecodeEvent unmarshals and validates an event.
 func DecodeEvent(data []byte) (*Event, error) {
 	var e Event
-	if err := json.Unmarshal(data, &e); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrBadEvent, err)
+	if err := decodeEnvelope(data, &e); err != nil {
+		return nil, err
 	}
 	if err := e.Validate(); err != nil {
 		return nil, err
