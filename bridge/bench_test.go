@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/presence-bridge/presence-bridge/mapping"
 )
 
@@ -54,5 +53,3 @@ func BenchmarkPublishReceive(b *testing.B) {
 	waitFor(b, time.Minute, "all events received", func() bool { return got.Load() == int64(b.N) })
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "events/s")
 }
-
-
