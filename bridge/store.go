@@ -288,3 +288,49 @@ func (b *Bucket[T]) Range(ctx context.Context, fn func(key string, v T) error) e
 	}
 	return errors.Join(errs...)
 }
+
+// Watch calls fn with every current value and then every change (v is the
+// zero value and deleted true for a deletion), from one goroutine, until
+// ctx ends. It returns once the current values have been delivered, so a
+// cache filled by fn is complete when Watch returns.
+func (b *Bucket[T]) Watch(ctx context.Context, fn func(key string, v T, deleted bool)) error {
+	w, err := b.kv.WatchAll(ctx)
+	if err != nil {
+		return fmt.Errorf("bridge: %s watch: %w", b.name, err)
+	}
+	deliver := func(e jetstream.KeyValueEntry) {
+		var v T
+		if e.Operation() != jetstream.KeyValuePut {
+			fn(e.Key(), v, true)
+			return
+		}
+		if err := json.Unmarshal(e.Value(), &v); err != nil {
+			return // a corrupt value is skipped; Get reports it
+		}
+		fn(e.Key(), v, false)
+	}
+	// The initial values end with a nil entry.
+	for e := range w.Updates() {
+		if e == nil {
+			break
+		}
+		deliver(e)
+	}
+	go func() {
+		defer func() { _ = w.Stop() }()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case e, ok := <-w.Updates():
+				if !ok {
+					return
+				}
+				if e != nil {
+					deliver(e)
+				}
+			}
+		}
+	}()
+	return nil
+}

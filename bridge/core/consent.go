@@ -263,15 +263,12 @@ func (c *Core) hasOtherLinks(ctx context.Context, mxid, jid string) bool {
 // sendStoredPresence re-sends the last known presence of user to the other
 // side, so a newly linked person sees it at once.
 func (c *Core) sendStoredPresence(ctx context.Context, net mapping.Network, user string) error {
-	if c.optedOut(ctx, net, user) {
+	if c.optedOut(net, user) {
 		return nil
 	}
-	rec, _, err := c.bus.Store().Presence.Get(ctx, bridge.PresenceKey(net, user))
-	if errors.Is(err, bridge.ErrNotFound) {
+	rec, ok := c.latest(ctx, net, user)
+	if !ok {
 		return nil
-	}
-	if err != nil {
-		return err
 	}
 	return c.bus.Publish(ctx, bridge.Out, c.presenceOut(net, user, rec.Presence))
 }

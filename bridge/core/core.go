@@ -24,7 +24,11 @@ type Core struct {
 	lastSeq map[string]uint64 // per PresenceKey: newest sequence seen
 
 	presence *coalescer[*bridge.Event]
+	persist  *persister
 	ready    chan struct{}
+
+	settingsMu sync.RWMutex
+	optOut     map[string]bool // per PresenceKey, mirrored from the settings bucket
 }
 
 // New checks cfg and returns a core that is not yet running.
@@ -38,7 +42,8 @@ func New(cfg Config, ns mapping.Namespace, bus *bridge.Bus, log *slog.Logger) (*
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	c := &Core{cfg: cfg, ns: ns, bus: bus, log: log, lastSeq: make(map[string]uint64), ready: make(chan struct{})}
+	c := &Core{cfg: cfg, ns: ns, bus: bus, log: log, lastSeq: make(map[string]uint64), ready: make(chan struct{}), optOut: make(map[string]bool)}
+	c.persist = newPersister(bus.Store(), log)
 	return c, nil
 }
 
@@ -51,6 +56,22 @@ func (c *Core) Run(ctx context.Context) error {
 			c.log.Error("publish presence failed", "user", ev.User, "err", err)
 		}
 	})
+	// Opt-outs are read on every event: mirror them in memory.
+	if err := c.bus.Store().Settings.Watch(ctx, func(key string, s bridge.UserSettings, deleted bool) {
+		c.settingsMu.Lock()
+		if deleted || !s.OptOut {
+			delete(c.optOut, key)
+		} else {
+			c.optOut[key] = true
+		}
+		c.settingsMu.Unlock()
+	}); err != nil {
+		return err
+	}
+	persistCtx, stopPersist := context.WithCancel(context.WithoutCancel(ctx))
+	persistDone := make(chan struct{})
+	go func() { c.persist.Run(persistCtx); close(persistDone) }()
+	defer func() { stopPersist(); <-persistDone }()
 	sub, err := c.bus.Subscribe(ctx, bridge.SubjectFilter(bridge.In, mapping.NetworkUnknown, bridge.KindPresence), c.onPresence)
 	if err != nil {
 		return err
@@ -131,13 +152,10 @@ func listed(allow, deny []string, domain string) bool {
 	return false
 }
 
-func (c *Core) optedOut(ctx context.Context, net mapping.Network, user string) bool {
-	s, _, err := c.bus.Store().Settings.Get(ctx, bridge.PresenceKey(net, user))
-	if err != nil && !errors.Is(err, bridge.ErrNotFound) {
-		c.log.Warn("settings unreadable, treating user as opted out", "network", net, "err", err)
-		return true
-	}
-	return s.OptOut
+func (c *Core) optedOut(net mapping.Network, user string) bool {
+	c.settingsMu.RLock()
+	defer c.settingsMu.RUnlock()
+	return c.optOut[bridge.PresenceKey(net, user)]
 }
 
 // onPresence handles a presence a side observed.
@@ -155,11 +173,8 @@ func (c *Core) onPresence(ctx context.Context, ev *bridge.Event) {
 	}
 	c.lastSeq[key] = ev.Seq
 	c.mu.Unlock()
-	rec := bridge.PresenceRecord{Presence: *ev.Presence, OriginState: ev.OriginState, Seq: ev.Seq, UpdatedAt: ev.ObservedAt}
-	if _, err := c.bus.Store().PutPresenceIfNewer(ctx, ev.Origin, ev.User, rec); err != nil {
-		c.log.Error("store presence failed", "network", ev.Origin, "err", err)
-	}
-	if c.optedOut(ctx, ev.Origin, ev.User) {
+	c.persist.Put(key, ev.Origin, ev.User, bridge.PresenceRecord{Presence: *ev.Presence, OriginState: ev.OriginState, Seq: ev.Seq, UpdatedAt: ev.ObservedAt})
+	if c.optedOut(ev.Origin, ev.User) {
 		return
 	}
 	c.presence.Offer(key, c.presenceOut(ev.Origin, ev.User, *ev.Presence))
@@ -178,17 +193,38 @@ func (c *Core) onOptOut(ctx context.Context, ev *bridge.Event) error {
 	}); err != nil {
 		return err
 	}
+	c.settingsMu.Lock()
+	if ev.OptOut.Enabled {
+		c.optOut[key] = true
+	} else {
+		delete(c.optOut, key)
+	}
+	c.settingsMu.Unlock()
 	c.log.Info("presence export changed", "network", ev.Origin, "opted_out", ev.OptOut.Enabled)
 	p := mapping.Presence{State: mapping.StateOffline}
 	if !ev.OptOut.Enabled {
-		rec, _, err := c.bus.Store().Presence.Get(ctx, key)
-		if err != nil {
+		rec, ok := c.latest(ctx, ev.Origin, ev.User)
+		if !ok {
 			return nil // nothing known yet: the next change will flow
 		}
 		p = rec.Presence
 	}
 	c.presence.Offer(key, c.presenceOut(ev.Origin, ev.User, p))
 	return nil
+}
+
+// latest returns the newest presence record of a user: one not yet written
+// by the persister, else the stored one.
+func (c *Core) latest(ctx context.Context, net mapping.Network, user string) (bridge.PresenceRecord, bool) {
+	key := bridge.PresenceKey(net, user)
+	c.persist.mu.Lock()
+	d, ok := c.persist.dirty[key]
+	c.persist.mu.Unlock()
+	if ok {
+		return d.rec, true
+	}
+	rec, _, err := c.bus.Store().Presence.Get(ctx, key)
+	return rec, err == nil
 }
 
 func domainOf(jid string) string {

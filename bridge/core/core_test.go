@@ -236,9 +236,17 @@ func TestOlderSequenceNeverOverridesNewer(t *testing.T) {
 	if h.count(`presence xmpp→matrix alice@xmpp.example "old/available"`) != 0 {
 		t.Fatal("older event overrode a newer one")
 	}
-	rec, _, err := h.bus.Store().Presence.Get(context.Background(), bridge.PresenceKey(mapping.NetworkXMPP, alice))
-	if err != nil || rec.Presence.Status != "new" {
-		t.Fatalf("stored %+v, %v", rec, err)
+	// The store is written behind the event path: poll for it.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		rec, _, err := h.bus.Store().Presence.Get(context.Background(), bridge.PresenceKey(mapping.NetworkXMPP, alice))
+		if err == nil && rec.Presence.Status == "new" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stored %+v, %v; want the newer record", rec, err)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 

@@ -1,0 +1,68 @@
+package core
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/presence-bridge/presence-bridge/bridge"
+	"github.com/presence-bridge/presence-bridge/mapping"
+)
+
+// BenchmarkCoreThroughput: presence events from a side, through the
+// embedded NATS, the core's rules, and out to the other side's subject
+// (target ≥ 50k events/s). 10k distinct users, no coalescing, so every
+// event is routed.
+func BenchmarkCoreThroughput(b *testing.B) {
+	bcfg := bridge.Default()
+	bcfg.Embedded.DataDir = b.TempDir()
+	bus, err := bridge.Open(context.Background(), bcfg, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer bus.Close()
+	cfg := Default()
+	cfg.CoalesceWindow = 0
+	c, err := New(cfg, ns, bus, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	<-c.Ready()
+	var out atomic.Int64
+	sub, err := bus.Conn().Subscribe("pb.v1.out.matrix.presence.*", func(*nats.Msg) { out.Add(1) })
+	if err != nil {
+		b.Fatal(err)
+	}
+	_ = sub.SetPendingLimits(-1, -1)
+	users := make([]string, 10000)
+	for i := range users {
+		users[i] = fmt.Sprintf("user%d@xmpp.example", i)
+	}
+	p := mapping.Presence{State: mapping.StateAway, Status: "lunch"}
+	b.ResetTimer()
+	start := time.Now()
+	for i := 0; i < b.N; i++ {
+		if err := bus.Publish(ctx, bridge.In, &bridge.Event{Kind: bridge.KindPresence, Origin: mapping.NetworkXMPP, User: users[i%len(users)], Presence: &p}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for out.Load() < int64(b.N) && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	elapsed := time.Since(start)
+	b.StopTimer()
+	if got := out.Load(); got < int64(b.N) {
+		b.Fatalf("only %d of %d events came out", got, b.N)
+	}
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "events/s")
+	cancel()
+	<-done
+}
