@@ -2,7 +2,6 @@ package xmppside
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -41,19 +40,17 @@ type Component struct {
 	presence *presenceWriter
 	inputs   gate // bus callbacks
 
-	sessMu  sync.Mutex
-	sess    *xmpp.Session // nil while disconnected
-	running atomic.Bool
-	ids     atomic.Uint64
-	idBase  string
+	sessMu   sync.Mutex
+	sess     *xmpp.Session // nil while disconnected
+	running  atomic.Bool
+	connects atomic.Int64 // streams established, for tests and logs
+	ids      atomic.Uint64
+	idBase   string
 }
 
 // stableSession is how long a stream must have lasted for the reconnect
 // backoff to start over.
 const stableSession = 5 * time.Second
-
-// ErrRunning is returned by Run when the component is already running.
-var ErrRunning = errors.New("xmppside: already running")
 
 // New checks the configuration and returns a component ready to Run. The
 // namespace's ComponentDomain must equal cfg.ComponentDomain. log may be nil.
@@ -148,13 +145,17 @@ func (c *Component) Run(ctx context.Context) error {
 		}
 	}()
 
-	c.connectLoop(ctx, work, func() {
-		// Called once ctx has ended, before the goodbye: no new commands.
-		_ = sub.Unsubscribe()
-		c.inputs.close()
-		stopConsume()
-	})
-
+	var once sync.Once
+	quiesce := func() {
+		// Once ctx has ended, before the goodbye: no new commands.
+		once.Do(func() {
+			_ = sub.Unsubscribe()
+			c.inputs.close()
+			stopConsume()
+		})
+	}
+	c.connectLoop(ctx, work, quiesce)
+	quiesce() // also when the stream died just as ctx ended
 	stopWork()
 	wg.Wait()
 	c.log.Info("xmpp component stopped")

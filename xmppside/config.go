@@ -3,6 +3,7 @@ package xmppside
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -62,6 +63,24 @@ func Default() Config {
 		ShutdownTimeout:    10 * time.Second,
 	}
 }
+
+// LogValue implements slog.LogValuer: the configuration without the secret.
+func (c Config) LogValue() slog.Value {
+	secret := ""
+	if c.Secret != "" {
+		secret = "[redacted]"
+	}
+	return slog.GroupValue(
+		slog.String("host", c.Host), slog.Int("port", c.Port),
+		slog.String("component_domain", c.ComponentDomain), slog.String("secret", secret),
+		slog.String("subscription_policy", string(c.SubscriptionPolicy)), slog.Int("max_status_bytes", c.MaxStatusBytes),
+		slog.Duration("reconnect_min", c.ReconnectMin), slog.Duration("reconnect_max", c.ReconnectMax),
+		slog.Duration("connect_timeout", c.ConnectTimeout), slog.Duration("shutdown_timeout", c.ShutdownTimeout),
+	)
+}
+
+// String is the configuration without the secret, for %v.
+func (c Config) String() string { return c.LogValue().String() }
 
 // Validate reports every problem at once, each prefixed with its key.
 func (c Config) Validate() error {

@@ -16,7 +16,10 @@
 //   - handler.go: the stream handler. It never returns an error (that would
 //     end the stream): bad stanzas are logged and dropped or answered with a
 //     stanza error. Spoofed senders (no from, an invalid from, or a from on
-//     the component domain) are refused.
+//     the component domain) are refused. It handles presence, IQs and
+//     messages itself rather than through mellium's mux: the mux calls a
+//     presence handler once per child element, and its default IQ error has
+//     no from (and ends the stream when the sender's from does not parse).
 //   - presence_in.go: presence from XMPP users to puppets, aggregated per
 //     user over resources (users.go, mapping.Resources) and published to
 //     bridge.In once per change of the aggregate.

@@ -56,6 +56,15 @@ func (c *Component) handlePresence(ctx context.Context, r xml.TokenReader, w xml
 	}
 	switch {
 	case p.Type == stanza.Available || p.Type == stanza.Unavailable:
+		if from.Resourcepart() == "" && !c.subs.get(mxid, bare).To {
+			// Prosody acknowledges a subscription request with unavailable
+			// from the bare JID: it says nothing about the user. Presence
+			// from the bare JID only counts from a contact the puppet is
+			// subscribed to (a probe answer); directed presence comes from a
+			// full JID.
+			c.log.Debug("ignoring bare-JID presence from a non-contact", "from", bare, "to", p.To, "type", string(p.Type))
+			return
+		}
 		c.presenceIn(ctx, from, &p)
 	case p.Type.IsSubscription():
 		c.subscriptionIn(ctx, w, bare, mxid, &p)
@@ -75,6 +84,7 @@ func (c *Component) presenceIn(ctx context.Context, from jid.JID, p *stanza.Pres
 	np := c.tr.FromXMPP(x)
 	bare := from.Bare().String()
 	agg, changed := c.users.update(bare, from.Resourcepart(), np, now)
+	c.log.Debug("presence received", "from", from.String(), "to", p.To, "state", np.State.String(), "aggregate", agg.State.String(), "changed", changed)
 	if !changed {
 		return
 	}

@@ -52,7 +52,7 @@ func (c *Component) connect(ctx context.Context) (net.Conn, *xmpp.Session, error
 // are subscribed to, since the server kept none of that for the component.
 // When ctx ends it performs the clean shutdown and returns nil.
 func (c *Component) serve(ctx, work context.Context, conn net.Conn, sess *xmpp.Session, quiesce func()) error {
-	c.log.Info("xmpp component connected", "server", c.addr())
+	c.log.Info("xmpp component connected", "server", c.addr(), "connection", c.connects.Add(1))
 	c.users.resetResources()
 	c.setSession(sess)
 	defer c.setSession(nil)
@@ -88,11 +88,12 @@ func (c *Component) serve(ctx, work context.Context, conn net.Conn, sess *xmpp.S
 	}
 	select {
 	case <-served:
+		conn.Close()
 	case <-sctx.Done():
 		c.log.Warn("server did not close the stream in time", "timeout", c.cfg.ShutdownTimeout)
+		conn.Close()
+		<-served
 	}
-	conn.Close()
-	<-served
 	c.log.Info("xmpp stream closed cleanly", "unavailable_sent", n)
 	return nil
 }

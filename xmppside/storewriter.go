@@ -50,16 +50,15 @@ func (w *presenceWriter) put(net mapping.Network, user string, rec bridge.Presen
 }
 
 // run writes queued records until ctx ends, then writes what is left
-// (bounded by storeTimeout) and returns.
+// and returns. Each write is bounded by storeTimeout, not by ctx, so that
+// the last presences are kept.
 func (w *presenceWriter) run(ctx context.Context) {
 	for {
 		select {
 		case <-w.wake:
-			w.flush(ctx)
+			w.flush(context.WithoutCancel(ctx))
 		case <-ctx.Done():
-			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), storeTimeout)
-			w.flush(fctx)
-			cancel()
+			w.flush(context.WithoutCancel(ctx))
 			return
 		}
 	}
@@ -71,10 +70,6 @@ func (w *presenceWriter) flush(ctx context.Context) {
 	w.pending = make(map[presenceKey]bridge.PresenceRecord, len(batch))
 	w.mu.Unlock()
 	for k, rec := range batch {
-		if ctx.Err() != nil {
-			w.log.Warn("presence not stored: shutting down", "network", k.net.String(), "user", k.user)
-			continue
-		}
 		octx, cancel := context.WithTimeout(ctx, storeTimeout)
 		if _, err := w.store.PutPresenceIfNewer(octx, k.net, k.user, rec); err != nil {
 			w.log.Error("storing presence failed", "network", k.net.String(), "user", k.user, "err", err)

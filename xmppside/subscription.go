@@ -91,6 +91,18 @@ func (c *Component) subscriptionIn(ctx context.Context, w xmlstream.TokenWriter,
 			return
 		}
 	}
+	// Look everything up before writing: the first write takes the
+	// stream's write lock until the handler returns.
+	var after *stanza.Presence
+	switch {
+	case pl.unavailable:
+		after = &stanza.Presence{Header: stanza.Header{From: puppet}, Type: stanza.Unavailable}
+	case pl.presence:
+		if rec, ok := c.currentPresence(ctx, mxid, false); ok {
+			p := c.outPresence(puppet, rec)
+			after = &p
+		}
+	}
 	for _, typ := range pl.replies {
 		r := stanza.Presence{Header: stanza.Header{ID: c.nextID(), From: puppet, To: contact}, Type: typ}
 		if _, err := r.WriteXML(w); err != nil {
@@ -98,22 +110,11 @@ func (c *Component) subscriptionIn(ctx context.Context, w xmlstream.TokenWriter,
 			return
 		}
 	}
-	var r stanza.Presence
-	switch {
-	case pl.unavailable:
-		r = stanza.Presence{Header: stanza.Header{From: puppet}, Type: stanza.Unavailable}
-	case pl.presence:
-		rec, ok := c.currentPresence(ctx, mxid, false)
-		if !ok {
-			return // nothing known to show yet
+	if after != nil {
+		after.To, after.ID = contact, c.nextID()
+		if _, err := after.WriteXML(w); err != nil {
+			c.log.Warn("sending presence after subscription failed", "err", err)
 		}
-		r = c.outPresence(puppet, rec)
-	default:
-		return
-	}
-	r.To, r.ID = contact, c.nextID()
-	if _, err := r.WriteXML(w); err != nil {
-		c.log.Warn("sending presence after subscription failed", "err", err)
 	}
 }
 

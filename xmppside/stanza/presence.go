@@ -209,6 +209,9 @@ func (p *Presence) child(el xml.StartElement, ns, text string, haveShow, havePri
 			}
 		}
 		t, err := time.Parse(time.RFC3339Nano, since)
+		if y := t.UTC().Year(); err == nil && (y < 1970 || y > 9999) {
+			err = ErrBadContent // cannot be a real last interaction, nor be written back
+		}
 		if err != nil {
 			return append(problems, fmt.Errorf("%w: idle since %q", ErrBadContent, truncateForLog(since)))
 		}

@@ -1,0 +1,93 @@
+package xmppside
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"testing"
+
+	"gopkg.in/yaml.v3"
+)
+
+func validConfig() Config {
+	c := Default()
+	c.ComponentDomain = "matrix.example.net"
+	c.Secret = "s3cret"
+	return c
+}
+
+func TestDefaultsValidateOnceRequiredFieldsSet(t *testing.T) {
+	if err := validConfig().Validate(); err != nil {
+		t.Fatal(err)
+	}
+	d := Default()
+	if d.SubscriptionPolicy != PolicyAsk || d.MaxStatusBytes != 1024 || d.ReconnectMin.String() != "500ms" || d.ReconnectMax.String() != "30s" {
+		t.Fatalf("defaults: %+v", d)
+	}
+}
+
+func TestValidateReportsEveryProblemWithItsKey(t *testing.T) {
+	c := Config{Port: 70000, ComponentDomain: "Bob@Matrix", SubscriptionPolicy: "maybe", ReconnectMin: 2e9, ReconnectMax: 1e9}
+	err := c.Validate()
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, want := range []string{"host: required", "port: must be 1-65535", "component_domain: ", "secret: required",
+		"subscription_policy: \"maybe\"", "max_status_bytes: ", "reconnect_max: ", "connect_timeout: ", "shutdown_timeout: "} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("missing %q in:\n%v", want, err)
+		}
+	}
+	if strings.Contains(err.Error(), "s3cret") {
+		t.Error("secret in error")
+	}
+}
+
+func TestConfigYAMLKeys(t *testing.T) {
+	src := `
+host: xmpp.example.net
+port: 5275
+component_domain: matrix.example.net
+secret: abc
+subscription_policy: accept
+max_status_bytes: 200
+reconnect_min: 1s
+reconnect_max: 1m
+connect_timeout: 5s
+shutdown_timeout: 3s
+`
+	c := Default()
+	dec := yaml.NewDecoder(strings.NewReader(src))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if c.Port != 5275 || c.SubscriptionPolicy != PolicyAccept || c.ReconnectMax.Minutes() != 1 || c.MaxStatusBytes != 200 {
+		t.Fatalf("decoded %+v", c)
+	}
+}
+
+func TestNewRefusesMismatchedNamespace(t *testing.T) {
+	_, err := New(validConfig(), testNamespace("other.example.net"), nil, nil, nil)
+	if !errors.Is(err, ErrNamespace) {
+		t.Fatalf("err = %v", err)
+	}
+	bad := validConfig()
+	bad.Port = 0
+	if _, err := New(bad, testNamespace(bad.ComponentDomain), nil, nil, nil); !errors.Is(err, ErrConfig) {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestConfigNeverShowsSecret(t *testing.T) {
+	c := validConfig()
+	var b strings.Builder
+	slog.New(slog.NewTextHandler(&b, nil)).Info("config", "xmpp", c)
+	if s := b.String() + fmt.Sprint(c) + fmt.Sprintf("%+v", c); strings.Contains(s, c.Secret) || !strings.Contains(s, "redacted") {
+		t.Fatalf("secret shown or not redacted: %s", s)
+	}
+}

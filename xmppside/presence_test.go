@@ -1,0 +1,260 @@
+package xmppside
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	prosodytest "github.com/presence-bridge/presence-bridge/internal/testenv/prosody"
+
+	"github.com/presence-bridge/presence-bridge/bridge"
+	"github.com/presence-bridge/presence-bridge/mapping"
+)
+
+// TestProbeAnswered: the probe Prosody sends from the full JID of a user
+// who logs in is answered with the puppet's current presence.
+func TestProbeAnswered(t *testing.T) {
+	r := startRig(t, PolicyAccept)
+	alice := r.login("alice", "laptop", 0, "", "")
+	puppet := r.puppet(bob)
+	r.befriend(alice, bob)
+	idle := time.Now().Add(-10 * time.Minute).UTC().Truncate(time.Second)
+	r.presenceOut(bob, mapping.Presence{State: mapping.StateAway, Status: "afk", LastActive: idle}, "")
+	alice.Wait(t, waitLong, "bob away", func(s prosodytest.Stanza) bool { return from("presence", "", puppet)(s) && s.Show == "away" })
+
+	phone := r.srv.Login(t, "alice", "alice-pw", "phone")
+	if err := phone.SendPresence(r.ctx(), "", "", "", "", 0); err != nil {
+		t.Fatal(err)
+	}
+	p := phone.Wait(t, waitLong, "probe answer", from("presence", "", puppet))
+	if p.Show != "away" || p.Status != "afk" || p.IdleSince != idle.Format(time.RFC3339) {
+		t.Errorf("probe answer: %s", p.Raw)
+	}
+	if p.To != phone.JID.String() {
+		t.Errorf("probe answered to %q, want the prober's full JID %q", p.To, phone.JID)
+	}
+	// XEP-0012: a contact may ask how long the puppet has been idle.
+	if err := phone.Send(r.ctx(), `<iq type='get' id='last1' to='`+puppet+`'><query xmlns='jabber:iq:last'/></iq>`); err != nil {
+		t.Fatal(err)
+	}
+	last := phone.Wait(t, waitLong, "last activity", func(s prosodytest.Stanza) bool { return s.ID == "last1" })
+	if last.Type != "result" || !strings.Contains(last.Raw, `seconds="6`) || !strings.Contains(last.Raw, "afk") {
+		t.Errorf("last activity (want about 600 seconds): %s", last.Raw)
+	}
+}
+
+// TestProbeNonSubscriber: a probe from someone who may not see the puppet
+// gets unsubscribed and no presence. Prosody only probes contacts its
+// roster says we approved, so the test makes the two disagree, as after a
+// loss of the bridge's state: mallory was approved, then the bridge forgot.
+func TestProbeNonSubscriber(t *testing.T) {
+	r := startRig(t, PolicyAccept)
+	const malloryJID = "mallory@localhost"
+	puppet := r.puppet(bob)
+	mallory := r.login("mallory", "laptop", 0, "", "")
+	r.befriend(mallory, bob)
+	r.presenceOut(bob, mapping.Presence{State: mapping.StateAvailable, Status: "private"}, "")
+	mallory.Wait(t, waitLong, "bob's presence while approved", from("presence", "", puppet))
+
+	// The bridge forgets the subscription.
+	if err := r.bus.Store().Subscriptions.Delete(r.ctx(), bridge.PairKey(bob, malloryJID)); err != nil {
+		t.Fatal(err)
+	}
+	r.comp.subs.set(bob, malloryJID, bridge.Subscription{})
+
+	phone := r.srv.Login(t, "mallory", "mallory-pw", "phone")
+	if _, err := phone.Roster(r.ctx()); err != nil {
+		t.Fatal(err)
+	}
+	if err := phone.SendPresence(r.ctx(), "", "", "", "", 0); err != nil {
+		t.Fatal(err)
+	}
+	phone.Wait(t, waitLong, "unsubscribed in answer to the login probe", from("presence", "unsubscribed", puppet))
+	// Ping after the probe: once its answer is in, everything the probe
+	// caused has arrived too.
+	r.ping(phone, puppet)
+	for _, s := range phone.Received() {
+		if s.Name == "presence" && s.Type == "" && s.From == puppet {
+			t.Errorf("presence leaked to a non-subscriber: %s", s.Raw)
+		}
+	}
+	if got := r.roster(phone, puppet); got == "to" || got == "both" {
+		t.Errorf("mallory's roster still shows the puppet as %q", got)
+	}
+}
+
+// ping sends an XEP-0199 ping from c to jid and waits for the result.
+func (r *rig) ping(c *prosodytest.Client, jid string) {
+	r.t.Helper()
+	id := fmt.Sprintf("ping-%d", time.Now().UnixNano())
+	if err := c.Send(r.ctx(), fmt.Sprintf(`<iq type='get' id='%s' to='%s'><ping xmlns='urn:xmpp:ping'/></iq>`, id, jid)); err != nil {
+		r.t.Fatal(err)
+	}
+	res := c.Wait(r.t, waitLong, "ping result from "+jid, func(s prosodytest.Stanza) bool { return s.Name == "iq" && s.ID == id })
+	if res.Type != "result" || res.From != jid {
+		r.t.Fatalf("ping %s: %s", jid, res.Raw)
+	}
+}
+
+// TestTwoResourcesAggregate: the highest priority resource wins; when it
+// goes offline the other one shows; each change is published once although
+// Prosody delivers it to two puppets.
+func TestTwoResourcesAggregate(t *testing.T) {
+	r := startRig(t, PolicyAccept)
+	const aliceJID = "alice@localhost"
+	laptop := r.login("alice", "laptop", 5, "away", "at lunch")
+	r.befriend(laptop, bob)
+	r.befriend(laptop, carol)
+	phone := r.srv.Login(t, "alice", "alice-pw", "phone")
+	if err := phone.SendPresence(r.ctx(), "", "", "", "on the go", 1); err != nil {
+		t.Fatal(err)
+	}
+	last := func() mapping.Presence {
+		evs := r.in.matching(presenceOf(aliceJID))
+		if len(evs) == 0 {
+			return mapping.Presence{}
+		}
+		return *evs[len(evs)-1].Presence
+	}
+	count := func(pred func(mapping.Presence) bool) int {
+		n := 0
+		for _, ev := range r.in.matching(presenceOf(aliceJID)) {
+			if pred(*ev.Presence) {
+				n++
+			}
+		}
+		return n
+	}
+	// The phone's arrival does not change the aggregate (lower priority);
+	// mark the point with a status change of the laptop.
+	if err := laptop.SendPresence(r.ctx(), "", "", "away", "marker 1", 5); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, waitLong, "marker 1", func() bool { return last().Status == "marker 1" })
+	if n := count(func(p mapping.Presence) bool { return p.Status == "marker 1" }); n != 1 {
+		t.Errorf("marker 1 published %d times, want once", n)
+	}
+	if p := last(); p.State != mapping.StateAway || p.Priority != 5 {
+		t.Errorf("aggregate with both resources: %+v, want the laptop's", p)
+	}
+	if n := count(func(p mapping.Presence) bool { return p.Status == "on the go" }); n != 0 {
+		t.Errorf("the lower-priority phone was published %d times", n)
+	}
+
+	// The laptop goes offline: the phone's presence is the aggregate now.
+	if err := laptop.SendPresence(r.ctx(), "unavailable", "", "", "", 0); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, waitLong, "phone's presence as aggregate", func() bool {
+		p := last()
+		return p.State == mapping.StateAvailable && p.Status == "on the go" && p.Priority == 1
+	})
+	if err := phone.SendPresence(r.ctx(), "", "", "chat", "marker 2", 1); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, waitLong, "marker 2", func() bool { return last().Status == "marker 2" })
+	if n := count(func(p mapping.Presence) bool { return p.Status == "on the go" }); n != 1 {
+		t.Errorf("the change to the phone was published %d times, want once", n)
+	}
+	// And the phone going offline makes alice offline, once.
+	if err := phone.SendPresence(r.ctx(), "unavailable", "", "", "bye", 0); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, waitLong, "offline", func() bool { return last().State == mapping.StateOffline })
+	if err := r.bus.Conn().Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(func(p mapping.Presence) bool { return p.State == mapping.StateOffline }); n != 1 {
+		t.Errorf("offline published %d times, want once", n)
+		for _, ev := range r.in.matching(presenceOf(aliceJID)) {
+			t.Logf("event %+v", *ev.Presence)
+		}
+	}
+}
+
+// TestProsodyRestart: the component reconnects by itself, keeps its state,
+// announces the puppet's presence again and probes its contacts again.
+func TestProsodyRestart(t *testing.T) {
+	// A slow first retry, so that alice is back before the component is.
+	r := startRig(t, PolicyAccept, func(c *Config) { c.ReconnectMin, c.ReconnectMax = 3*time.Second, 3*time.Second })
+	const aliceJID = "alice@localhost"
+	alice := r.login("alice", "laptop", 0, "", "")
+	puppet := r.puppet(bob)
+	r.befriend(alice, bob)
+	r.presenceOut(bob, mapping.Presence{State: mapping.StateBusy, Status: "deep work"}, "")
+	alice.Wait(t, waitLong, "bob busy", func(s prosodytest.Stanza) bool { return from("presence", "", puppet)(s) && s.Show == "dnd" })
+
+	r.srv.Restart(t)
+	alice = r.srv.Login(t, "alice", "alice-pw", "laptop2")
+	if _, err := alice.Roster(r.ctx()); err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.SendPresence(r.ctx(), "", "", "chat", "back", 0); err != nil {
+		t.Fatal(err)
+	}
+	before := r.comp.connects.Load()
+	waitFor(t, waitLong, "reconnect", func() bool { return r.comp.connects.Load() >= 2 && r.comp.session() != nil })
+	p := alice.Wait(t, waitLong, "bob's presence after the restart", func(s prosodytest.Stanza) bool {
+		return from("presence", "", puppet)(s) && s.Show == "dnd"
+	})
+	if p.Status != "deep work" {
+		t.Errorf("presence after restart: %s", p.Raw)
+	}
+	if before < 2 {
+		t.Log("alice was back before the component: the presence came from the re-announce")
+	}
+	// The component probed alice again.
+	waitFor(t, waitLong, "alice's presence after the restart", func() bool {
+		evs := r.in.matching(presenceOf(aliceJID))
+		return len(evs) > 0 && evs[len(evs)-1].Presence.Status == "back"
+	})
+	if s := r.sub(bob, aliceJID); !SameState(s, sBoth) {
+		t.Errorf("state after restart: %s", StateName(s))
+	}
+	if got := r.roster(alice, puppet); got != "both" {
+		t.Errorf("roster after restart: %q", got)
+	}
+	r.ping(alice, puppet)
+}
+
+// TestCleanShutdown: every contact that may see a puppet, and every
+// recipient of directed presence, gets unavailable from it before the
+// stream closes.
+func TestCleanShutdown(t *testing.T) {
+	r := startRig(t, PolicyAccept)
+	alice := r.login("alice", "laptop", 0, "", "")
+	dave := r.login("dave", "desk", 0, "", "")
+	erin := r.login("erin", "tablet", 0, "", "")
+	for _, c := range []*prosodytest.Client{alice, dave} {
+		r.befriend(c, bob)
+		r.befriend(c, carol)
+	}
+	for _, mxid := range []string{bob, carol} {
+		r.presenceOut(mxid, mapping.Presence{State: mapping.StateAvailable, Status: "here"}, "")
+	}
+	for _, c := range []*prosodytest.Client{alice, dave} {
+		for _, mxid := range []string{bob, carol} {
+			c.Wait(t, waitLong, "available", func(s prosodytest.Stanza) bool { return from("presence", "", r.puppet(mxid))(s) && s.Status == "here" })
+		}
+	}
+	// Directed presence to erin, who is no contact.
+	r.presenceOut(bob, mapping.Presence{State: mapping.StateAway, Status: "just for erin"}, erin.JID.String())
+	erin.Wait(t, waitLong, "directed presence", from("presence", "", r.puppet(bob)))
+
+	r.stop()
+	for _, c := range []*prosodytest.Client{alice, dave} {
+		for _, mxid := range []string{bob, carol} {
+			c.Wait(t, waitLong, "unavailable from "+mxid, from("presence", "unavailable", r.puppet(mxid)))
+		}
+	}
+	erin.Wait(t, waitLong, "unavailable after directed presence", from("presence", "unavailable", r.puppet(bob)))
+	waitFor(t, waitLong, "component gone from Prosody", func() bool {
+		return r.srv.Log() != "" && contains(r.srv.Log(), "component disconnected: matrix.localhost")
+	})
+	for _, s := range erin.Received() {
+		if s.From == r.puppet(carol) {
+			t.Errorf("erin got presence from a puppet she never saw: %s", s.Raw)
+		}
+	}
+}
