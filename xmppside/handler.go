@@ -48,7 +48,7 @@ func (c *Component) handle(ctx context.Context, r xml.TokenReader, w xmlstream.T
 	case "iq":
 		c.handleIQ(ctx, r, w, start)
 	case "message":
-		c.handleMessage(w, start)
+		c.handleMessage(ctx, r, w, start)
 	}
 }
 
@@ -117,19 +117,26 @@ func (c *Component) replyError(w xmlstream.TokenWriter, h stanza.Header, typ xst
 	}
 }
 
-// handleMessage answers messages to puppets: the bridge carries presence
-// only.
-func (c *Component) handleMessage(w xmlstream.TokenWriter, start xml.StartElement) {
+// handleMessage answers messages: to the component domain they are
+// commands (see commands.go); to puppets they are refused, the bridge
+// carries presence only.
+func (c *Component) handleMessage(ctx context.Context, r xml.TokenReader, w xmlstream.TokenWriter, start xml.StartElement) {
 	h := stanza.ParseHeader(start)
 	if h.Type == "error" {
 		c.log.Debug("ignoring message error", "from", clip(h.From))
 		return
 	}
-	if _, ok := c.checkFrom(h); !ok {
+	from, ok := c.checkFrom(h)
+	if !ok {
 		return
 	}
-	if _, _, p := c.checkTo(h); p != nil {
+	to, mxid, p := c.checkTo(h)
+	if p != nil {
 		c.replyError(w, h, xstanza.Cancel, p.cond)
+		return
+	}
+	if mxid == "" && to.Resourcepart() == "" {
+		c.handleCommand(ctx, r, w, start, h, from)
 		return
 	}
 	c.replyError(w, h, xstanza.Cancel, xstanza.ServiceUnavailable)
