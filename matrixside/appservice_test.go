@@ -78,7 +78,7 @@ func TestTransactionsDeduplicatedAcrossRestart(t *testing.T) {
 	if status, _ := doAS(t, s2.Handler(), "PUT", "/_matrix/app/v1/transactions/t2", testHS, txn("$e3")); status != 200 {
 		t.Fatal(status)
 	}
-	rec.wait(t, 5*time.Second, "second invite", func(*bridge.Event) bool { return rec.count(func(*bridge.Event) bool { return true }) >= 2 })
+	waitFor(t, 5*time.Second, "second invite", func() bool { return rec.count(func(*bridge.Event) bool { return true }) >= 2 })
 	_ = bus.Conn().Flush()
 	if n := rec.count(func(*bridge.Event) bool { return true }); n != 2 {
 		t.Fatalf("%d membership events, want 2 (t1 once, t2 once)", n)

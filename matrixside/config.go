@@ -96,12 +96,23 @@ func (c Config) appserviceURL() string {
 // BotMXID returns the Matrix user ID of the bridge bot.
 func (c Config) BotMXID() string { return "@" + c.BotLocalpart + ":" + c.HomeserverDomain }
 
-// Validate reports every problem, each prefixed with its key, joined in one
-// error wrapping [ErrConfig].
+// KeyError is one problem of a [Config]: Error is "key: problem", and
+// errors.Is(err, ErrConfig) holds.
+type KeyError struct {
+	Key string // YAML key within the matrix section, e.g. "as_token"
+	Msg string
+}
+
+func (e *KeyError) Error() string { return e.Key + ": " + e.Msg }
+
+// Unwrap makes errors.Is(err, ErrConfig) true.
+func (e *KeyError) Unwrap() error { return ErrConfig }
+
+// Validate reports every problem as a [*KeyError], joined in one error.
 func (c Config) Validate() error {
 	var errs []error
 	add := func(key, format string, a ...any) {
-		errs = append(errs, fmt.Errorf("%w: "+key+": "+format, append([]any{ErrConfig}, a...)...))
+		errs = append(errs, &KeyError{Key: key, Msg: fmt.Sprintf(format, a...)})
 	}
 	if err := checkHTTPURL(c.HomeserverURL); err != nil {
 		add("homeserver_url", "%v", err)

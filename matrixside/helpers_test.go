@@ -165,6 +165,7 @@ type fakeHS struct {
 	puts     map[string][]presenceBody // per ghost, in arrival order
 	putTimes map[string][]time.Time
 	requests int
+	raw      []string                                // every presence PUT body
 	answer   func(ghost string, n int) (int, string) // n: this ghost's PUT number, from 1
 }
 
@@ -198,6 +199,7 @@ func (f *fakeHS) serve(w http.ResponseWriter, r *http.Request) {
 		_ = json.Unmarshal(body, &pb)
 		f.mu.Lock()
 		f.puts[ghost] = append(f.puts[ghost], pb)
+		f.raw = append(f.raw, string(body))
 		f.putTimes[ghost] = append(f.putTimes[ghost], time.Now())
 		n := len(f.puts[ghost])
 		answer := f.answer

@@ -58,7 +58,8 @@ func (s *Side) membershipEvents(m memberEvent) []*bridge.Event {
 		return nil
 	}
 	membership := m.Membership
-	if membership == "leave" && m.PrevMembership == "invite" && m.Sender == m.StateKey {
+	wasInvited := s.rooms.setInvited(m.RoomID, m.StateKey, membership == "invite")
+	if membership == "leave" && m.Sender == m.StateKey && (m.PrevMembership == "invite" || wasInvited) {
 		membership = "reject"
 	}
 	gone := m.Membership == "leave" || m.Membership == "ban"

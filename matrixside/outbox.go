@@ -26,7 +26,7 @@ type ghostOut struct {
 	hasSent    bool
 	failed     wireState // a state the homeserver refused for good
 	hasFailed  bool
-	lastPut    time.Time // start of the last PUT attempt
+	lastPut    time.Time // start, then end, of the last PUT attempt
 	scheduled  bool      // queued, delayed or in flight
 	force      bool      // send even if unchanged (refresh)
 	dueAt      time.Time
@@ -187,6 +187,9 @@ func (o *outbox) done(g *ghostOut, w wireState, force bool, err error, now time.
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	g.scheduled = false
+	// The window runs from the end of the PUT: registering a new ghost
+	// first can delay a PUT's arrival well past its start.
+	g.lastPut = now
 	if err == nil {
 		g.sent, g.hasSent, g.hasFailed = w, true, false
 		o.backoff = 0

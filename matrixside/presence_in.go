@@ -213,6 +213,7 @@ func (s *Side) pollOnce(ctx context.Context) {
 		}
 		s.observePresence(ctx, u, w, time.Now())
 	}
+	s.pollRounds.Add(1)
 }
 
 // sleepCtx waits d or until ctx ends; it reports whether d passed.

@@ -19,6 +19,10 @@ type rooms struct {
 type roomInfo struct {
 	ghosts map[string]struct{} // ghost MXIDs
 	users  map[string]struct{} // Matrix user IDs (not ghosts, not the bot)
+	// invited holds members whose last known membership is invite, so a
+	// leave of their own can be told apart as a rejection (Dendrite sends
+	// no prev_content to appservices).
+	invited map[string]struct{}
 }
 
 func newRooms() *rooms { return &rooms{byRoom: map[string]*roomInfo{}} }
@@ -26,7 +30,7 @@ func newRooms() *rooms { return &rooms{byRoom: map[string]*roomInfo{}} }
 func (r *rooms) info(roomID string) *roomInfo {
 	ri := r.byRoom[roomID]
 	if ri == nil {
-		ri = &roomInfo{ghosts: map[string]struct{}{}, users: map[string]struct{}{}}
+		ri = &roomInfo{ghosts: map[string]struct{}{}, users: map[string]struct{}{}, invited: map[string]struct{}{}}
 		r.byRoom[roomID] = ri
 	}
 	return ri
@@ -58,9 +62,24 @@ func (r *rooms) remove(roomID, ghost, user string) {
 	}
 	delete(ri.ghosts, ghost)
 	delete(ri.users, user)
-	if len(ri.ghosts) == 0 && len(ri.users) == 0 {
+	if len(ri.ghosts) == 0 && len(ri.users) == 0 && len(ri.invited) == 0 {
 		delete(r.byRoom, roomID)
 	}
+}
+
+// setInvited records whether member's membership in roomID is now invite,
+// and reports whether it was before.
+func (r *rooms) setInvited(roomID, member string, invited bool) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ri := r.info(roomID)
+	_, was := ri.invited[member]
+	if invited {
+		ri.invited[member] = struct{}{}
+	} else {
+		delete(ri.invited, member)
+	}
+	return was
 }
 
 func (r *rooms) ghostsIn(roomID string) []string { return r.members(roomID, true) }

@@ -36,6 +36,7 @@ type Side struct {
 	watched map[string]struct{}
 
 	ephemeralSeen atomic.Bool
+	pollRounds    atomic.Int64 // completed poll rounds, for tests
 	running       atomic.Bool
 	botJoins      chan string
 	ready         chan struct{} // closed once the listener is up
