@@ -25,6 +25,7 @@ type env struct {
 	bus  *bridge.Bus
 	cfg  Config
 	in   *busRecorder // everything the side publishes
+	stop func()       // stops the side (clean shutdown)
 }
 
 // startEnv starts Dendrite with the side's own registration (so every
@@ -58,7 +59,7 @@ func startEnv(t *testing.T, edit func(*Config), beforeRun func(*Side)) *env {
 	if beforeRun != nil {
 		beforeRun(s)
 	}
-	runSide(t, s, ln)
+	e.stop = runSide(t, s, ln)
 	e.side = s
 	return e
 }
@@ -419,4 +420,22 @@ func TestHomeserverRestartCoalesces(t *testing.T) {
 	if ct.failures > 40 {
 		t.Errorf("%d failed attempts during the outage: a retry storm", ct.failures)
 	}
+}
+
+// TestCleanShutdownGhostsOffline: when the bridge stops, Matrix users see
+// the ghosts go offline (with their last status), not stuck online.
+func TestCleanShutdownGhostsOffline(t *testing.T) {
+	t.Parallel()
+	e := startEnv(t, nil, nil)
+	bob := e.srv.CreateUser(t, "bob", "bob-password")
+	const alice, carol = "alice@example.com", "carol@example.com"
+	e.openDirect(t, alice, bob)
+	e.openDirect(t, carol, bob)
+	e.setPresence(t, alice, presenceOf(mapping.StateAvailable, "here"))
+	e.setPresence(t, carol, presenceOf(mapping.StateAway, "lunch"))
+	bob.WaitPresence(t, wait, ghostOf(t, alice), statusIs("online", "here"))
+	bob.WaitPresence(t, wait, ghostOf(t, carol), statusIs("unavailable", "lunch"))
+	e.stop()
+	bob.WaitPresence(t, wait, ghostOf(t, alice), statusIs("offline", "here"))
+	bob.WaitPresence(t, wait, ghostOf(t, carol), statusIs("offline", "lunch"))
 }

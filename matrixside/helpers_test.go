@@ -82,28 +82,35 @@ func freeListener(t testing.TB) net.Listener {
 
 // runSide starts s.Run on ln and stops it at cleanup, checking it
 // returns nil.
-func runSide(t testing.TB, s *Side, ln net.Listener) {
+// runSide runs s until the test ends or the returned stop is called
+// (stop waits for Run to return and may be called again).
+func runSide(t testing.TB, s *Side, ln net.Listener) (stop func()) {
 	t.Helper()
 	s.listener = ln
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run: %v", err)
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("Run: %v", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Errorf("Run did not return")
 			}
-		case <-time.After(30 * time.Second):
-			t.Errorf("Run did not return")
-		}
-	})
+		})
+	}
+	t.Cleanup(stop)
 	select {
 	case <-s.Ready():
 	case err := <-done:
 		t.Fatalf("Run: %v", err)
 	}
+	return stop
 }
 
 // busRecorder collects events published on a subject filter.

@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"sync"
 	"time"
+
+	"github.com/presence-bridge/presence-bridge/mapping"
 )
 
 // wireState is what the bridge can set of a ghost's presence: the Matrix
@@ -273,4 +275,18 @@ func (h *dueHeap) Pop() any {
 	g.heapIndex = -1
 	*h = old[:len(old)-1]
 	return g
+}
+
+// shownOnline returns the ghosts the homeserver last saw as not offline,
+// with the state it has, for the clean shutdown.
+func (o *outbox) shownOnline() map[*ghostOut]wireState {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	out := make(map[*ghostOut]wireState)
+	for _, g := range o.ghosts {
+		if g.hasSent && g.sent.Presence != mapping.MatrixOffline.String() {
+			out[g] = g.sent
+		}
+	}
+	return out
 }

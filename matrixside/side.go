@@ -207,8 +207,39 @@ func (s *Side) Run(ctx context.Context) error {
 		_ = sub.Unsubscribe()
 	}
 	wg.Wait()
+	s.ghostsOffline(context.WithoutCancel(ctx))
 	s.log.Info("matrix side stopped")
 	return firstErr
+}
+
+// shutdownOfflineTimeout bounds setting the ghosts offline on shutdown.
+const shutdownOfflineTimeout = 5 * time.Second
+
+// ghostsOffline shows every ghost that is online as offline, keeping its
+// status: while the bridge is gone nobody should look present. Bounded by
+// shutdownOfflineTimeout; what is not done by then is logged.
+func (s *Side) ghostsOffline(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, shutdownOfflineTimeout)
+	defer cancel()
+	online := s.out.shownOnline()
+	jobs := make(chan *ghostOut)
+	var wg sync.WaitGroup
+	var failed atomic.Int32
+	for range min(8, len(online)) {
+		wg.Go(func() {
+			for g := range jobs {
+				if err := s.c.setPresence(ctx, g.path, mapping.MatrixOffline.String(), online[g].Status); err != nil {
+					failed.Add(1)
+				}
+			}
+		})
+	}
+	for g := range online {
+		jobs <- g
+	}
+	close(jobs)
+	wg.Wait()
+	s.log.Info("ghosts set offline", "ghosts", len(online), "failed", failed.Load())
 }
 
 // runRefresh re-sends every ghost's presence once per refresh interval.
