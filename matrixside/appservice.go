@@ -145,6 +145,11 @@ func (s *Side) processTxn(ctx context.Context, t *parsedTxn) error {
 		s.ephemeralSeen.Store(true)
 		s.observePresence(ctx, p.Sender, p.Content, now)
 	}
+	for _, c := range t.Commands {
+		if err := s.runCommand(ctx, c); err != nil {
+			return err
+		}
+	}
 	bot := s.cfg.BotMXID()
 	for _, m := range t.Members {
 		if m.StateKey == bot {

@@ -54,6 +54,8 @@ type presenceEvent struct {
 type parsedTxn struct {
 	Members  []memberEvent
 	Presence []presenceEvent
+	// Commands are text messages that start with the command prefix.
+	Commands []commandEvent
 	// Skipped counts events that were malformed or of no interest.
 	Skipped int
 }
@@ -76,6 +78,14 @@ func parseTransaction(body []byte) (*parsedTxn, string, error) {
 	out := &parsedTxn{}
 	for _, raw := range t.Events {
 		var ev rawEvent
+		if json.Unmarshal(raw, &ev) == nil && ev.Type == "m.room.message" {
+			if c, ok := parseCommand(ev); ok {
+				out.Commands = append(out.Commands, c)
+			} else {
+				out.Skipped++
+			}
+			continue
+		}
 		if json.Unmarshal(raw, &ev) != nil || ev.Type != "m.room.member" || ev.StateKey == nil {
 			out.Skipped++
 			continue
