@@ -3,6 +3,7 @@ package matrixside
 import (
 	"context"
 	"encoding/json"
+	"github.com/presence-bridge/presence-bridge/internal/testenv/bustest"
 	"io"
 	"log/slog"
 	"net"
@@ -42,33 +43,10 @@ func testConfig(hsURL string) Config {
 	return cfg
 }
 
-// openTestBus starts an embedded bus in dir (a temp dir if empty).
-func openTestBus(t testing.TB, dir string) *bridge.Bus {
-	t.Helper()
-	cfg := bridge.Default()
-	if dir == "" {
-		dir = t.TempDir()
-	}
-	cfg.Embedded.DataDir = dir
-	b, err := bridge.Open(context.Background(), cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
-	return b
-}
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
+var (
+	openTestBus = bustest.Open
+	waitFor     = bustest.WaitFor
+)
 
 // freeListener listens on a free loopback port.
 func freeListener(t testing.TB) net.Listener {

@@ -2,8 +2,7 @@ package xmppside
 
 import (
 	"context"
-	"io"
-	"log/slog"
+	"github.com/presence-bridge/presence-bridge/internal/testenv/bustest"
 	"net"
 	"os"
 	"runtime/pprof"
@@ -29,52 +28,11 @@ func testNamespace(domain string) mapping.Namespace {
 	return mapping.Namespace{GhostPrefix: "_xmpp_", HomeserverDomain: "example.org", ComponentDomain: domain}
 }
 
-// openTestBus starts an embedded bus in a temp dir (as in bridge's tests).
-func openTestBus(t testing.TB) *bridge.Bus {
-	t.Helper()
-	cfg := bridge.Default()
-	cfg.Embedded.DataDir = t.TempDir()
-	b, err := bridge.Open(context.Background(), cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
-	return b
-}
+func openTestBus(t testing.TB) *bridge.Bus { return bustest.Open(t, "") }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
+var waitFor = bustest.WaitFor
 
-// testLogger logs to t until the test ends.
-func testLogger(t testing.TB) *slog.Logger {
-	w := &testWriter{t: t}
-	t.Cleanup(func() { w.mu.Lock(); w.done = true; w.mu.Unlock() })
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type testWriter struct {
-	mu   sync.Mutex
-	t    testing.TB
-	done bool
-}
-
-func (w *testWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.done {
-		w.t.Log(strings.TrimRight(string(p), "\n"))
-	}
-	return len(p), nil
-}
+var testLogger = bustest.Logger
 
 // recorder keeps every event the component publishes on bridge.In.
 type recorder struct {
@@ -281,7 +239,5 @@ func (r *rig) befriend(c *prosodytest.Client, mxid string) {
 	}
 	r.waitSub(mxid, contact, sBoth)
 }
-
-var _ io.Writer = (*testWriter)(nil)
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
