@@ -116,5 +116,3 @@ func runBridge(ctx context.Context, cfg *File) error {
 	log.Info("stopped")
 	return errors.Join(all...)
 }
-
-
