@@ -197,10 +197,9 @@ matrix:
   hs_token: %s
   listen: %s
   ghost_prefix: %s
-  # Dendrite pushes no presence to appservices and the bot shares no room
-  # with the Matrix users (nobody invites it), so polling GET /presence is
-  # how Matrix presence reaches the bridge: its interval bounds the latency.
-  poll_interval: 200ms
+  # poll_interval stays at its default (30s): Matrix presence must reach
+  # the bridge through the bot's /sync, the bot being in every direct chat
+  # a ghost opens, not by polling.
   coalesce_window: %s
 nats:
   embedded:

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"slices"
 	"testing"
@@ -19,32 +18,11 @@ import (
 // the coalescing window apart, so that coalescing adds nothing. Run it
 // with e.g. -benchtime=200x for a meaningful p99.
 //
-// Two set-ups: "poll", the plain consent flow, where the bridge learns
-// Matrix presence by polling GET /presence (poll_interval 200ms), and
-// "bot-in-room", where bob also invites the bridge bot into the direct
-// chat, so that the bot's /sync sees his presence at once.
+// The bridge learns Matrix presence through its bot's /sync: a ghost
+// invites the bot into every direct chat it opens.
 func BenchmarkLatency(b *testing.B) {
-	b.Run("poll", func(b *testing.B) { benchLatency(b, false) })
-	b.Run("bot-in-room", func(b *testing.B) { benchLatency(b, true) })
-}
-
-func benchLatency(b *testing.B, inviteBot bool) {
 	e := newEnv(b, options{})
 	l := e.linkedPair()
-	if inviteBot {
-		bot := "@presencebot:" + e.ns.HomeserverDomain
-		ctx, cancel := context.WithTimeout(context.Background(), flowTimeout)
-		defer cancel()
-		if err := l.bob.Invite(ctx, l.room, bot); err != nil {
-			b.Fatal(err)
-		}
-		poll(b, flowTimeout, "bot joined", func() error {
-			if len(e.bridge.logLines("bot joined room", l.room)) == 0 {
-				return fmt.Errorf("bridge log shows no join of %s yet", l.room)
-			}
-			return nil
-		})
-	}
 	pace := coalesceWindow + 50*time.Millisecond
 	var toMatrix, toXMPP []time.Duration
 	var lastAlice, lastBob time.Time

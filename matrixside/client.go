@@ -203,12 +203,13 @@ func (c *client) getPresence(ctx context.Context, user string) (wirePresence, er
 	return p, err
 }
 
-func (c *client) createDirectRoom(ctx context.Context, as, invite string) (string, error) {
+// createDirectRoom creates a direct chat of as with the users in invite.
+func (c *client) createDirectRoom(ctx context.Context, as string, invite ...string) (string, error) {
 	var out struct {
 		RoomID string `json:"room_id"`
 	}
 	err := c.do(ctx, c.http, http.MethodPost, clientV3+"/createRoom"+asUser(as), map[string]any{
-		"preset": "trusted_private_chat", "is_direct": true, "invite": []string{invite},
+		"preset": "trusted_private_chat", "is_direct": true, "invite": invite,
 	}, &out)
 	if err == nil && out.RoomID == "" {
 		err = fmt.Errorf("matrixside: createRoom: %w: no room_id in answer", ErrHomeserver)

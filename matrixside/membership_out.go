@@ -99,9 +99,15 @@ func (s *Side) openDirect(ctx context.Context, ghost, jid, peer, roomID string) 
 		}
 		// The ghost is not in the room any more: open a new one.
 	}
-	newRoom, err := s.c.createDirectRoom(ctx, ghost, peer)
+	// The bot is invited too: Dendrite pushes no presence to appservices,
+	// and a room shared with the bot makes the peer's presence reach the
+	// bot's /sync at once instead of at the next poll.
+	newRoom, err := s.c.createDirectRoom(ctx, ghost, peer, s.cfg.BotMXID())
 	if err != nil {
 		return err
+	}
+	if err := s.c.join(ctx, "", newRoom); err != nil {
+		s.log.Warn("bot could not join the direct chat; presence falls back to polling", "room", newRoom, "err", err)
 	}
 	s.rooms.add(newRoom, ghost, peer)
 	s.log.Info("direct chat opened", "ghost", ghost, "peer", peer, "room", newRoom)
