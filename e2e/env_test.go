@@ -61,7 +61,7 @@ func bridgeBinary(t testing.TB) string {
 	t.Helper()
 	bin := filepath.Join(binDir, "presence-bridge")
 	buildOnce.Do(func() {
-		root, err := moduleRoot()
+		root, err := dendritetest.ModuleRoot()
 		if err != nil {
 			buildErr = err
 			return
@@ -78,24 +78,6 @@ func bridgeBinary(t testing.TB) string {
 		t.Fatal(buildErr)
 	}
 	return bin
-}
-
-// moduleRoot is the directory above this package holding go.mod.
-func moduleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("e2e: go.mod not found above the working directory")
-		}
-		dir = parent
-	}
 }
 
 // options changes the environment of one test.

@@ -85,7 +85,7 @@ func binDir(t testing.TB) string {
 	t.Helper()
 	dir := os.Getenv("DENDRITE_BIN_DIR")
 	if dir == "" {
-		if root, err := moduleRoot(); err == nil {
+		if root, err := ModuleRoot(); err == nil {
 			dir = filepath.Join(root, ".build", "bin")
 		}
 	}
@@ -101,8 +101,9 @@ func binDir(t testing.TB) string {
 	return dir
 }
 
-// moduleRoot walks up from the working directory to this module's go.mod.
-func moduleRoot() (string, error) {
+// ModuleRoot walks up from the working directory to this module's go.mod
+// (the one declaring the presence-bridge module) and returns its directory.
+func ModuleRoot() (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {
 		return "", err
