@@ -284,7 +284,8 @@ func (e *env) waitComponent(c *prosodytest.Client, timeout time.Duration) {
 // puppet returns the puppet JID of a Matrix user.
 func (e *env) puppet(mxid string) string {
 	e.t.Helper()
-	j, err := e.ns.PuppetJID(mxid)
+	jTyped, err := e.ns.PuppetJID(mapping.UserID(mxid))
+	j := string(jTyped)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -294,7 +295,8 @@ func (e *env) puppet(mxid string) string {
 // ghost returns the ghost MXID of an XMPP user.
 func (e *env) ghost(bareJID string) string {
 	e.t.Helper()
-	g, err := e.ns.GhostMXID(bareJID)
+	gTyped, err := e.ns.GhostMXID(mapping.BareJID(bareJID))
+	g := string(gTyped)
 	if err != nil {
 		e.t.Fatal(err)
 	}

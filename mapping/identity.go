@@ -51,7 +51,8 @@ func (n Namespace) Validate() error {
 // any byte outside [a-z0-9.-/] becomes "=xx".
 //
 //	alice@example.com → @_xmpp_alice=40example.com:example.org
-func (n Namespace) GhostMXID(bareJID string) (string, error) {
+func (n Namespace) GhostMXID(jid BareJID) (UserID, error) {
+	bareJID := string(jid)
 	if _, _, err := ParseBareJID(bareJID); err != nil {
 		return "", err
 	}
@@ -80,14 +81,15 @@ func (n Namespace) GhostMXID(bareJID string) (string, error) {
 	if b.Len() > MaxMXIDLength {
 		return "", fmt.Errorf("%w: ghost of %q would be %d bytes, Matrix allows %d", ErrTooLong, bareJID, b.Len(), MaxMXIDLength)
 	}
-	return b.String(), nil
+	return UserID(b.String()), nil
 }
 
 // ParseGhostMXID is the inverse of [Namespace.GhostMXID]: it returns the bare
 // JID a ghost stands for. A valid user ID outside the namespace returns
 // [ErrNotGhost]; only the canonical escaping is accepted, so every JID has
 // exactly one ghost.
-func (n Namespace) ParseGhostMXID(mxid string) (string, error) {
+func (n Namespace) ParseGhostMXID(id UserID) (BareJID, error) {
+	mxid := string(id)
 	local, server, err := ParseMXID(mxid)
 	if err != nil {
 		return "", err
@@ -136,7 +138,7 @@ func (n Namespace) ParseGhostMXID(mxid string) (string, error) {
 	if _, _, err := ParseBareJID(jid); err != nil {
 		return "", fmt.Errorf("%w: %q decodes to an invalid JID: %w", ErrNotGhost, mxid, err)
 	}
-	return jid, nil
+	return BareJID(jid), nil
 }
 
 // needsNoEscape reports whether GhostMXID writes byte c as itself, so an
@@ -150,7 +152,8 @@ func needsNoEscape(c byte) bool {
 // domain.
 //
 //	@bob:example.org → bob\40example.org@matrix.example.net
-func (n Namespace) PuppetJID(mxid string) (string, error) {
+func (n Namespace) PuppetJID(id UserID) (BareJID, error) {
+	mxid := string(id)
 	local, server, err := ParseMXID(mxid)
 	if err != nil {
 		return "", err
@@ -165,12 +168,12 @@ func (n Namespace) PuppetJID(mxid string) (string, error) {
 	}
 	b.WriteByte('@')
 	b.WriteString(n.ComponentDomain)
-	return b.String(), nil
+	return BareJID(b.String()), nil
 }
 
 // ParsePuppetJID is the inverse of [Namespace.PuppetJID]. A resource, if any,
 // is ignored. A JID on another domain returns [ErrNotPuppet].
-func (n Namespace) ParsePuppetJID(jid string) (string, error) {
+func (n Namespace) ParsePuppetJID(jid string) (UserID, error) {
 	if i := strings.IndexByte(jid, '/'); i >= 0 {
 		jid = jid[:i]
 	}
@@ -190,10 +193,10 @@ func (n Namespace) ParsePuppetJID(jid string) (string, error) {
 	if _, _, err := ParseMXID(mxid); err != nil {
 		return "", fmt.Errorf("%w: %q: %w", ErrNotPuppet, jid, err)
 	}
-	if canon, err := n.PuppetJID(mxid); err != nil || canon != jid {
+	if canon, err := n.PuppetJID(UserID(mxid)); err != nil || string(canon) != jid {
 		return "", fmt.Errorf("%w: %q is not the canonical puppet of %s", ErrNotPuppet, jid, mxid)
 	}
-	return mxid, nil
+	return UserID(mxid), nil
 }
 
 // IsPuppetDomain reports whether a bare or full JID is on the component

@@ -17,13 +17,13 @@ func TestGhostMXID(t *testing.T) {
 		{"a=b@[::1]", "@_xmpp_a=3db=40=5b=3a=3a1=5d:example.org"},
 	}
 	for _, c := range cases {
-		got, err := testNS.GhostMXID(c.jid)
-		if err != nil || got != c.mxid {
+		got, err := testNS.GhostMXID(BareJID(c.jid))
+		if err != nil || string(got) != c.mxid {
 			t.Errorf("GhostMXID(%q) = %q, %v; want %q", c.jid, got, err, c.mxid)
 			continue
 		}
 		back, err := testNS.ParseGhostMXID(got)
-		if err != nil || back != c.jid {
+		if err != nil || string(back) != c.jid {
 			t.Errorf("ParseGhostMXID(%q) = %q, %v; want %q", got, back, err, c.jid)
 		}
 	}
@@ -43,7 +43,7 @@ func TestGhostMXIDErrors(t *testing.T) {
 		{strings.Repeat("a", 300) + "@example.com", ErrTooLong},
 	}
 	for _, c := range bad {
-		if _, err := testNS.GhostMXID(c.in); !errors.Is(err, c.want) {
+		if _, err := testNS.GhostMXID(BareJID(c.in)); !errors.Is(err, c.want) {
 			t.Errorf("GhostMXID(%q) err = %v, want %v", c.in, err, c.want)
 		}
 	}
@@ -61,7 +61,7 @@ func TestGhostMXIDErrors(t *testing.T) {
 		{"bob", ErrInvalidMXID},
 	}
 	for _, c := range notGhost {
-		if _, err := testNS.ParseGhostMXID(c.in); !errors.Is(err, c.want) {
+		if _, err := testNS.ParseGhostMXID(UserID(c.in)); !errors.Is(err, c.want) {
 			t.Errorf("ParseGhostMXID(%q) err = %v, want %v", c.in, err, c.want)
 		}
 	}
@@ -76,13 +76,13 @@ func TestPuppetJID(t *testing.T) {
 		{`@back\slash:e.org`, `back\5cslash\40e.org@matrix.example.net`},
 	}
 	for _, c := range cases {
-		got, err := testNS.PuppetJID(c.mxid)
-		if err != nil || got != c.jid {
+		got, err := testNS.PuppetJID(UserID(c.mxid))
+		if err != nil || string(got) != c.jid {
 			t.Errorf("PuppetJID(%q) = %q, %v; want %q", c.mxid, got, err, c.jid)
 			continue
 		}
-		back, err := testNS.ParsePuppetJID(got + "/resource")
-		if err != nil || back != c.mxid {
+		back, err := testNS.ParsePuppetJID(string(got) + "/resource")
+		if err != nil || string(back) != c.mxid {
 			t.Errorf("ParsePuppetJID(%q) = %q, %v; want %q", got, back, err, c.mxid)
 		}
 	}
@@ -90,7 +90,7 @@ func TestPuppetJID(t *testing.T) {
 
 func TestPuppetJIDErrors(t *testing.T) {
 	for _, in := range []string{"bob:example.org", "@:example.org", "@Bob:example.org", "@bob:Example.org", "@bob:", "@bo b:example.org", "@bob:ex_ample.org", "@bob:example.org:99999999"} {
-		if _, err := testNS.PuppetJID(in); !errors.Is(err, ErrInvalidMXID) {
+		if _, err := testNS.PuppetJID(UserID(in)); !errors.Is(err, ErrInvalidMXID) {
 			t.Errorf("PuppetJID(%q) err = %v, want ErrInvalidMXID", in, err)
 		}
 	}

@@ -240,7 +240,8 @@ func doAS(t testing.TB, h http.Handler, method, target, token, body string) (int
 
 func ghostOf(t testing.TB, jid string) string {
 	t.Helper()
-	g, err := testNS.GhostMXID(jid)
+	gTyped, err := testNS.GhostMXID(mapping.BareJID(jid))
+	g := string(gTyped)
 	if err != nil {
 		t.Fatal(err)
 	}

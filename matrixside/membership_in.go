@@ -24,10 +24,10 @@ func (s *Side) classify(mxid string) (userKind, string) {
 	if mxid == s.cfg.BotMXID() {
 		return kindBot, ""
 	}
-	jid, err := s.ns.ParseGhostMXID(mxid)
+	jid, err := s.ns.ParseGhostMXID(mapping.UserID(mxid))
 	switch {
 	case err == nil:
-		return kindGhost, jid
+		return kindGhost, string(jid)
 	case errors.Is(err, mapping.ErrNotGhost):
 		if s.inGhostNamespace(mxid) {
 			return kindBadGhost, ""

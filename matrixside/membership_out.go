@@ -31,7 +31,8 @@ func (s *Side) membershipOut(ctx context.Context, ev *bridge.Event) error {
 		return fmt.Errorf("%w: not a membership command from the xmpp side", ErrBadCommand)
 	}
 	jid, peer, m := ev.User, ev.Peer, ev.Membership
-	ghost, err := s.ns.GhostMXID(jid)
+	ghostTyped, err := s.ns.GhostMXID(mapping.BareJID(jid))
+	ghost := string(ghostTyped)
 	if err != nil {
 		return fmt.Errorf("%w: user %q: %w", ErrBadCommand, jid, err)
 	}

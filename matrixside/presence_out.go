@@ -26,7 +26,8 @@ func (s *Side) setGhostPresence(jid string, p mapping.Presence, now time.Time) {
 		// Unknown must never look offline; leave the ghost as it is.
 		return
 	}
-	mxid, err := s.ns.GhostMXID(jid)
+	mxidTyped, err := s.ns.GhostMXID(mapping.BareJID(jid))
+	mxid := string(mxidTyped)
 	if err != nil {
 		s.log.Warn("no ghost for user", "user", jid, "err", err)
 		return

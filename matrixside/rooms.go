@@ -2,6 +2,7 @@ package matrixside
 
 import (
 	"context"
+	"github.com/presence-bridge/presence-bridge/mapping"
 	"sync"
 
 	"github.com/presence-bridge/presence-bridge/bridge"
@@ -126,7 +127,8 @@ func (s *Side) loadLinks(ctx context.Context) {
 		if l.RoomID == "" {
 			return nil
 		}
-		ghost, err := s.ns.GhostMXID(l.XMPPUser)
+		ghostTyped, err := s.ns.GhostMXID(mapping.BareJID(l.XMPPUser))
+		ghost := string(ghostTyped)
 		if err != nil {
 			return nil
 		}

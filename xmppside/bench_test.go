@@ -43,7 +43,8 @@ func BenchmarkInboundPresence(b *testing.B) {
 	done := make(chan struct{})
 	go func() { defer close(done); c.presence.run(ctx) }()
 	defer func() { cancel(); <-done }()
-	puppet, _ := c.ns.PuppetJID(bob)
+	puppetTyped, _ := c.ns.PuppetJID(mapping.UserID(bob))
+	puppet := string(puppetTyped)
 	var body [][]byte
 	for _, show := range []string{"away", "dnd"} {
 		body = append(body, fmt.Appendf(nil, `<presence from='alice@example.com/phone' to='%s' id='p1'><show>%s</show>`+
@@ -82,7 +83,8 @@ func BenchmarkFanOut10k(b *testing.B) {
 	for i := 0; i < contacts; i++ {
 		c.subs.set(bob, fmt.Sprintf("user%d@example.com", i), bridge.Subscription{From: true, To: i%2 == 0})
 	}
-	puppet, _ := c.ns.PuppetJID(bob)
+	puppetTyped, _ := c.ns.PuppetJID(mapping.UserID(bob))
+	puppet := string(puppetTyped)
 	rec := bridge.PresenceRecord{Presence: mapping.Presence{State: mapping.StateAway, Status: "in a meeting until 3"}}
 	w := xml.NewEncoder(io.Discard)
 	var to []string

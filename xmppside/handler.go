@@ -92,7 +92,9 @@ func (c *Component) checkTo(h stanza.Header) (to jid.JID, mxid string, problem *
 	if to.Localpart() == "" {
 		return to, "", nil
 	}
-	mxid, err = c.ns.ParsePuppetJID(to.Bare().String())
+	var id mapping.UserID
+	id, err = c.ns.ParsePuppetJID(to.Bare().String())
+	mxid = string(id)
 	if err != nil {
 		c.log.Info("stanza to a JID that is no puppet", "stanza", h.Name, "to", clip(h.To), "err", err)
 		return to, "", &toProblem{xstanza.ItemNotFound}

@@ -62,7 +62,8 @@ func feed(t testing.TB, c *Component, raw string) string {
 
 func TestSpoofedSendersRefused(t *testing.T) {
 	c, rec := newTestComponent(t)
-	puppet, _ := c.ns.PuppetJID(bob)
+	puppetTyped, _ := c.ns.PuppetJID(mapping.UserID(bob))
+	puppet := string(puppetTyped)
 	tests := []struct{ name, from string }{
 		{"component domain", testDomain},
 		{"a puppet", puppet},
@@ -98,7 +99,8 @@ func TestSpoofedSendersRefused(t *testing.T) {
 
 func TestHandlerAddressing(t *testing.T) {
 	c, rec := newTestComponent(t)
-	puppet, _ := c.ns.PuppetJID(bob)
+	puppetTyped, _ := c.ns.PuppetJID(mapping.UserID(bob))
+	puppet := string(puppetTyped)
 	tests := []struct {
 		name, raw string
 		want      []string // substrings of the reply; nil means no reply

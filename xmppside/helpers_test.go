@@ -139,7 +139,8 @@ func (r *rig) stop() {
 }
 
 func (r *rig) puppet(mxid string) string {
-	j, err := r.ns.PuppetJID(mxid)
+	jTyped, err := r.ns.PuppetJID(mapping.UserID(mxid))
+	j := string(jTyped)
 	if err != nil {
 		r.t.Fatal(err)
 	}

@@ -124,7 +124,8 @@ func (c *Component) gateway(q iqQuery) {
 		t.elem("", "prompt", "Matrix user ID")
 	} else {
 		prompt := strings.TrimSpace(childText(q.r, "prompt"))
-		puppet, err := c.ns.PuppetJID(prompt)
+		puppetTyped, err := c.ns.PuppetJID(mapping.UserID(prompt))
+		puppet := string(puppetTyped)
 		if err != nil {
 			c.log.Info("gateway prompt is no Matrix user ID", "from", q.from.String(), "prompt", clip(prompt))
 			c.replyError(q.w, q.h, xstanza.Modify, xstanza.NotAcceptable)

@@ -26,7 +26,8 @@ func (c *Component) onPresenceOut(ctx context.Context, ev *bridge.Event) {
 		return
 	}
 	mxid := ev.User
-	puppet, err := c.ns.PuppetJID(mxid)
+	puppetTyped, err := c.ns.PuppetJID(mapping.UserID(mxid))
+	puppet := string(puppetTyped)
 	if err != nil {
 		c.log.Warn("ignoring presence for a Matrix user without puppet", "mxid", mxid, "err", err)
 		return

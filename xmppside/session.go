@@ -106,7 +106,8 @@ func (c *Component) announce(ctx context.Context, sess *xmpp.Session) {
 		if ctx.Err() != nil {
 			return
 		}
-		puppet, err := c.ns.PuppetJID(mxid)
+		puppetTyped, err := c.ns.PuppetJID(mapping.UserID(mxid))
+		puppet := string(puppetTyped)
 		if err != nil {
 			c.log.Warn("no puppet for stored subscription", "mxid", mxid, "err", err)
 			continue
@@ -138,7 +139,8 @@ func (c *Component) goodbye(ctx context.Context, sess *xmpp.Session) int {
 	directed := c.puppets.allDirected()
 	seen := make(map[string]bool)
 	send := func(mxid string, extra []string) {
-		puppet, err := c.ns.PuppetJID(mxid)
+		puppetTyped, err := c.ns.PuppetJID(mapping.UserID(mxid))
+		puppet := string(puppetTyped)
 		if err != nil {
 			return
 		}

@@ -60,7 +60,8 @@ func planInbound(s bridge.Subscription, t bridge.SubscriptionType, policy Policy
 // the contact's next login tries again.
 func (c *Component) subscriptionIn(ctx context.Context, w xmlstream.TokenWriter, contact, mxid string, p *stanza.Presence) {
 	t := bridge.SubscriptionType(p.Type)
-	puppet, err := c.ns.PuppetJID(mxid)
+	puppetTyped, err := c.ns.PuppetJID(mapping.UserID(mxid))
+	puppet := string(puppetTyped)
 	if err != nil {
 		return // checkTo decoded it, so this cannot fail
 	}
@@ -136,7 +137,8 @@ func (c *Component) onSubscriptionCommand(ctx context.Context, ev *bridge.Event)
 		return nil
 	}
 	mxid, contact := ev.User, ev.Peer
-	puppet, err := c.ns.PuppetJID(mxid)
+	puppetTyped, err := c.ns.PuppetJID(mapping.UserID(mxid))
+	puppet := string(puppetTyped)
 	if err != nil {
 		c.log.Warn("dropping subscription command for a user without puppet", "id", ev.ID, "mxid", mxid, "err", err)
 		return nil

@@ -127,7 +127,7 @@ func (c *Core) bridged(net mapping.Network, user string) bool {
 		if err != nil {
 			return false
 		}
-		if _, err := c.ns.ParseGhostMXID(user); err == nil {
+		if _, err := c.ns.ParseGhostMXID(mapping.UserID(user)); err == nil {
 			return false
 		}
 		return listed(c.cfg.AllowMatrixServers, c.cfg.DenyMatrixServers, server)

@@ -177,8 +177,10 @@ func TestPresenceFlowsBothWays(t *testing.T) {
 
 func TestOwnPuppetsAndGhostsNeverBridgedBack(t *testing.T) {
 	h := start(t, Default(), "")
-	ghost, _ := ns.GhostMXID(alice)
-	puppet, _ := ns.PuppetJID(bob)
+	ghostTyped, _ := ns.GhostMXID(mapping.BareJID(alice))
+	ghost := string(ghostTyped)
+	puppetTyped, _ := ns.PuppetJID(mapping.UserID(bob))
+	puppet := string(puppetTyped)
 	h.presence(mapping.NetworkMatrix, ghost, mapping.Presence{State: mapping.StateAway})
 	h.presence(mapping.NetworkXMPP, puppet, mapping.Presence{State: mapping.StateAway})
 	h.settle()
