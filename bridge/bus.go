@@ -22,9 +22,30 @@ const ControlStream = "PB_CONTROL"
 // goroutine per subscription, in order; it must not block for long.
 type Handler func(ctx context.Context, ev *Event)
 
-// DurableHandler receives events from [Bus.Consume]. Returning an error
-// redelivers the event later; returning nil acknowledges it.
+// DurableHandler receives events from [Bus.Consume]. Returning nil
+// acknowledges the event; [ErrDrop] (or an error wrapping it) drops it for
+// good; any other error redelivers it later, with exponential back-off.
 type DurableHandler func(ctx context.Context, ev *Event) error
+
+// ErrDrop tells [Bus.Consume] that an event can never be handled.
+var ErrDrop = errors.New("bridge: drop event")
+
+// Redelivery back-off of a failed durable event: retryBase doubled per
+// failed delivery, capped at retryCap.
+const (
+	retryBase = time.Second
+	retryCap  = 5 * time.Minute
+)
+
+// retryDelay is the wait before delivery number n+1 of an event that
+// failed n times.
+func retryDelay(n uint64) time.Duration {
+	d := retryBase
+	for i := uint64(1); i < n && d < retryCap; i++ {
+		d *= 2
+	}
+	return min(d, retryCap)
+}
 
 // Bus is the connection to NATS, embedded or external, and everything above
 // it. It is safe for concurrent use.
@@ -36,6 +57,7 @@ type Bus struct {
 	log   *slog.Logger
 	seq   Sequencer
 
+	closed    chan struct{} // closed by nats once the connection is closed
 	closeOnce sync.Once
 }
 
@@ -48,11 +70,16 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Bus, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	b := &Bus{log: log}
+	b := &Bus{log: log, closed: make(chan struct{})}
 	opts := []nats.Option{
 		nats.Name("presence-bridge"),
 		nats.MaxReconnects(-1),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("nats disconnected", "err", err) }),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil { // nil: our own Close
+				log.Warn("nats disconnected", "err", err)
+			}
+		}),
+		nats.ClosedHandler(func(*nats.Conn) { close(b.closed) }),
 		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "url", c.ConnectedUrlRedacted()) }),
 		nats.ErrorHandler(func(_ *nats.Conn, s *nats.Subscription, err error) {
 			subj := ""
@@ -173,15 +200,6 @@ func (b *Bus) Store() *Store { return b.store }
 // Conn returns the underlying NATS connection.
 func (b *Bus) Conn() *nats.Conn { return b.nc }
 
-// ClientURL returns the URL other processes can use to reach the embedded
-// server when it listens, else "".
-func (b *Bus) ClientURL() string {
-	if b.srv == nil || b.srv.Addr() == nil {
-		return ""
-	}
-	return b.srv.ClientURL()
-}
-
 // Publish completes ev (version, id, sequence, time) and publishes it in
 // direction dir: In on ev.Origin's subject, Out on the other network's.
 // Durable kinds wait for the stream's acknowledgement.
@@ -238,10 +256,11 @@ func (b *Bus) Subscribe(ctx context.Context, filter string, h Handler) (*nats.Su
 }
 
 // Consume reads durable events matching filter through the durable consumer
-// name, which resumes where it stopped after a restart. It blocks until ctx
-// ends. Malformed events are logged and terminated; a handler error
-// redelivers the event after a delay.
-func (b *Bus) Consume(ctx context.Context, name, filter string, h DurableHandler) error {
+// name, which resumes where it stopped after a restart. It calls ready (if
+// not nil) once it consumes, and blocks until ctx ends and the consumer
+// has stopped. Malformed events are logged and terminated; a handler error
+// redelivers the event with exponential back-off.
+func (b *Bus) Consume(ctx context.Context, name, filter string, ready func(), h DurableHandler) error {
 	cons, err := b.js.CreateOrUpdateConsumer(ctx, ControlStream, jetstream.ConsumerConfig{
 		Durable:       name,
 		FilterSubject: filter,
@@ -263,15 +282,31 @@ func (b *Bus) Consume(ctx context.Context, name, filter string, h DurableHandler
 			_ = m.Term()
 			return
 		}
-		if err := h(ctx, ev); err != nil {
-			b.log.Warn("control event failed, will retry", "subject", m.Subject(), "id", ev.ID, "err", err)
-			_ = m.NakWithDelay(time.Second)
-			return
+		err = h(ctx, ev)
+		switch {
+		case err == nil:
+			_ = m.Ack()
+		case errors.Is(err, ErrDrop):
+			_ = m.Term()
+		default:
+			var n uint64 = 1
+			if md, merr := m.Metadata(); merr == nil {
+				n = md.NumDelivered
+			}
+			delay := retryDelay(n)
+			// One line per event at the first failure, then at each
+			// tenth: a dependency that is down must not flood the log.
+			if n == 1 || n%10 == 0 {
+				b.log.Warn("control event failed, will retry", "subject", m.Subject(), "id", ev.ID, "deliveries", n, "retry_in", delay, "err", err)
+			}
+			_ = m.NakWithDelay(delay)
 		}
-		_ = m.Ack()
 	})
 	if err != nil {
 		return fmt.Errorf("bridge: consume %s: %w", name, err)
+	}
+	if ready != nil {
+		ready()
 	}
 	<-ctx.Done()
 	cc.Drain()
@@ -288,9 +323,9 @@ func (b *Bus) Close() error {
 			if e := b.nc.Drain(); e != nil && !errors.Is(e, nats.ErrConnectionClosed) {
 				err = e
 			}
-			deadline := time.Now().Add(5 * time.Second)
-			for !b.nc.IsClosed() && time.Now().Before(deadline) {
-				time.Sleep(5 * time.Millisecond)
+			select {
+			case <-b.closed:
+			case <-time.After(5 * time.Second):
 			}
 			b.nc.Close()
 		}

@@ -93,7 +93,7 @@ func TestDurableSurvivesRestart(t *testing.T) {
 	var first atomic.Bool
 	done := make(chan error, 1)
 	go func() {
-		done <- b2.Consume(cctx, "test", SubjectFilter(In, mapping.NetworkXMPP, KindSubscription), func(_ context.Context, got *Event) error {
+		done <- b2.Consume(cctx, "test", SubjectFilter(In, mapping.NetworkXMPP, KindSubscription), nil, func(_ context.Context, got *Event) error {
 			if got.ID != ev.ID || got.Subscription.Type != Subscribe {
 				t.Errorf("got %+v", got)
 			}
@@ -112,32 +112,45 @@ func TestDurableSurvivesRestart(t *testing.T) {
 	}
 }
 
+// TestBucketUpdateCompareAndSet holds JetStream KV and the in-memory store
+// of the tests to the same compare-and-set rules.
 func TestBucketUpdateCompareAndSet(t *testing.T) {
-	b := openTestBus(t, "")
-	ctx := context.Background()
-	key := PairKey("@bob:example.org", "alice@example.com")
-	var wg sync.WaitGroup
-	const writers = 20
-	for i := 0; i < writers; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_, err := b.Store().Links.Update(ctx, key, func(cur Link, exists bool) (Link, bool, error) {
-				cur.RoomID += "x" // every writer must be counted once
-				return cur, true, nil
-			})
-			if err != nil {
-				t.Error(err)
+	for name, open := range map[string]func() *Store{
+		"jetstream": func() *Store { return openTestBus(t, "").Store() },
+		"memory":    NewMemoryStore,
+	} {
+		t.Run(name, func(t *testing.T) {
+			s := open()
+			ctx := context.Background()
+			key := PairKey("@bob:example.org", "alice@example.com")
+			var wg sync.WaitGroup
+			const writers = 20
+			for i := 0; i < writers; i++ {
+				wg.Go(func() {
+					_, err := s.Links.Update(ctx, key, func(cur Link, exists bool) (Link, bool, error) {
+						cur.RoomID += "x" // every writer must be counted once
+						return cur, true, nil
+					})
+					if err != nil {
+						t.Error(err)
+					}
+				})
 			}
-		}()
-	}
-	wg.Wait()
-	got, _, err := b.Store().Links.Get(ctx, key)
-	if err != nil || len(got.RoomID) != writers {
-		t.Fatalf("after %d racing updates: %q, %v", writers, got.RoomID, err)
-	}
-	if _, _, err := b.Store().Links.Get(ctx, PairKey("@nobody:x.y", "n@x.y")); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("missing key: %v", err)
+			wg.Wait()
+			got, _, err := s.Links.Get(ctx, key)
+			if err != nil || len(got.RoomID) != writers {
+				t.Fatalf("after %d racing updates: %q, %v", writers, got.RoomID, err)
+			}
+			if _, _, err := s.Links.Get(ctx, PairKey("@nobody:x.y", "n@x.y")); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("missing key: %v", err)
+			}
+			if err := s.Links.Delete(ctx, key); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := s.Links.Get(ctx, key); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("deleted key: %v", err)
+			}
+		})
 	}
 }
 
@@ -161,5 +174,13 @@ func TestPresenceNeverOverwrittenByOlder(t *testing.T) {
 	_ = s.Presence.Range(ctx, func(k string, _ PresenceRecord) error { keys = append(keys, k); return nil })
 	if len(keys) != 1 || keys[0] != "xmpp.alice=40example=2Ecom" {
 		t.Fatalf("keys %v", keys)
+	}
+}
+
+func TestRetryDelayBackOff(t *testing.T) {
+	for n, want := range map[uint64]time.Duration{0: time.Second, 1: time.Second, 2: 2 * time.Second, 4: 8 * time.Second, 1000: 5 * time.Minute} {
+		if got := retryDelay(n); got != want {
+			t.Errorf("after %d failed deliveries: retry in %v, want %v", n, got, want)
+		}
 	}
 }

@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -74,6 +75,8 @@ type MembershipPayload struct {
 	Member     string `json:"member,omitempty"`
 	Sender     string `json:"sender,omitempty"`
 	IsDirect   bool   `json:"is_direct,omitempty"`
+	// Before (out only): a presence the ghost shows before it acts.
+	Before *mapping.Presence `json:"before,omitempty"`
 }
 
 // OptOutPayload carries a person's choice about exporting their presence.
@@ -128,20 +131,21 @@ func EncodeEvent(e *Event) ([]byte, error) {
 	if err := e.Validate(); err != nil {
 		return nil, err
 	}
-	return appendEvent(make([]byte, 0, 320), e), nil
+	data, err := json.Marshal(e)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadEvent, err)
+	}
+	return data, nil
 }
 
 // DecodeEvent unmarshals and validates an event.
 func DecodeEvent(data []byte) (*Event, error) {
 	var e Event
-	if err := decodeEnvelope(data, &e); err != nil {
-		return nil, err
+	if err := json.Unmarshal(data, &e); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadEvent, err)
 	}
 	if err := e.Validate(); err != nil {
 		return nil, err
 	}
 	return &e, nil
 }
-
-// Newer reports whether e should replace a stored event with sequence seq.
-func (e *Event) Newer(seq uint64) bool { return e.Seq > seq }

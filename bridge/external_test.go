@@ -104,7 +104,7 @@ func TestExternalClusterMode(t *testing.T) {
 	cctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() {
-		done <- b.Consume(cctx, "ext-test", SubjectFilter(In, mapping.NetworkXMPP, KindSubscription), func(_ context.Context, ev *Event) error {
+		done <- b.Consume(cctx, "ext-test", SubjectFilter(In, mapping.NetworkXMPP, KindSubscription), nil, func(_ context.Context, ev *Event) error {
 			if ev.Peer == "@bob:example.org" {
 				got.Add(1)
 			}

@@ -148,14 +148,15 @@ func (s *Store) PutPresenceIfNewer(ctx context.Context, net mapping.Network, use
 	return wrote, err
 }
 
-// Bucket is a typed JetStream KV bucket holding JSON values.
+// Bucket is a typed key-value bucket holding JSON values: a JetStream KV
+// bucket, or an in-memory one in tests ([NewMemoryStore]).
 type Bucket[T any] struct {
-	kv   jetstream.KeyValue
+	kv   kv
 	name string
 }
 
 func openBucket[T any](ctx context.Context, js jetstream.JetStream, name string, replicas int, ttl time.Duration) (*Bucket[T], error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	b, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:   name,
 		History:  1,
 		Storage:  jetstream.FileStorage,
@@ -165,53 +166,36 @@ func openBucket[T any](ctx context.Context, js jetstream.JetStream, name string,
 	if err != nil {
 		return nil, fmt.Errorf("bridge: bucket %s: %w", name, err)
 	}
-	return &Bucket[T]{kv: kv, name: name}, nil
+	return &Bucket[T]{kv: jsKV{b}, name: name}, nil
 }
 
 // Get returns the value at key and its revision, or [ErrNotFound].
 func (b *Bucket[T]) Get(ctx context.Context, key string) (T, uint64, error) {
 	var v T
-	e, err := b.kv.Get(ctx, key)
-	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+	data, rev, err := b.kv.get(ctx, key)
+	if errors.Is(err, ErrNotFound) {
 		return v, 0, ErrNotFound
 	}
 	if err != nil {
 		return v, 0, fmt.Errorf("bridge: %s get %q: %w", b.name, key, err)
 	}
-	if err := json.Unmarshal(e.Value(), &v); err != nil {
+	if err := json.Unmarshal(data, &v); err != nil {
 		return v, 0, fmt.Errorf("bridge: %s get %q: corrupt value: %w", b.name, key, err)
 	}
-	return v, e.Revision(), nil
+	return v, rev, nil
 }
 
-// Put stores v at key unconditionally.
+// Put stores v at key unconditionally: for the bucket's single writer.
 func (b *Bucket[T]) Put(ctx context.Context, key string, v T) (uint64, error) {
 	data, err := json.Marshal(v)
 	if err != nil {
 		return 0, fmt.Errorf("bridge: %s put %q: %w", b.name, key, err)
 	}
-	rev, err := b.kv.Put(ctx, key, data)
+	rev, err := b.kv.put(ctx, key, data)
 	if err != nil {
 		return 0, fmt.Errorf("bridge: %s put %q: %w", b.name, key, err)
 	}
 	return rev, nil
-}
-
-// Create stores v at key only if the key holds nothing; it returns
-// (false, nil) if it already did.
-func (b *Bucket[T]) Create(ctx context.Context, key string, v T) (bool, error) {
-	data, err := json.Marshal(v)
-	if err != nil {
-		return false, err
-	}
-	_, err = b.kv.Create(ctx, key, data)
-	if errors.Is(err, jetstream.ErrKeyExists) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("bridge: %s create %q: %w", b.name, key, err)
-	}
-	return true, nil
 }
 
 // Update reads key, calls fn with the current value (zero and false if
@@ -234,14 +218,14 @@ func (b *Bucket[T]) Update(ctx context.Context, key string, fn func(cur T, exist
 			return cur, fmt.Errorf("bridge: %s update %q: %w", b.name, key, err)
 		}
 		if exists {
-			_, err = b.kv.Update(ctx, key, data, rev)
+			_, err = b.kv.update(ctx, key, data, rev)
 		} else {
-			_, err = b.kv.Create(ctx, key, data)
+			_, err = b.kv.create(ctx, key, data)
 		}
 		if err == nil {
 			return next, nil
 		}
-		if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !errors.Is(err, jetstream.ErrKeyExists) {
+		if !errors.Is(err, errConflict) {
 			return cur, fmt.Errorf("bridge: %s update %q: %w", b.name, key, err)
 		}
 		if attempt >= 100 {
@@ -255,7 +239,7 @@ func (b *Bucket[T]) Update(ctx context.Context, key string, fn func(cur T, exist
 
 // Delete removes key.
 func (b *Bucket[T]) Delete(ctx context.Context, key string) error {
-	if err := b.kv.Delete(ctx, key); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+	if err := b.kv.delete(ctx, key); err != nil {
 		return fmt.Errorf("bridge: %s delete %q: %w", b.name, key, err)
 	}
 	return nil
@@ -264,13 +248,9 @@ func (b *Bucket[T]) Delete(ctx context.Context, key string) error {
 // Range calls fn for every key and value in the bucket. Values that no
 // longer decode are skipped with an error joined into the result.
 func (b *Bucket[T]) Range(ctx context.Context, fn func(key string, v T) error) error {
-	lister, err := b.kv.ListKeys(ctx)
+	keys, err := b.kv.keys(ctx)
 	if err != nil {
 		return fmt.Errorf("bridge: %s list: %w", b.name, err)
-	}
-	var keys []string
-	for k := range lister.Keys() {
-		keys = append(keys, k)
 	}
 	var errs []error
 	for _, k := range keys {
@@ -287,50 +267,4 @@ func (b *Bucket[T]) Range(ctx context.Context, fn func(key string, v T) error) e
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// Watch calls fn with every current value and then every change (v is the
-// zero value and deleted true for a deletion), from one goroutine, until
-// ctx ends. It returns once the current values have been delivered, so a
-// cache filled by fn is complete when Watch returns.
-func (b *Bucket[T]) Watch(ctx context.Context, fn func(key string, v T, deleted bool)) error {
-	w, err := b.kv.WatchAll(ctx)
-	if err != nil {
-		return fmt.Errorf("bridge: %s watch: %w", b.name, err)
-	}
-	deliver := func(e jetstream.KeyValueEntry) {
-		var v T
-		if e.Operation() != jetstream.KeyValuePut {
-			fn(e.Key(), v, true)
-			return
-		}
-		if err := json.Unmarshal(e.Value(), &v); err != nil {
-			return // a corrupt value is skipped; Get reports it
-		}
-		fn(e.Key(), v, false)
-	}
-	// The initial values end with a nil entry.
-	for e := range w.Updates() {
-		if e == nil {
-			break
-		}
-		deliver(e)
-	}
-	go func() {
-		defer func() { _ = w.Stop() }()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case e, ok := <-w.Updates():
-				if !ok {
-					return
-				}
-				if e != nil {
-					deliver(e)
-				}
-			}
-		}
-	}()
-	return nil
 }

@@ -184,7 +184,7 @@ func (s *Side) Run(ctx context.Context) error {
 		fail(err)
 	}
 	wg.Go(func() {
-		if err := s.bus.Consume(ctx, "matrixside-membership", bridge.SubjectFilter(bridge.Out, mapping.NetworkMatrix, bridge.KindMembership), s.onMembershipOut); err != nil && ctx.Err() == nil {
+		if err := s.bus.Consume(ctx, "matrixside-membership", bridge.SubjectFilter(bridge.Out, mapping.NetworkMatrix, bridge.KindMembership), nil, s.onMembershipOut); err != nil && ctx.Err() == nil {
 			fail(err)
 		}
 	})

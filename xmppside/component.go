@@ -132,7 +132,7 @@ func (c *Component) Run(ctx context.Context) error {
 	go func() {
 		defer wg.Done()
 		for {
-			err := c.bus.Consume(consumeCtx, ConsumerName, bridge.SubjectFilter(bridge.Out, mapping.NetworkXMPP, bridge.KindSubscription), c.onSubscriptionCommand)
+			err := c.bus.Consume(consumeCtx, ConsumerName, bridge.SubjectFilter(bridge.Out, mapping.NetworkXMPP, bridge.KindSubscription), nil, c.onSubscriptionCommand)
 			if consumeCtx.Err() != nil {
 				return
 			}

@@ -10,13 +10,14 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/presence-bridge/presence-bridge/bridge"
+	"github.com/presence-bridge/presence-bridge/bridge/transport"
 	"github.com/presence-bridge/presence-bridge/mapping"
 )
 
-// BenchmarkCoreThroughput: presence events from a side, through the
-// embedded NATS, the core's rules, and out to the other side's subject
-// (target ≥ 50k events/s). 10k distinct users, no coalescing, so every
-// event is routed.
+// BenchmarkCoreThroughput: presence reports from a side, through the
+// embedded NATS (transport.Publisher → transport.ServeCore), the core's
+// rules, and out to the other side's subject (target ≥ 50k events/s). 10k
+// distinct users, no coalescing, so every event is routed.
 func BenchmarkCoreThroughput(b *testing.B) {
 	bcfg := bridge.Default()
 	bcfg.Embedded.DataDir = b.TempDir()
@@ -27,29 +28,34 @@ func BenchmarkCoreThroughput(b *testing.B) {
 	defer bus.Close()
 	cfg := Default()
 	cfg.CoalesceWindow = 0
-	c, err := New(cfg, ns, bus, nil)
+	pub := transport.NewPublisher(bus)
+	c, err := New(cfg, ns, bus.Store(), pub, pub, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
+	coreDone := make(chan error, 1)
+	go func() { coreDone <- c.Run(ctx) }()
 	<-c.Ready()
+	srv := transport.ServeCore(bus, c, c, nil)
+	srvDone := make(chan error, 1)
+	go func() { srvDone <- srv.Run(ctx) }()
+	<-srv.Ready()
 	var out atomic.Int64
 	sub, err := bus.Conn().Subscribe("pb.v1.out.matrix.presence.*", func(*nats.Msg) { out.Add(1) })
 	if err != nil {
 		b.Fatal(err)
 	}
 	_ = sub.SetPendingLimits(-1, -1)
-	users := make([]string, 10000)
+	users := make([]mapping.BareJID, 10000)
 	for i := range users {
-		users[i] = fmt.Sprintf("user%d@xmpp.example", i)
+		users[i] = mapping.BareJID(fmt.Sprintf("user%d@xmpp.example", i))
 	}
 	p := mapping.Presence{State: mapping.StateAway, Status: "lunch"}
 	b.ResetTimer()
 	start := time.Now()
 	for i := 0; i < b.N; i++ {
-		if err := bus.Publish(ctx, bridge.In, &bridge.Event{Kind: bridge.KindPresence, Origin: mapping.NetworkXMPP, User: users[i%len(users)], Presence: &p}); err != nil {
+		if err := pub.XMPPPresence(ctx, bridge.XMPPPresence{User: users[i%len(users)], Presence: p}); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -64,5 +70,6 @@ func BenchmarkCoreThroughput(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "events/s")
 	cancel()
-	<-done
+	<-srvDone
+	<-coreDone
 }

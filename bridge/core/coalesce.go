@@ -14,9 +14,10 @@ type coalescer[T any] struct {
 	window time.Duration
 	emit   func(key string, v T)
 
-	mu      sync.Mutex
-	slots   map[string]*slot[T]
-	stopped bool
+	mu       sync.Mutex
+	slots    map[string]*slot[T]
+	stopped  bool
+	inflight sync.WaitGroup // timer emissions under way, awaited by Flush
 }
 
 type slot[T any] struct {
@@ -45,7 +46,9 @@ func (c *coalescer[T]) Offer(key string, v T) {
 	}
 	if s.timer == nil && now.Sub(s.last) >= c.window {
 		s.last = now
+		c.inflight.Add(1)
 		c.mu.Unlock()
+		defer c.inflight.Done()
 		c.emit(key, v)
 		return
 	}
@@ -75,11 +78,14 @@ func (c *coalescer[T]) fire(key string) {
 	s.last = time.Now()
 	// Come back once more after the window to forget an idle key.
 	s.timer = time.AfterFunc(c.window, func() { c.fire(key) })
+	c.inflight.Add(1)
 	c.mu.Unlock()
+	defer c.inflight.Done()
 	c.emit(key, v)
 }
 
-// Flush emits every pending value now and stops all timers.
+// Flush emits every pending value now, stops all timers, and returns once
+// no emission is under way: nothing is emitted after it returns.
 func (c *coalescer[T]) Flush() {
 	c.mu.Lock()
 	c.stopped = true
@@ -101,4 +107,5 @@ func (c *coalescer[T]) Flush() {
 	for _, e := range out {
 		c.emit(e.k, e.v)
 	}
+	c.inflight.Wait()
 }

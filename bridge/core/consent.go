@@ -10,30 +10,47 @@ import (
 	"github.com/presence-bridge/presence-bridge/mapping"
 )
 
-// toXMPP asks the XMPP side: the puppet of mxid sends typ to jid.
-func (c *Core) toXMPP(ctx context.Context, mxid, jid string, typ bridge.SubscriptionType) error {
-	return c.bus.Publish(ctx, bridge.Out, &bridge.Event{Kind: bridge.KindSubscription, Origin: mapping.NetworkMatrix, User: mxid, Peer: jid, Subscription: &bridge.SubscriptionPayload{Type: typ}})
+// now is the clock of the links and settings the core writes.
+func now() time.Time { return time.Now().UTC() }
+
+// pair is one (Matrix user, XMPP user) pair and the core's view of it.
+type pair struct {
+	mxid mapping.UserID
+	jid  mapping.BareJID
 }
 
-// toMatrix asks the Matrix side: the ghost of jid does membership towards mxid.
-func (c *Core) toMatrix(ctx context.Context, jid, mxid, membership, roomID string) error {
-	return c.bus.Publish(ctx, bridge.Out, &bridge.Event{Kind: bridge.KindMembership, Origin: mapping.NetworkXMPP, User: jid, Peer: mxid, Membership: &bridge.MembershipPayload{Membership: membership, RoomID: roomID, IsDirect: true}})
+func (p pair) key() string { return bridge.PairKey(string(p.mxid), string(p.jid)) }
+
+// toXMPP: the puppet of the Matrix user sends typ to the XMPP user.
+func (c *Core) toXMPP(ctx context.Context, p pair, typ bridge.SubscriptionType) func() error {
+	return func() error {
+		return c.xmpp.SendSubscription(ctx, bridge.PuppetSubscription{Puppet: p.mxid, Contact: p.jid, Type: typ})
+	}
 }
 
-// setLink changes the link of (mxid, jid) and returns the one before.
-func (c *Core) setLink(ctx context.Context, mxid, jid string, change func(*bridge.Link)) (before bridge.Link, err error) {
-	_, err = c.bus.Store().Links.Update(ctx, bridge.PairKey(mxid, jid), func(cur bridge.Link, _ bool) (bridge.Link, bool, error) {
-		before = cur
-		cur.MatrixUser, cur.XMPPUser = mxid, jid
-		change(&cur)
-		cur.UpdatedAt = time.Now().UTC()
-		return cur, true, nil
-	})
-	return before, err
+// toMatrix: the ghost of the XMPP user acts towards the Matrix user.
+func (c *Core) toMatrix(ctx context.Context, p pair, m bridge.Membership, roomID string) func() error {
+	return func() error {
+		return c.matrix.GhostMembership(ctx, bridge.GhostMembership{Ghost: p.jid, Peer: p.mxid, Membership: m, RoomID: roomID})
+	}
 }
 
-func (c *Core) link(ctx context.Context, mxid, jid string) (bridge.Link, error) {
-	l, _, err := c.bus.Store().Links.Get(ctx, bridge.PairKey(mxid, jid))
+// setLink changes the link of the pair. The core is the links bucket's
+// only writer.
+func (c *Core) setLink(ctx context.Context, p pair, change func(*bridge.Link)) func() error {
+	return func() error {
+		_, err := c.store.Links.Update(ctx, p.key(), func(cur bridge.Link, _ bool) (bridge.Link, bool, error) {
+			cur.MatrixUser, cur.XMPPUser = string(p.mxid), string(p.jid)
+			change(&cur)
+			cur.UpdatedAt = now()
+			return cur, true, nil
+		})
+		return err
+	}
+}
+
+func (c *Core) link(ctx context.Context, p pair) (bridge.Link, error) {
+	l, _, err := c.store.Links.Get(ctx, p.key())
 	if errors.Is(err, bridge.ErrNotFound) {
 		return bridge.Link{}, nil
 	}
@@ -41,7 +58,7 @@ func (c *Core) link(ctx context.Context, mxid, jid string) (bridge.Link, error) 
 }
 
 // all runs steps in order and stops at the first error, so that a failed
-// event is redelivered (every step is idempotent).
+// report is redelivered (every step is idempotent).
 func all(steps ...func() error) error {
 	for _, s := range steps {
 		if err := s(); err != nil {
@@ -51,34 +68,32 @@ func all(steps ...func() error) error {
 	return nil
 }
 
-// onSubscription handles a subscription stanza from an XMPP user (User) to
-// the puppet of a Matrix user (Peer).
-func (c *Core) onSubscription(ctx context.Context, ev *bridge.Event) error {
-	jid, mxid, typ := ev.User, ev.Peer, ev.Subscription.Type
-	if !c.bridged(mapping.NetworkXMPP, jid) || !c.bridged(mapping.NetworkMatrix, mxid) {
-		c.log.Info("subscription refused by access rules", "xmpp_domain", domainOf(jid))
-		if typ == bridge.Subscribe {
-			return c.toXMPP(ctx, mxid, jid, bridge.Unsubscribed)
+// XMPPSubscription handles a subscription stanza from an XMPP user to the
+// puppet of a Matrix user. The subscription policy is decided here, and
+// only here.
+func (c *Core) XMPPSubscription(ctx context.Context, r bridge.XMPPSubscription) error {
+	p := pair{r.Puppet, r.Contact}
+	if !c.xmppUser(p.jid) || !c.matrixUser(p.mxid) {
+		c.log.Info("subscription refused by access rules", "xmpp_domain", p.jid.Domain())
+		if r.Type == bridge.Subscribe {
+			return c.toXMPP(ctx, p, bridge.Unsubscribed)()
 		}
 		return nil
 	}
-	l, err := c.link(ctx, mxid, jid)
+	l, err := c.link(ctx, p)
 	if err != nil {
 		return err
 	}
-	switch typ {
+	switch r.Type {
 	case bridge.Subscribe:
-		return c.xmppSubscribe(ctx, l, mxid, jid)
+		return c.xmppSubscribe(ctx, l, p)
 	case bridge.Subscribed:
 		if l.State == bridge.LinkAsked && l.Initiator == mapping.NetworkMatrix {
 			// The XMPP user said yes to the Matrix user's invite.
 			return all(
-				func() error {
-					_, err := c.setLink(ctx, mxid, jid, func(l *bridge.Link) { l.State = bridge.LinkApproved })
-					return err
-				},
-				func() error { return c.toMatrix(ctx, jid, mxid, "join", l.RoomID) },
-				func() error { return c.sendStoredPresence(ctx, mapping.NetworkXMPP, jid) },
+				c.setLink(ctx, p, func(l *bridge.Link) { l.State = bridge.LinkApproved }),
+				c.toMatrix(ctx, p, bridge.MembershipJoin, l.RoomID),
+				c.sendStoredPresence(ctx, p.jid),
 			)
 		}
 		return nil
@@ -86,172 +101,157 @@ func (c *Core) onSubscription(ctx context.Context, ev *bridge.Event) error {
 		if l.State != bridge.LinkAsked && l.State != bridge.LinkApproved {
 			return nil
 		}
-		return c.revoke(ctx, l, mxid, jid, mapping.NetworkXMPP)
+		return c.revoke(ctx, l, p, mapping.NetworkXMPP)
 	}
 	return nil
 }
 
-func (c *Core) xmppSubscribe(ctx context.Context, l bridge.Link, mxid, jid string) error {
+func (c *Core) xmppSubscribe(ctx context.Context, l bridge.Link, p pair) error {
 	switch {
 	case c.cfg.Policy == PolicyReject:
-		return c.toXMPP(ctx, mxid, jid, bridge.Unsubscribed)
+		return c.toXMPP(ctx, p, bridge.Unsubscribed)()
 	case l.State == bridge.LinkApproved:
 		// Already agreed (a re-sent request, or the other direction).
-		return c.toXMPP(ctx, mxid, jid, bridge.Subscribed)
+		return c.toXMPP(ctx, p, bridge.Subscribed)()
 	case l.State == bridge.LinkAsked && l.Initiator == mapping.NetworkXMPP:
 		return nil // asked already: never prompt the Matrix user twice
 	case l.State == bridge.LinkAsked && l.Initiator == mapping.NetworkMatrix:
 		// The Matrix user invited first: this request is the answer.
 		return all(
-			func() error {
-				_, err := c.setLink(ctx, mxid, jid, func(l *bridge.Link) { l.State = bridge.LinkApproved })
-				return err
-			},
-			func() error { return c.toXMPP(ctx, mxid, jid, bridge.Subscribed) },
-			func() error { return c.toMatrix(ctx, jid, mxid, "join", l.RoomID) },
-			func() error { return c.sendStoredPresence(ctx, mapping.NetworkXMPP, jid) },
+			c.setLink(ctx, p, func(l *bridge.Link) { l.State = bridge.LinkApproved }),
+			c.toXMPP(ctx, p, bridge.Subscribed),
+			c.toMatrix(ctx, p, bridge.MembershipJoin, l.RoomID),
+			c.sendStoredPresence(ctx, p.jid),
 		)
 	case c.cfg.Policy == PolicyAccept:
 		return all(
-			func() error {
-				_, err := c.setLink(ctx, mxid, jid, func(l *bridge.Link) { l.State, l.Initiator = bridge.LinkApproved, mapping.NetworkXMPP })
-				return err
-			},
-			func() error { return c.toXMPP(ctx, mxid, jid, bridge.Subscribed) },
-			func() error { return c.toXMPP(ctx, mxid, jid, bridge.Subscribe) },
-			func() error { return c.toMatrix(ctx, jid, mxid, "invite", "") },
+			c.setLink(ctx, p, func(l *bridge.Link) { l.State, l.Initiator = bridge.LinkApproved, mapping.NetworkXMPP }),
+			c.toXMPP(ctx, p, bridge.Subscribed),
+			c.toXMPP(ctx, p, bridge.Subscribe),
+			c.toMatrix(ctx, p, bridge.MembershipInvite, ""),
 		)
 	default: // ask
-		c.log.Info("asking Matrix user for consent", "xmpp_domain", domainOf(jid))
+		c.log.Info("asking Matrix user for consent", "xmpp_domain", p.jid.Domain())
 		return all(
-			func() error {
-				_, err := c.setLink(ctx, mxid, jid, func(l *bridge.Link) { l.State, l.Initiator, l.RoomID = bridge.LinkAsked, mapping.NetworkXMPP, "" })
-				return err
-			},
-			func() error { return c.toMatrix(ctx, jid, mxid, "invite", "") },
+			c.setLink(ctx, p, func(l *bridge.Link) { l.State, l.Initiator, l.RoomID = bridge.LinkAsked, mapping.NetworkXMPP, "" }),
+			c.toMatrix(ctx, p, bridge.MembershipInvite, ""),
 		)
 	}
 }
 
-// onMembership handles a Matrix membership change between a Matrix user
-// (User) and a ghost (Peer, as the ghost's JID).
-func (c *Core) onMembership(ctx context.Context, ev *bridge.Event) error {
-	mxid, jid, m := ev.User, ev.Peer, ev.Membership
-	ghostChanged := m.Member == jid
-	if !c.bridged(mapping.NetworkMatrix, mxid) || !c.bridged(mapping.NetworkXMPP, jid) {
-		if ghostChanged && m.Membership == "invite" {
-			return c.toMatrix(ctx, jid, mxid, "reject", m.RoomID)
+// MatrixMembership handles a membership change between a Matrix user and
+// a ghost.
+func (c *Core) MatrixMembership(ctx context.Context, r bridge.MatrixMembership) error {
+	p := pair{r.User, r.Ghost}
+	if !c.matrixUser(p.mxid) || !c.xmppUser(p.jid) {
+		if r.GhostChanged && r.Membership == bridge.MembershipInvite {
+			return c.toMatrix(ctx, p, bridge.MembershipReject, r.RoomID)()
 		}
 		return nil
 	}
-	l, err := c.link(ctx, mxid, jid)
+	l, err := c.link(ctx, p)
 	if err != nil {
 		return err
 	}
+	active := l.State == bridge.LinkApproved || l.State == bridge.LinkAsked
 	switch {
-	case ghostChanged && m.Membership == "invite":
-		return c.matrixInvite(ctx, l, mxid, jid, m.RoomID)
-	case ghostChanged && (m.Membership == "leave" || m.Membership == "ban"):
-		if m.Sender == "" || m.Sender == mxid {
+	case r.GhostChanged && r.Membership == bridge.MembershipInvite:
+		return c.matrixInvite(ctx, l, p, r.RoomID)
+	case r.GhostChanged && r.Membership.Gone():
+		if !r.BySelf && active {
 			// Kicked or banned by the Matrix user: that revokes.
-			if l.State == bridge.LinkApproved || l.State == bridge.LinkAsked {
-				return c.revoke(ctx, l, mxid, jid, mapping.NetworkMatrix)
-			}
+			return c.revoke(ctx, l, p, mapping.NetworkMatrix)
 		}
-		return nil
-	case !ghostChanged && m.Membership == "join":
-		if l.State == bridge.LinkAsked && l.Initiator == mapping.NetworkXMPP && (l.RoomID == "" || l.RoomID == m.RoomID) {
+	case !r.GhostChanged && r.Membership == bridge.MembershipInvite:
+		if !r.BySelf && active && l.RoomID != r.RoomID {
+			// The ghost opened a direct chat: remember its room.
+			return c.setLink(ctx, p, func(l *bridge.Link) { l.RoomID = r.RoomID })()
+		}
+	case !r.GhostChanged && r.Membership == bridge.MembershipJoin:
+		if l.State == bridge.LinkAsked && l.Initiator == mapping.NetworkXMPP && (l.RoomID == "" || l.RoomID == r.RoomID) {
 			return all(
-				func() error {
-					_, err := c.setLink(ctx, mxid, jid, func(l *bridge.Link) { l.State, l.RoomID = bridge.LinkApproved, m.RoomID })
-					return err
-				},
-				func() error { return c.toXMPP(ctx, mxid, jid, bridge.Subscribed) },
-				func() error { return c.toXMPP(ctx, mxid, jid, bridge.Subscribe) },
-				func() error { return c.sendStoredPresence(ctx, mapping.NetworkXMPP, jid) },
+				c.setLink(ctx, p, func(l *bridge.Link) { l.State, l.RoomID = bridge.LinkApproved, r.RoomID }),
+				c.toXMPP(ctx, p, bridge.Subscribed),
+				c.toXMPP(ctx, p, bridge.Subscribe),
+				c.sendStoredPresence(ctx, p.jid),
 			)
 		}
-		return nil
-	case !ghostChanged && (m.Membership == "leave" || m.Membership == "ban" || m.Membership == "reject"):
-		if l.State == bridge.LinkApproved || l.State == bridge.LinkAsked {
+	case !r.GhostChanged && r.Membership.Gone():
+		if active {
 			if l.RoomID == "" {
-				l.RoomID = m.RoomID
+				l.RoomID = r.RoomID
 			}
-			return c.revoke(ctx, l, mxid, jid, mapping.NetworkMatrix)
+			return c.revoke(ctx, l, p, mapping.NetworkMatrix)
 		}
 	}
 	return nil
 }
 
-func (c *Core) matrixInvite(ctx context.Context, l bridge.Link, mxid, jid, roomID string) error {
-	switch l.State {
-	case bridge.LinkApproved:
+func (c *Core) matrixInvite(ctx context.Context, l bridge.Link, p pair, roomID string) error {
+	switch {
+	case l.State == bridge.LinkApproved:
 		return all(
-			func() error {
-				_, err := c.setLink(ctx, mxid, jid, func(l *bridge.Link) { l.RoomID = roomID })
-				return err
-			},
-			func() error { return c.toMatrix(ctx, jid, mxid, "join", roomID) },
-			func() error { return c.sendStoredPresence(ctx, mapping.NetworkXMPP, jid) },
+			c.setLink(ctx, p, func(l *bridge.Link) { l.RoomID = roomID }),
+			c.toMatrix(ctx, p, bridge.MembershipJoin, roomID),
+			c.sendStoredPresence(ctx, p.jid),
 		)
-	case bridge.LinkAsked:
-		if l.Initiator == mapping.NetworkXMPP {
-			// Both asked: the invite is the Matrix user's yes.
-			return all(
-				func() error {
-					_, err := c.setLink(ctx, mxid, jid, func(l *bridge.Link) { l.State, l.RoomID = bridge.LinkApproved, roomID })
-					return err
-				},
-				func() error { return c.toMatrix(ctx, jid, mxid, "join", roomID) },
-				func() error { return c.toXMPP(ctx, mxid, jid, bridge.Subscribed) },
-				func() error { return c.toXMPP(ctx, mxid, jid, bridge.Subscribe) },
-			)
-		}
+	case l.State == bridge.LinkAsked && l.Initiator == mapping.NetworkXMPP:
+		// Both asked: the invite is the Matrix user's yes.
+		return all(
+			c.setLink(ctx, p, func(l *bridge.Link) { l.State, l.RoomID = bridge.LinkApproved, roomID }),
+			c.toMatrix(ctx, p, bridge.MembershipJoin, roomID),
+			c.toXMPP(ctx, p, bridge.Subscribed),
+			c.toXMPP(ctx, p, bridge.Subscribe),
+		)
 	}
 	// The XMPP user decides: the puppet asks.
 	return all(
-		func() error {
-			_, err := c.setLink(ctx, mxid, jid, func(l *bridge.Link) { l.State, l.Initiator, l.RoomID = bridge.LinkAsked, mapping.NetworkMatrix, roomID })
-			return err
-		},
-		func() error { return c.toXMPP(ctx, mxid, jid, bridge.Subscribe) },
+		c.setLink(ctx, p, func(l *bridge.Link) { l.State, l.Initiator, l.RoomID = bridge.LinkAsked, mapping.NetworkMatrix, roomID }),
+		c.toXMPP(ctx, p, bridge.Subscribe),
 	)
 }
 
 // revoke ends the link from either side: both XMPP directions close, the
-// ghost leaves the room, and each side sees the other go offline.
-func (c *Core) revoke(ctx context.Context, l bridge.Link, mxid, jid string, by mapping.Network) error {
+// ghost goes offline (unless others still see it) and leaves the room, so
+// each side sees the other go offline.
+func (c *Core) revoke(ctx context.Context, l bridge.Link, p pair, by mapping.Network) error {
 	state := bridge.LinkRevoked
 	if l.State == bridge.LinkAsked {
 		state = bridge.LinkDenied
 	}
 	c.log.Info("link ended", "by", by, "state", state)
+	var offline *mapping.Presence
+	if !c.hasOtherLinks(ctx, p) {
+		offline = &mapping.Presence{State: mapping.StateOffline}
+	}
 	steps := []func() error{
-		func() error {
-			_, err := c.setLink(ctx, mxid, jid, func(l *bridge.Link) { l.State = state })
-			return err
-		},
-		func() error { return c.toXMPP(ctx, mxid, jid, bridge.Unsubscribed) },
-		func() error { return c.toXMPP(ctx, mxid, jid, bridge.Unsubscribe) },
+		c.setLink(ctx, p, func(l *bridge.Link) { l.State = state }),
+		c.toXMPP(ctx, p, bridge.Unsubscribed),
+		c.toXMPP(ctx, p, bridge.Unsubscribe),
 	}
-	if !c.hasOtherLinks(ctx, mxid, jid) {
+	switch {
+	case l.RoomID != "":
+		// The ghost shows offline before it leaves: once it has left, the
+		// Matrix user would no longer see it change.
 		steps = append(steps, func() error {
-			return c.bus.Publish(ctx, bridge.Out, c.presenceOut(mapping.NetworkXMPP, jid, mapping.Presence{State: mapping.StateOffline}))
+			return c.matrix.GhostMembership(ctx, bridge.GhostMembership{Ghost: p.jid, Peer: p.mxid, Membership: bridge.MembershipLeave, RoomID: l.RoomID, Before: offline})
 		})
-	}
-	if l.RoomID != "" {
-		steps = append(steps, func() error { return c.toMatrix(ctx, jid, mxid, "leave", l.RoomID) })
+	case offline != nil:
+		steps = append(steps, func() error {
+			return c.matrix.ShowGhost(ctx, bridge.GhostPresence{User: p.jid, Presence: *offline})
+		})
 	}
 	return all(steps...)
 }
 
-// hasOtherLinks reports whether jid's ghost is linked with anyone but mxid,
-// so that taking it offline would hide it from them too.
-func (c *Core) hasOtherLinks(ctx context.Context, mxid, jid string) bool {
-	suffix := "." + bridge.EncodeToken(jid)
-	self := bridge.PairKey(mxid, jid)
+// hasOtherLinks reports whether the XMPP user's ghost is linked with anyone
+// but the pair's Matrix user, so that taking it offline would hide it from
+// them too.
+func (c *Core) hasOtherLinks(ctx context.Context, p pair) bool {
+	suffix := "." + bridge.EncodeToken(string(p.jid))
+	self := p.key()
 	found := false
-	_ = c.bus.Store().Links.Range(ctx, func(key string, l bridge.Link) error {
+	_ = c.store.Links.Range(ctx, func(key string, l bridge.Link) error {
 		if key != self && strings.HasSuffix(key, suffix) && l.State == bridge.LinkApproved {
 			found = true
 		}
@@ -260,15 +260,18 @@ func (c *Core) hasOtherLinks(ctx context.Context, mxid, jid string) bool {
 	return found
 }
 
-// sendStoredPresence re-sends the last known presence of user to the other
-// side, so a newly linked person sees it at once.
-func (c *Core) sendStoredPresence(ctx context.Context, net mapping.Network, user string) error {
-	if c.optedOut(net, user) {
-		return nil
+// sendStoredPresence re-sends the last known presence of an XMPP user to
+// their ghost, so that a newly linked Matrix user sees it at once.
+func (c *Core) sendStoredPresence(ctx context.Context, jid mapping.BareJID) func() error {
+	return func() error {
+		key := bridge.PresenceKey(mapping.NetworkXMPP, string(jid))
+		if c.optedOut(key) {
+			return nil
+		}
+		rec, ok := c.latest(ctx, key)
+		if !ok {
+			return nil
+		}
+		return c.matrix.ShowGhost(ctx, bridge.GhostPresence{User: jid, Presence: rec.Presence})
 	}
-	rec, ok := c.latest(ctx, net, user)
-	if !ok {
-		return nil
-	}
-	return c.bus.Publish(ctx, bridge.Out, c.presenceOut(net, user, rec.Presence))
 }

@@ -5,134 +5,128 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
-	"time"
 
 	"github.com/presence-bridge/presence-bridge/bridge"
 	"github.com/presence-bridge/presence-bridge/mapping"
 )
 
-// Core joins the two sides. Create it with [New] and start it with [Core.Run].
+// Core joins the two sides. Create it with [New] and start it with
+// [Core.Run]; it implements both observers, so the sides' reports reach
+// it (directly, or through bridge/transport), and it calls both actors.
 type Core struct {
-	cfg Config
-	ns  mapping.Namespace
-	bus *bridge.Bus
-	log *slog.Logger
+	cfg    Config
+	ns     mapping.Namespace
+	store  *bridge.Store
+	xmpp   bridge.XMPPActor
+	matrix bridge.MatrixActor
+	log    *slog.Logger
 
 	mu      sync.Mutex
 	lastSeq map[string]uint64 // per PresenceKey: newest sequence seen
 
-	presence *coalescer[*bridge.Event]
+	presence *coalescer[shown]
 	persist  *persister
 	ready    chan struct{}
 
 	settingsMu sync.RWMutex
-	optOut     map[string]bool // per PresenceKey, mirrored from the settings bucket
+	optOut     map[string]bool // per PresenceKey; the core writes the settings bucket, so this copy is exact
 }
 
-// New checks cfg and returns a core that is not yet running.
-func New(cfg Config, ns mapping.Namespace, bus *bridge.Bus, log *slog.Logger) (*Core, error) {
+var (
+	_ bridge.XMPPObserver   = (*Core)(nil)
+	_ bridge.MatrixObserver = (*Core)(nil)
+)
+
+// shown is one presence the core asks a side to show: the presence of
+// user, a person of network net, shown by their puppet or ghost.
+type shown struct {
+	net  mapping.Network
+	user string
+	p    mapping.Presence
+}
+
+// New checks cfg and returns a core that is not yet running. store holds
+// the buckets the core owns (presence, links, settings); xmpp and matrix
+// are the sides it commands.
+func New(cfg Config, ns mapping.Namespace, store *bridge.Store, xmpp bridge.XMPPActor, matrix bridge.MatrixActor, log *slog.Logger) (*Core, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("core: config: %w", err)
 	}
 	if err := ns.Validate(); err != nil {
 		return nil, fmt.Errorf("core: namespace: %w", err)
 	}
+	if store == nil || xmpp == nil || matrix == nil {
+		return nil, errors.New("core: store and both actors are required")
+	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	c := &Core{cfg: cfg, ns: ns, bus: bus, log: log, lastSeq: make(map[string]uint64), ready: make(chan struct{}), optOut: make(map[string]bool)}
-	c.persist = newPersister(bus.Store(), log)
+	c := &Core{cfg: cfg, ns: ns, store: store, xmpp: xmpp, matrix: matrix, log: log,
+		lastSeq: make(map[string]uint64), ready: make(chan struct{}), optOut: make(map[string]bool)}
+	c.persist = newPersister(store, log)
+	c.presence = newCoalescer(cfg.CoalesceWindow, c.show)
 	return c, nil
 }
 
-// Run processes events until ctx ends, then flushes pending presence and
-// returns after every goroutine it started has exited.
+// show hands one presence to the side that shows it. It runs after the
+// event that caused it (coalescer timers, final flush), so it must not
+// depend on that event's context.
+func (c *Core) show(_ string, s shown) {
+	ctx := context.Background()
+	var err error
+	if s.net == mapping.NetworkXMPP {
+		err = c.matrix.ShowGhost(ctx, bridge.GhostPresence{User: mapping.BareJID(s.user), Presence: s.p})
+	} else {
+		err = c.xmpp.ShowPuppet(ctx, bridge.PuppetPresence{User: mapping.UserID(s.user), Presence: s.p})
+	}
+	if err != nil {
+		c.log.Error("handing presence to the other side failed", "network", s.net, "err", err)
+	}
+}
+
+// Run loads the core's state, becomes ready, and works until ctx ends; then
+// it sends what the coalescer still holds, writes what the persister still
+// holds, and returns after every goroutine it started has exited.
 func (c *Core) Run(ctx context.Context) error {
-	c.presence = newCoalescer(c.cfg.CoalesceWindow, func(_ string, ev *bridge.Event) {
-		// Publishing must outlive ctx for the final flush.
-		if err := c.bus.Publish(context.WithoutCancel(ctx), bridge.Out, ev); err != nil {
-			c.log.Error("publish presence failed", "user", ev.User, "err", err)
-		}
-	})
-	// Opt-outs are read on every event: mirror them in memory.
-	if err := c.bus.Store().Settings.Watch(ctx, func(key string, s bridge.UserSettings, deleted bool) {
-		c.settingsMu.Lock()
-		if deleted || !s.OptOut {
-			delete(c.optOut, key)
-		} else {
+	if err := c.store.Settings.Range(ctx, func(key string, s bridge.UserSettings) error {
+		if s.OptOut {
 			c.optOut[key] = true
 		}
-		c.settingsMu.Unlock()
+		return nil
 	}); err != nil {
-		return err
+		return fmt.Errorf("core: loading opt-outs: %w", err)
 	}
 	persistCtx, stopPersist := context.WithCancel(context.WithoutCancel(ctx))
 	persistDone := make(chan struct{})
 	go func() { c.persist.Run(persistCtx); close(persistDone) }()
-	defer func() { stopPersist(); <-persistDone }()
-	sub, err := c.bus.Subscribe(ctx, bridge.SubjectFilter(bridge.In, mapping.NetworkUnknown, bridge.KindPresence), c.onPresence)
-	if err != nil {
-		return err
-	}
-	if err := c.bus.Conn().Flush(); err != nil {
-		return fmt.Errorf("core: subscribe: %w", err)
-	}
 	close(c.ready)
-	var wg sync.WaitGroup
-	errs := make(chan error, 3)
-	consume := func(name string, net mapping.Network, kind bridge.Kind, h bridge.DurableHandler) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := c.bus.Consume(ctx, name, bridge.SubjectFilter(bridge.In, net, kind), h); err != nil {
-				errs <- err
-			}
-		}()
-	}
-	consume("core-xmpp-subscriptions", mapping.NetworkXMPP, bridge.KindSubscription, c.onSubscription)
-	consume("core-matrix-membership", mapping.NetworkMatrix, bridge.KindMembership, c.onMembership)
-	consume("core-optout", mapping.NetworkUnknown, bridge.KindOptOut, c.onOptOut)
 	c.log.Info("core running", "coalesce_window", c.cfg.CoalesceWindow, "policy", c.cfg.Policy)
 	<-ctx.Done()
-	_ = sub.Drain()
-	wg.Wait()
 	c.presence.Flush()
-	close(errs)
-	var all []error
-	for e := range errs {
-		all = append(all, e)
-	}
-	return errors.Join(all...)
+	stopPersist()
+	<-persistDone
+	return nil
 }
 
-// Ready is closed once the core receives presence events; events published
-// before that are not seen (presence is state: the next change repairs it).
+// Ready is closed once Run has loaded the state the core's rules need:
+// reports should be delivered only after that.
 func (c *Core) Ready() <-chan struct{} { return c.ready }
 
-// bridged reports whether user on net is a real person the bridge may
-// carry: not one of its own puppets or ghosts (loop prevention), and
-// allowed by the access lists.
-func (c *Core) bridged(net mapping.Network, user string) bool {
-	switch net {
-	case mapping.NetworkXMPP:
-		_, domain, err := mapping.ParseBareJID(user)
-		if err != nil || domain == c.ns.ComponentDomain {
-			return false
-		}
-		return listed(c.cfg.AllowXMPPDomains, c.cfg.DenyXMPPDomains, domain)
-	case mapping.NetworkMatrix:
-		_, server, err := mapping.ParseMXID(user)
-		if err != nil {
-			return false
-		}
-		if _, err := c.ns.ParseGhostMXID(mapping.UserID(user)); err == nil {
-			return false
-		}
-		return listed(c.cfg.AllowMatrixServers, c.cfg.DenyMatrixServers, server)
+// xmppUser reports whether jid is a real XMPP user the bridge may carry:
+// not one of its own puppets (loop prevention), and allowed by the access
+// lists. Addresses were validated where they entered the bridge.
+func (c *Core) xmppUser(jid mapping.BareJID) bool {
+	domain := jid.Domain()
+	return domain != c.ns.ComponentDomain && listed(c.cfg.AllowXMPPDomains, c.cfg.DenyXMPPDomains, domain)
+}
+
+// matrixUser is xmppUser for Matrix users: not one of the bridge's ghosts.
+func (c *Core) matrixUser(mxid mapping.UserID) bool {
+	if _, err := c.ns.ParseGhostMXID(mxid); err == nil {
+		return false
 	}
-	return false
+	return listed(c.cfg.AllowMatrixServers, c.cfg.DenyMatrixServers, mxid.Server())
 }
 
 func listed(allow, deny []string, domain string) bool {
@@ -152,82 +146,95 @@ func listed(allow, deny []string, domain string) bool {
 	return false
 }
 
-func (c *Core) optedOut(net mapping.Network, user string) bool {
+func (c *Core) optedOut(key string) bool {
 	c.settingsMu.RLock()
 	defer c.settingsMu.RUnlock()
-	return c.optOut[bridge.PresenceKey(net, user)]
+	return c.optOut[key]
 }
 
-// onPresence handles a presence a side observed.
-func (c *Core) onPresence(ctx context.Context, ev *bridge.Event) {
-	if !c.bridged(ev.Origin, ev.User) {
-		c.log.Debug("presence not bridged", "network", ev.Origin, "user", ev.User)
-		return
+// XMPPPresence handles an XMPP user's presence.
+func (c *Core) XMPPPresence(_ context.Context, r bridge.XMPPPresence) error {
+	if !c.xmppUser(r.User) {
+		c.log.Debug("presence not bridged", "network", mapping.NetworkXMPP, "user", r.User)
+		return nil
 	}
-	key := bridge.PresenceKey(ev.Origin, ev.User)
+	c.onPresence(mapping.NetworkXMPP, string(r.User), r.Stamp, r.Presence)
+	return nil
+}
+
+// MatrixPresence handles a Matrix user's presence.
+func (c *Core) MatrixPresence(_ context.Context, r bridge.MatrixPresence) error {
+	if !c.matrixUser(r.User) {
+		c.log.Debug("presence not bridged", "network", mapping.NetworkMatrix, "user", r.User)
+		return nil
+	}
+	c.onPresence(mapping.NetworkMatrix, string(r.User), r.Stamp, r.Presence)
+	return nil
+}
+
+// onPresence applies order, records, and shows the presence unless the
+// person opted out.
+func (c *Core) onPresence(net mapping.Network, user string, st bridge.Stamp, p mapping.Presence) {
+	key := bridge.PresenceKey(net, user)
 	c.mu.Lock()
-	if ev.Seq <= c.lastSeq[key] {
+	if st.Seq != 0 && st.Seq <= c.lastSeq[key] {
 		c.mu.Unlock()
-		c.log.Debug("stale presence dropped", "network", ev.Origin, "user", ev.User, "seq", ev.Seq)
+		c.log.Debug("stale presence dropped", "network", net, "user", user, "seq", st.Seq)
 		return
 	}
-	c.lastSeq[key] = ev.Seq
+	c.lastSeq[key] = st.Seq
 	c.mu.Unlock()
-	c.persist.Put(key, ev.Origin, ev.User, bridge.PresenceRecord{Presence: *ev.Presence, OriginState: ev.OriginState, Seq: ev.Seq, UpdatedAt: ev.ObservedAt})
-	if c.optedOut(ev.Origin, ev.User) {
+	c.persist.Put(key, bridge.PresenceRecord{Presence: p, Seq: st.Seq, UpdatedAt: st.ObservedAt})
+	if c.optedOut(key) {
 		return
 	}
-	c.presence.Offer(key, c.presenceOut(ev.Origin, ev.User, *ev.Presence))
+	c.presence.Offer(key, shown{net, user, p})
 }
 
-func (c *Core) presenceOut(net mapping.Network, user string, p mapping.Presence) *bridge.Event {
-	return &bridge.Event{Kind: bridge.KindPresence, Origin: net, User: user, Presence: &p, OriginState: p.State}
+// XMPPOptOut records an XMPP user's choice and makes Matrix see it.
+func (c *Core) XMPPOptOut(ctx context.Context, r bridge.OptOut[mapping.BareJID]) error {
+	return c.setOptOut(ctx, mapping.NetworkXMPP, string(r.User), r.Enabled)
 }
 
-// onOptOut records a person's choice and makes the other side see it.
-func (c *Core) onOptOut(ctx context.Context, ev *bridge.Event) error {
-	key := bridge.PresenceKey(ev.Origin, ev.User)
-	if _, err := c.bus.Store().Settings.Update(ctx, key, func(s bridge.UserSettings, _ bool) (bridge.UserSettings, bool, error) {
-		s.OptOut, s.UpdatedAt = ev.OptOut.Enabled, time.Now().UTC()
+// MatrixOptOut records a Matrix user's choice and makes XMPP see it.
+func (c *Core) MatrixOptOut(ctx context.Context, r bridge.OptOut[mapping.UserID]) error {
+	return c.setOptOut(ctx, mapping.NetworkMatrix, string(r.User), r.Enabled)
+}
+
+func (c *Core) setOptOut(ctx context.Context, net mapping.Network, user string, enabled bool) error {
+	key := bridge.PresenceKey(net, user)
+	if _, err := c.store.Settings.Update(ctx, key, func(s bridge.UserSettings, _ bool) (bridge.UserSettings, bool, error) {
+		s.OptOut, s.UpdatedAt = enabled, now()
 		return s, true, nil
 	}); err != nil {
 		return err
 	}
 	c.settingsMu.Lock()
-	if ev.OptOut.Enabled {
+	if enabled {
 		c.optOut[key] = true
 	} else {
 		delete(c.optOut, key)
 	}
 	c.settingsMu.Unlock()
-	c.log.Info("presence export changed", "network", ev.Origin, "opted_out", ev.OptOut.Enabled)
+	c.log.Info("presence export changed", "network", net, "opted_out", enabled)
 	p := mapping.Presence{State: mapping.StateOffline}
-	if !ev.OptOut.Enabled {
-		rec, ok := c.latest(ctx, ev.Origin, ev.User)
+	if !enabled {
+		rec, ok := c.latest(ctx, key)
 		if !ok {
 			return nil // nothing known yet: the next change will flow
 		}
 		p = rec.Presence
 	}
-	c.presence.Offer(key, c.presenceOut(ev.Origin, ev.User, p))
+	c.presence.Offer(key, shown{net, user, p})
 	return nil
 }
 
 // latest returns the newest presence record of a user: one not yet written
 // by the persister, else the stored one.
-func (c *Core) latest(ctx context.Context, net mapping.Network, user string) (bridge.PresenceRecord, bool) {
-	key := bridge.PresenceKey(net, user)
-	c.persist.mu.Lock()
-	d, ok := c.persist.dirty[key]
-	c.persist.mu.Unlock()
-	if ok {
-		return d.rec, true
+func (c *Core) latest(ctx context.Context, key string) (bridge.PresenceRecord, bool) {
+	if rec, ok := c.persist.pending(key); ok {
+		return rec, true
 	}
-	rec, _, err := c.bus.Store().Presence.Get(ctx, key)
+	rec, _, err := c.store.Presence.Get(ctx, key)
 	return rec, err == nil
-}
-
-func domainOf(jid string) string {
-	_, d, _ := strings.Cut(jid, "@")
-	return d
 }

@@ -4,11 +4,13 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
+	"go.uber.org/goleak"
 
 	"github.com/presence-bridge/presence-bridge/bridge"
 	"github.com/presence-bridge/presence-bridge/mapping"
@@ -22,51 +24,66 @@ const (
 )
 
 type harness struct {
-	t   *testing.T
-	bus *bridge.Bus
-	dir string
-	rec *recorder
+	t     *testing.T
+	core  *Core
+	store *bridge.Store
+	rec   *recorder
 }
 
-// recorder collects every Out event.
+// recorder is an in-memory fake of both sides: it records every command
+// the core gives, rendered by describe.
 type recorder struct {
 	mu  sync.Mutex
-	evs []*bridge.Event
+	out []string
 }
 
-func (r *recorder) all() []*bridge.Event {
+var (
+	_ bridge.XMPPActor   = (*recorder)(nil)
+	_ bridge.MatrixActor = (*recorder)(nil)
+)
+
+func (r *recorder) add(s string) { r.mu.Lock(); r.out = append(r.out, s); r.mu.Unlock() }
+
+func (r *recorder) ShowPuppet(_ context.Context, c bridge.PuppetPresence) error {
+	r.add(describePresence(mapping.NetworkMatrix, string(c.User), c.Presence))
+	return nil
+}
+
+func (r *recorder) ShowGhost(_ context.Context, c bridge.GhostPresence) error {
+	r.add(describePresence(mapping.NetworkXMPP, string(c.User), c.Presence))
+	return nil
+}
+
+func (r *recorder) SendSubscription(_ context.Context, c bridge.PuppetSubscription) error {
+	r.add(fmt.Sprintf("xmpp %s→%s %s", c.Puppet, c.Contact, c.Type))
+	return nil
+}
+
+func (r *recorder) GhostMembership(_ context.Context, c bridge.GhostMembership) error {
+	if c.Before != nil {
+		r.add(describePresence(mapping.NetworkXMPP, string(c.Ghost), *c.Before))
+	}
+	r.add(fmt.Sprintf("matrix %s→%s %s %s", c.Ghost, c.Peer, c.Membership, c.RoomID))
+	return nil
+}
+
+func (r *recorder) all() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return append([]*bridge.Event(nil), r.evs...)
+	return append([]string(nil), r.out...)
 }
 
-func (r *recorder) reset() { r.mu.Lock(); r.evs = nil; r.mu.Unlock() }
+func (r *recorder) reset() { r.mu.Lock(); r.out = nil; r.mu.Unlock() }
 
-func start(t *testing.T, cfg Config, dir string) *harness {
+// start runs a core on store (a new in-memory one if nil) with the
+// recorder as both sides: no NATS.
+func start(t *testing.T, cfg Config, store *bridge.Store) *harness {
 	t.Helper()
-	if dir == "" {
-		dir = t.TempDir()
-	}
-	bcfg := bridge.Default()
-	bcfg.Embedded.DataDir = dir
-	bus, err := bridge.Open(context.Background(), bcfg, nil)
-	if err != nil {
-		t.Fatal(err)
+	if store == nil {
+		store = bridge.NewMemoryStore()
 	}
 	rec := &recorder{}
-	if _, err := bus.Conn().Subscribe("pb.v1.out.>", func(m *nats.Msg) {
-		ev, err := bridge.DecodeEvent(m.Data)
-		if err != nil {
-			t.Errorf("core published a bad event: %v", err)
-			return
-		}
-		rec.mu.Lock()
-		rec.evs = append(rec.evs, ev)
-		rec.mu.Unlock()
-	}); err != nil {
-		t.Fatal(err)
-	}
-	c, err := New(cfg, ns, bus, slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	c, err := New(cfg, ns, store, rec, rec, slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,47 +95,59 @@ func start(t *testing.T, cfg Config, dir string) *harness {
 	case err := <-done:
 		t.Fatalf("core stopped: %v", err)
 	}
-	h := &harness{t: t, bus: bus, dir: dir, rec: rec}
+	h := &harness{t: t, core: c, store: store, rec: rec}
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("core Run: %v", err)
 		}
-		bus.Close()
 	})
 	return h
 }
 
-func (h *harness) publish(ev *bridge.Event) {
+func (h *harness) check(err error) {
 	h.t.Helper()
-	if err := h.bus.Publish(context.Background(), bridge.In, ev); err != nil {
+	if err != nil {
 		h.t.Fatal(err)
 	}
 }
 
 func (h *harness) presence(net mapping.Network, user string, p mapping.Presence) {
-	h.publish(&bridge.Event{Kind: bridge.KindPresence, Origin: net, User: user, Presence: &p})
+	h.presenceSeq(net, user, p, 0)
+}
+
+func (h *harness) presenceSeq(net mapping.Network, user string, p mapping.Presence, seq uint64) {
+	h.t.Helper()
+	st := bridge.Stamp{Seq: seq}
+	if net == mapping.NetworkXMPP {
+		h.check(h.core.XMPPPresence(context.Background(), bridge.XMPPPresence{Stamp: st, User: mapping.BareJID(user), Presence: p}))
+	} else {
+		h.check(h.core.MatrixPresence(context.Background(), bridge.MatrixPresence{Stamp: st, User: mapping.UserID(user), Presence: p}))
+	}
 }
 
 func (h *harness) subscription(jid, mxid string, typ bridge.SubscriptionType) {
-	h.publish(&bridge.Event{Kind: bridge.KindSubscription, Origin: mapping.NetworkXMPP, User: jid, Peer: mxid, Subscription: &bridge.SubscriptionPayload{Type: typ}})
+	h.t.Helper()
+	h.check(h.core.XMPPSubscription(context.Background(), bridge.XMPPSubscription{Contact: mapping.BareJID(jid), Puppet: mapping.UserID(mxid), Type: typ}))
 }
 
+// membership reports a membership change: member is whose membership
+// changed (the ghost's JID or the Matrix user), sender who changed it.
 func (h *harness) membership(mxid, jid, membership, member, sender, room string) {
-	h.publish(&bridge.Event{Kind: bridge.KindMembership, Origin: mapping.NetworkMatrix, User: mxid, Peer: jid, Membership: &bridge.MembershipPayload{Membership: membership, Member: member, Sender: sender, RoomID: room}})
+	h.t.Helper()
+	m, err := bridge.ParseMembership(membership)
+	h.check(err)
+	h.check(h.core.MatrixMembership(context.Background(), bridge.MatrixMembership{User: mapping.UserID(mxid), Ghost: mapping.BareJID(jid),
+		GhostChanged: member == jid, BySelf: sender == member, Membership: m, RoomID: room}))
 }
 
-// describe renders an out event compactly for matching and messages.
-func describe(ev *bridge.Event) string {
-	switch ev.Kind {
-	case bridge.KindPresence:
-		return fmt.Sprintf("presence %s→%s %s %q", ev.Origin, ev.Origin.Other(), ev.User, ev.Presence.Status+"/"+ev.Presence.State.String())
-	case bridge.KindSubscription:
-		return fmt.Sprintf("xmpp %s→%s %s", ev.User, ev.Peer, ev.Subscription.Type)
-	case bridge.KindMembership:
-		return fmt.Sprintf("matrix %s→%s %s %s", ev.User, ev.Peer, ev.Membership.Membership, ev.Membership.RoomID)
-	}
-	return string(ev.Kind)
+func (h *harness) optOut(jid string, enabled bool) {
+	h.t.Helper()
+	h.check(h.core.XMPPOptOut(context.Background(), bridge.OptOut[mapping.BareJID]{User: mapping.BareJID(jid), Enabled: enabled}))
+}
+
+func describePresence(net mapping.Network, user string, p mapping.Presence) string {
+	return fmt.Sprintf("presence %s→%s %s %q", net, net.Other(), user, p.Status+"/"+p.State.String())
 }
 
 // waitOut waits until every wanted description has been published.
@@ -128,9 +157,9 @@ func (h *harness) waitOut(want ...string) {
 	for {
 		got := map[string]bool{}
 		var list []string
-		for _, ev := range h.rec.all() {
-			got[describe(ev)] = true
-			list = append(list, describe(ev))
+		for _, d := range h.rec.all() {
+			got[d] = true
+			list = append(list, d)
 		}
 		missing := ""
 		for _, w := range want {
@@ -160,8 +189,8 @@ func (h *harness) settle() {
 
 func (h *harness) count(desc string) int {
 	n := 0
-	for _, ev := range h.rec.all() {
-		if describe(ev) == desc {
+	for _, d := range h.rec.all() {
+		if d == desc {
 			n++
 		}
 	}
@@ -169,14 +198,14 @@ func (h *harness) count(desc string) int {
 }
 
 func TestPresenceFlowsBothWays(t *testing.T) {
-	h := start(t, Default(), "")
+	h := start(t, Default(), nil)
 	h.presence(mapping.NetworkXMPP, alice, mapping.Presence{State: mapping.StateBusy, Status: "call"})
 	h.presence(mapping.NetworkMatrix, bob, mapping.Presence{State: mapping.StateAway, Status: "lunch"})
 	h.waitOut(`presence xmpp→matrix alice@xmpp.example "call/busy"`, `presence matrix→xmpp @bob:example.org "lunch/away"`)
 }
 
 func TestOwnPuppetsAndGhostsNeverBridgedBack(t *testing.T) {
-	h := start(t, Default(), "")
+	h := start(t, Default(), nil)
 	ghostTyped, _ := ns.GhostMXID(mapping.BareJID(alice))
 	ghost := string(ghostTyped)
 	puppetTyped, _ := ns.PuppetJID(mapping.UserID(bob))
@@ -184,18 +213,18 @@ func TestOwnPuppetsAndGhostsNeverBridgedBack(t *testing.T) {
 	h.presence(mapping.NetworkMatrix, ghost, mapping.Presence{State: mapping.StateAway})
 	h.presence(mapping.NetworkXMPP, puppet, mapping.Presence{State: mapping.StateAway})
 	h.settle()
-	for _, ev := range h.rec.all() {
-		if ev.User == ghost || ev.User == puppet {
-			t.Fatalf("bridged its own echo: %s", describe(ev))
+	for _, d := range h.rec.all() {
+		if strings.Contains(d, ghost) || strings.Contains(d, puppet) {
+			t.Fatalf("bridged its own echo: %s", d)
 		}
 	}
 }
 
 func TestOptOut(t *testing.T) {
-	h := start(t, Default(), "")
+	h := start(t, Default(), nil)
 	h.presence(mapping.NetworkXMPP, alice, mapping.Presence{State: mapping.StateAvailable, Status: "before"})
 	h.waitOut(`presence xmpp→matrix alice@xmpp.example "before/available"`)
-	h.publish(&bridge.Event{Kind: bridge.KindOptOut, Origin: mapping.NetworkXMPP, User: alice, OptOut: &bridge.OptOutPayload{Enabled: true}})
+	h.optOut(alice, true)
 	h.waitOut(`presence xmpp→matrix alice@xmpp.example "/offline"`)
 	h.rec.reset()
 	h.presence(mapping.NetworkXMPP, alice, mapping.Presence{State: mapping.StateAway, Status: "secret"})
@@ -203,7 +232,7 @@ func TestOptOut(t *testing.T) {
 	if n := h.count(`presence xmpp→matrix alice@xmpp.example "secret/away"`); n != 0 {
 		t.Fatal("an opted-out user's presence was exported")
 	}
-	h.publish(&bridge.Event{Kind: bridge.KindOptOut, Origin: mapping.NetworkXMPP, User: alice, OptOut: &bridge.OptOutPayload{Enabled: false}})
+	h.optOut(alice, false)
 	h.waitOut(`presence xmpp→matrix alice@xmpp.example "secret/away"`)
 }
 
@@ -211,18 +240,18 @@ func TestAccessLists(t *testing.T) {
 	cfg := Default()
 	cfg.DenyXMPPDomains = []string{"spam.example"}
 	cfg.AllowMatrixServers = []string{"example.org"}
-	h := start(t, cfg, "")
+	h := start(t, cfg, nil)
 	h.presence(mapping.NetworkXMPP, "eve@spam.example", mapping.Presence{State: mapping.StateAway})
 	h.presence(mapping.NetworkMatrix, "@mallory:other.org", mapping.Presence{State: mapping.StateAway})
 	h.subscription("eve@spam.example", bob, bridge.Subscribe)
 	h.waitOut(`xmpp @bob:example.org→eve@spam.example unsubscribed`)
 	h.settle()
-	for _, ev := range h.rec.all() {
-		if ev.User == "eve@spam.example" || ev.User == "@mallory:other.org" {
-			t.Fatalf("denied user bridged: %s", describe(ev))
+	for _, d := range h.rec.all() {
+		if strings.HasPrefix(d, "presence") && (strings.Contains(d, "eve@spam.example") || strings.Contains(d, "@mallory:other.org")) {
+			t.Fatalf("denied user bridged: %s", d)
 		}
-		if ev.Kind == bridge.KindMembership {
-			t.Fatalf("denied user caused an invite: %s", describe(ev))
+		if strings.HasPrefix(d, "matrix") {
+			t.Fatalf("denied user caused an invite: %s", d)
 		}
 	}
 }
@@ -230,10 +259,10 @@ func TestAccessLists(t *testing.T) {
 func TestOlderSequenceNeverOverridesNewer(t *testing.T) {
 	cfg := Default()
 	cfg.CoalesceWindow = 0
-	h := start(t, cfg, "")
+	h := start(t, cfg, nil)
 	p1, p2 := mapping.Presence{State: mapping.StateAway, Status: "new"}, mapping.Presence{State: mapping.StateAvailable, Status: "old"}
-	h.publish(&bridge.Event{Kind: bridge.KindPresence, Origin: mapping.NetworkXMPP, User: alice, Presence: &p1, Seq: 200})
-	h.publish(&bridge.Event{Kind: bridge.KindPresence, Origin: mapping.NetworkXMPP, User: alice, Presence: &p2, Seq: 100})
+	h.presenceSeq(mapping.NetworkXMPP, alice, p1, 200)
+	h.presenceSeq(mapping.NetworkXMPP, alice, p2, 100)
 	h.settle()
 	if h.count(`presence xmpp→matrix alice@xmpp.example "old/available"`) != 0 {
 		t.Fatal("older event overrode a newer one")
@@ -241,7 +270,7 @@ func TestOlderSequenceNeverOverridesNewer(t *testing.T) {
 	// The store is written behind the event path: poll for it.
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		rec, _, err := h.bus.Store().Presence.Get(context.Background(), bridge.PresenceKey(mapping.NetworkXMPP, alice))
+		rec, _, err := h.store.Presence.Get(context.Background(), bridge.PresenceKey(mapping.NetworkXMPP, alice))
 		if err == nil && rec.Presence.Status == "new" {
 			break
 		}
@@ -255,14 +284,14 @@ func TestOlderSequenceNeverOverridesNewer(t *testing.T) {
 func TestCoalescingBurst(t *testing.T) {
 	cfg := Default()
 	cfg.CoalesceWindow = 300 * time.Millisecond
-	h := start(t, cfg, "")
+	h := start(t, cfg, nil)
 	for i := 0; i < 50; i++ {
 		h.presence(mapping.NetworkXMPP, alice, mapping.Presence{State: mapping.StateAway, Status: fmt.Sprint(i)})
 	}
 	h.waitOut(`presence xmpp→matrix alice@xmpp.example "49/away"`)
 	n := 0
-	for _, ev := range h.rec.all() {
-		if ev.User == alice {
+	for _, d := range h.rec.all() {
+		if strings.Contains(d, alice) {
 			n++
 		}
 	}
@@ -273,7 +302,7 @@ func TestCoalescingBurst(t *testing.T) {
 }
 
 func TestConsentAskApprovedByJoin(t *testing.T) {
-	h := start(t, Default(), "")
+	h := start(t, Default(), nil)
 	h.presence(mapping.NetworkXMPP, alice, mapping.Presence{State: mapping.StateAway, Status: "hello"})
 	h.subscription(alice, bob, bridge.Subscribe)
 	h.waitOut(`matrix alice@xmpp.example→@bob:example.org invite `)
@@ -287,26 +316,26 @@ func TestConsentAskApprovedByJoin(t *testing.T) {
 	h.membership(bob, alice, "join", bob, bob, "!dm:example.org")
 	h.waitOut(`xmpp @bob:example.org→alice@xmpp.example subscribed`, `xmpp @bob:example.org→alice@xmpp.example subscribe`,
 		`presence xmpp→matrix alice@xmpp.example "hello/away"`)
-	l, _, _ := h.bus.Store().Links.Get(context.Background(), bridge.PairKey(bob, alice))
+	l, _, _ := h.store.Links.Get(context.Background(), bridge.PairKey(bob, alice))
 	if l.State != bridge.LinkApproved || l.RoomID != "!dm:example.org" {
 		t.Fatalf("link %+v", l)
 	}
 }
 
 func TestConsentAskDeniedByReject(t *testing.T) {
-	h := start(t, Default(), "")
+	h := start(t, Default(), nil)
 	h.subscription(alice, bob, bridge.Subscribe)
 	h.waitOut(`matrix alice@xmpp.example→@bob:example.org invite `)
 	h.membership(bob, alice, "leave", bob, bob, "!dm:example.org")
 	h.waitOut(`xmpp @bob:example.org→alice@xmpp.example unsubscribed`, `matrix alice@xmpp.example→@bob:example.org leave !dm:example.org`)
-	l, _, _ := h.bus.Store().Links.Get(context.Background(), bridge.PairKey(bob, alice))
+	l, _, _ := h.store.Links.Get(context.Background(), bridge.PairKey(bob, alice))
 	if l.State != bridge.LinkDenied {
 		t.Fatalf("link %+v", l)
 	}
 }
 
 func TestConsentMatrixInviteAnsweredOnXMPP(t *testing.T) {
-	h := start(t, Default(), "")
+	h := start(t, Default(), nil)
 	h.membership(bob, alice, "invite", alice, bob, "!room:example.org")
 	h.waitOut(`xmpp @bob:example.org→alice@xmpp.example subscribe`)
 	h.subscription(alice, bob, bridge.Subscribed)
@@ -316,7 +345,7 @@ func TestConsentMatrixInviteAnsweredOnXMPP(t *testing.T) {
 func TestRevocationFromEitherSide(t *testing.T) {
 	for _, by := range []string{"matrix leave", "matrix kick", "xmpp unsubscribed"} {
 		t.Run(by, func(t *testing.T) {
-			h := start(t, Default(), "")
+			h := start(t, Default(), nil)
 			h.subscription(alice, bob, bridge.Subscribe)
 			h.waitOut(`matrix alice@xmpp.example→@bob:example.org invite `)
 			h.membership(bob, alice, "join", bob, bob, "!dm:example.org")
@@ -339,7 +368,7 @@ func TestRevocationFromEitherSide(t *testing.T) {
 func TestPolicyReject(t *testing.T) {
 	cfg := Default()
 	cfg.Policy = PolicyReject
-	h := start(t, cfg, "")
+	h := start(t, cfg, nil)
 	h.subscription(alice, bob, bridge.Subscribe)
 	h.waitOut(`xmpp @bob:example.org→alice@xmpp.example unsubscribed`)
 	if h.count(`matrix alice@xmpp.example→@bob:example.org invite `) != 0 {
@@ -348,16 +377,16 @@ func TestPolicyReject(t *testing.T) {
 }
 
 func TestRestartAsksNobodyAgain(t *testing.T) {
-	dir := t.TempDir()
+	store := bridge.NewMemoryStore()
 	t.Run("first life", func(t *testing.T) {
-		h := start(t, Default(), dir)
+		h := start(t, Default(), store)
 		h.subscription(alice, bob, bridge.Subscribe)
 		h.waitOut(`matrix alice@xmpp.example→@bob:example.org invite `)
 		h.membership(bob, alice, "join", bob, bob, "!dm:example.org")
 		h.waitOut(`xmpp @bob:example.org→alice@xmpp.example subscribed`)
 	})
 	t.Run("after restart", func(t *testing.T) {
-		h := start(t, Default(), dir)
+		h := start(t, Default(), store)
 		// Prosody re-sends alice's request after the restart: approved at
 		// once from the stored link, and bob is not invited again.
 		h.subscription(alice, bob, bridge.Subscribe)
@@ -372,3 +401,50 @@ func TestRestartAsksNobodyAgain(t *testing.T) {
 type testWriter struct{ t *testing.T }
 
 func (w testWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p), nil }
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// The ghost goes offline before it leaves, so that the Matrix user sees
+// it offline rather than its last presence frozen.
+func TestRevokedGhostOfflineBeforeItLeaves(t *testing.T) {
+	h := start(t, Default(), nil)
+	h.presence(mapping.NetworkXMPP, alice, mapping.Presence{State: mapping.StateAvailable, Status: "here"})
+	h.subscription(alice, bob, bridge.Subscribe)
+	h.membership(bob, alice, "join", bob, bob, "!dm:example.org")
+	h.waitOut(`xmpp @bob:example.org→alice@xmpp.example subscribed`)
+	h.rec.reset()
+	h.subscription(alice, bob, bridge.Unsubscribe)
+	offline, leave := `presence xmpp→matrix alice@xmpp.example "/offline"`, `matrix alice@xmpp.example→@bob:example.org leave !dm:example.org`
+	h.waitOut(offline, leave)
+	if out := h.rec.all(); slices.Index(out, offline) > slices.Index(out, leave) {
+		t.Fatalf("the ghost left before going offline: %q", out)
+	}
+}
+
+// The room a ghost opened is learnt from the side's report of the invite,
+// so that the core, the links bucket's only writer, records it.
+func TestGhostInviteRecordsTheRoom(t *testing.T) {
+	h := start(t, Default(), nil)
+	h.subscription(alice, bob, bridge.Subscribe)
+	h.waitOut(`matrix alice@xmpp.example→@bob:example.org invite `)
+	h.membership(bob, alice, "invite", bob, alice, "!new:example.org")
+	l, _, err := h.store.Links.Get(context.Background(), bridge.PairKey(bob, alice))
+	if err != nil || l.RoomID != "!new:example.org" || l.State != bridge.LinkAsked {
+		t.Fatalf("link %+v, %v", l, err)
+	}
+	// A ghost's invite without a link (never asked for) records nothing.
+	h.membership("@carol:example.org", alice, "invite", "@carol:example.org", alice, "!x:example.org")
+	if _, _, err := h.store.Links.Get(context.Background(), bridge.PairKey("@carol:example.org", alice)); err == nil {
+		t.Fatal("an unasked invite created a link")
+	}
+}
+
+// With policy accept the core, not the XMPP side, answers at once.
+func TestPolicyAccept(t *testing.T) {
+	cfg := Default()
+	cfg.Policy = PolicyAccept
+	h := start(t, cfg, nil)
+	h.subscription(alice, bob, bridge.Subscribe)
+	h.waitOut(`xmpp @bob:example.org→alice@xmpp.example subscribed`, `xmpp @bob:example.org→alice@xmpp.example subscribe`,
+		`matrix alice@xmpp.example→@bob:example.org invite `)
+}

@@ -79,6 +79,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// After the first signal the bridge shuts down cleanly; a second one
+	// (default handling restored) ends the process at once.
+	go func() { <-ctx.Done(); stop() }()
 	if err := runBridge(ctx, cfg); err != nil {
 		fmt.Fprintln(stderr, "presence-bridge:", err)
 		return 1

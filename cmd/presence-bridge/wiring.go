@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/presence-bridge/presence-bridge/bridge"
 	"github.com/presence-bridge/presence-bridge/bridge/core"
+	"github.com/presence-bridge/presence-bridge/bridge/transport"
 	"github.com/presence-bridge/presence-bridge/mapping"
 	"github.com/presence-bridge/presence-bridge/matrixside"
 	"github.com/presence-bridge/presence-bridge/xmppside"
@@ -55,7 +57,10 @@ func runBridge(ctx context.Context, cfg *File) error {
 	tr := mapping.NewTranslator(table, busy)
 	ns := cfg.Namespace()
 
-	c, err := core.New(cfg.Core, ns, bus, log.With("part", "core"))
+	// The core and the sides meet on the bus: each reports through a
+	// publisher and is served its part by a transport server.
+	pub := transport.NewPublisher(bus)
+	c, err := core.New(cfg.Core, ns, bus.Store(), pub, pub, log.With("part", "core"))
 	if err != nil {
 		return err
 	}
@@ -68,51 +73,92 @@ func runBridge(ctx context.Context, cfg *File) error {
 		return err
 	}
 
+	// The core runs until the sides have stopped, so that what they say
+	// on their way out is still handled.
 	coreCtx, stopCore := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopCore()
-	coreDone := make(chan error, 1)
-	go func() { coreDone <- c.Run(coreCtx) }()
-	select {
-	case <-c.Ready():
-	case err := <-coreDone:
-		return fmt.Errorf("core: %w", err)
+	coreParts := newGroup(coreCtx, stopCore)
+	coreParts.run("core", c.Run)
+	if !coreParts.await(c.Ready()) {
+		return coreParts.wait()
+	}
+	coreSrv := transport.ServeCore(bus, c, c, log.With("part", "transport"))
+	coreParts.run("core transport", coreSrv.Run)
+	if !coreParts.await(coreSrv.Ready()) {
+		return coreParts.wait()
 	}
 
 	sidesCtx, stopSides := context.WithCancel(ctx)
 	defer stopSides()
-	var wg sync.WaitGroup
-	errs := make(chan error, 2)
-	for name, runner := range map[string]func(context.Context) error{"xmpp": xs.Run, "matrix": ms.Run} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := runner(sidesCtx); err != nil && !errors.Is(err, context.Canceled) {
-				errs <- fmt.Errorf("%s side: %w", name, err)
-				stopSides() // one side failing stops the bridge
-			}
-		}()
-	}
+	sides := newGroup(sidesCtx, stopSides)
+	sides.run("xmpp side", xs.Run)
+	sides.run("matrix side", ms.Run)
 	log.Info("bridge running")
 	<-sidesCtx.Done()
 	log.Info("shutting down")
-	sidesDone := make(chan struct{})
-	go func() { wg.Wait(); close(sidesDone) }()
-	timer := time.NewTimer(shutdownGrace)
-	defer timer.Stop()
-	select {
-	case <-sidesDone:
-	case <-timer.C:
-		return errors.New("shutdown took longer than " + shutdownGrace.String())
-	}
+	sidesErr := sides.waitWarn(log, shutdownGrace)
 	stopCore()
-	if err := <-coreDone; err != nil {
-		log.Error("core stopped with error", "err", err)
-	}
-	close(errs)
-	var all []error
-	for e := range errs {
-		all = append(all, e)
-	}
+	coreErr := coreParts.wait()
 	log.Info("stopped")
-	return errors.Join(all...)
+	return errors.Join(sidesErr, coreErr)
+}
+
+// group runs parts of the bridge; one failing stops the group.
+type group struct {
+	ctx  context.Context
+	stop context.CancelFunc
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	errs []error
+}
+
+func newGroup(ctx context.Context, stop context.CancelFunc) *group {
+	return &group{ctx: ctx, stop: stop}
+}
+
+func (g *group) run(name string, f func(context.Context) error) {
+	g.wg.Go(func() {
+		if err := f(g.ctx); err != nil && !errors.Is(err, context.Canceled) {
+			g.mu.Lock()
+			g.errs = append(g.errs, fmt.Errorf("%s: %w", name, err))
+			g.mu.Unlock()
+			g.stop()
+		}
+	})
+}
+
+// await waits for ready, or reports false if the group stopped first.
+func (g *group) await(ready <-chan struct{}) bool {
+	select {
+	case <-ready:
+		return true
+	case <-g.ctx.Done():
+		return false
+	}
+}
+
+// wait returns once every part has returned.
+func (g *group) wait() error {
+	g.wg.Wait()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return errors.Join(g.errs...)
+}
+
+// waitWarn is wait, logging an error every grace period that it takes
+// longer: parts bound their own shutdown, and a second signal ends the
+// process (see main), so nothing is abandoned while it still runs.
+func (g *group) waitWarn(log *slog.Logger, grace time.Duration) error {
+	done := make(chan struct{})
+	go func() { g.wg.Wait(); close(done) }()
+	t := time.NewTicker(grace)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return g.wait()
+		case <-t.C:
+			log.Error("shutdown is taking longer than expected; send the signal again to stop at once", "waited", grace)
+		}
+	}
 }
