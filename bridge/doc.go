@@ -1,7 +1,20 @@
-// Package bridge is the bus between the two sides of the bridge and the state
-// they share. Adapters (xmppside, matrixside) publish normalized [Event]s to
-// NATS; the core decides who may see what and publishes commands back; state
-// lives in JetStream key-value buckets ([Store]).
+// Package bridge is what the core and the two sides share: the ports
+// between them (ports.go), the state they keep ([Store]: typed key-value
+// buckets, each with one writer), and the NATS bus ([Bus]) that carries
+// the ports between processes.
+//
+// # Ports
+//
+// The core (package bridge/core) owns four interfaces: [XMPPObserver] and
+// [MatrixObserver] receive what a side observed; [XMPPActor] and
+// [MatrixActor] are what the core asks a side to do. xmppside.Component
+// implements XMPPActor and reports to an XMPPObserver; matrixside.Side
+// implements MatrixActor and reports to a MatrixObserver; the core
+// implements both observers. The sides never learn the bus: package
+// bridge/transport implements every port by publishing the envelope below,
+// and serves the bus back into the real implementations. Tests wire the
+// core to in-memory fakes of the sides, and the sides to fake observers,
+// with no NATS ([NewMemoryStore]).
 //
 // # Envelope (schema version 1)
 //
@@ -17,11 +30,13 @@
 //	  "seq": 1763700000000000000,              // per-user sequence: larger is newer
 //	  "observed_at": "2026-11-21T12:00:00Z",   // when the adapter saw it
 //	  "presence": {"state": "away", "status": "lunch", "last_active": "...", "currently_active": false, "priority": 5},
-//	  "origin_state": "chat",                  // for echoes: the state the bridge set on the other side
 //	  "subscription": {"type": "subscribe"},   // RFC 6121 subscription stanza type
-//	  "membership": {"membership": "invite", "room_id": "!r:example.org", "sender": "@bob:example.org"},
+//	  "membership": {"membership": "invite", "room_id": "!r:example.org", "member": "...", "sender": "@bob:example.org",
+//	                 "before": {"state": "offline"}},  // out only: presence the ghost shows before it acts
 //	  "optout": {"enabled": true}
 //	}
+//
+// It is read and written with encoding/json ([EncodeEvent], [DecodeEvent]).
 //
 // Addresses on the bus are always native: a Matrix user is its Matrix ID,
 // never its puppet JID, and an XMPP user is its bare JID, never its ghost.
@@ -48,7 +63,8 @@
 //
 // # Buckets
 //
-// See [Store]: last presence per user per side, subscription state per
-// (puppet, contact), consent links, per-user settings and seen Matrix
-// transaction ids. Updates where two writers can race use compare-and-set.
+// See [Store]. Each bucket has exactly one writing package: presence,
+// links and settings are written by the core; subscriptions by xmppside;
+// Matrix transaction ids by matrixside. Others may read them. Updates use
+// compare-and-set ([Bucket.Update]) where a read decides the write.
 package bridge

@@ -77,15 +77,19 @@ type UserSettings struct {
 
 // Store holds the bridge's state in JetStream KV buckets.
 type Store struct {
-	// Presence: key PresenceKey(network, user).
+	// Presence: key PresenceKey(network, user): the last presence the core
+	// received of each person. Writer: bridge/core.
 	Presence *Bucket[PresenceRecord]
-	// Subscriptions: key PairKey(matrix user, xmpp bare JID).
+	// Subscriptions: key PairKey(matrix user, xmpp bare JID): the RFC 6121
+	// state of each (puppet, contact) pair. Writer: xmppside.
 	Subscriptions *Bucket[Subscription]
-	// Links: key PairKey(matrix user, xmpp bare JID).
+	// Links: key PairKey(matrix user, xmpp bare JID): consent and the
+	// room that carries it. Writer: bridge/core.
 	Links *Bucket[Link]
-	// Settings: key PresenceKey(network, user).
+	// Settings: key PresenceKey(network, user). Writer: bridge/core.
 	Settings *Bucket[UserSettings]
 	// Txns: Matrix transaction ids already processed, kept for a day.
+	// Writer: matrixside.
 	Txns *Bucket[time.Time]
 }
 
