@@ -7,13 +7,14 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 )
 
-// processesMentioning returns pid -> command line of every live process
-// but exclude whose command line contains s.
-func processesMentioning(s string, exclude int) (map[int]string, error) {
+// processesMentioning returns pid -> arguments of every live process but
+// exclude with an argument containing s.
+func processesMentioning(s string, exclude int) (map[int][]string, error) {
 	if runtime.GOOS != "linux" {
 		return nil, errors.New("needs Linux's /proc")
 	}
@@ -21,7 +22,7 @@ func processesMentioning(s string, exclude int) (map[int]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := map[int]string{}
+	out := map[int][]string{}
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil || pid == exclude {
@@ -31,8 +32,8 @@ func processesMentioning(s string, exclude int) (map[int]string, error) {
 		if err != nil || len(data) == 0 { // gone, or a zombie
 			continue
 		}
-		args := strings.ReplaceAll(strings.TrimRight(string(data), "\x00"), "\x00", " ")
-		if strings.Contains(args, s) {
+		args := strings.Split(strings.TrimRight(string(data), "\x00"), "\x00")
+		if slices.ContainsFunc(args, func(a string) bool { return strings.Contains(a, s) }) {
 			out[pid] = args
 		}
 	}

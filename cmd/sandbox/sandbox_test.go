@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -397,7 +398,8 @@ func (r *sandboxRun) checkChildren(running bool) {
 	for _, name := range []string{"prosody", "dendrite", "presence-bridge"} {
 		found := false
 		for pid, args := range procs {
-			if !strings.Contains(args, name) {
+			// The program, or for Prosody the Lua script, by base name.
+			if !slices.ContainsFunc(args, func(a string) bool { return filepath.Base(a) == name }) {
 				continue
 			}
 			found = true

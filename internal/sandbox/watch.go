@@ -102,8 +102,6 @@ func (s *sandbox) watchXMPP(ctx context.Context) error {
 func (s *sandbox) watchMatrix(ctx context.Context) error {
 	ghost := ghostMXID(xmppUser)
 	since := ""
-	retry := time.NewTimer(0)
-	<-retry.C
 	for {
 		resp, err := s.bob.Sync(ctx, dendrite.SyncOptions{Since: since, Timeout: 30 * time.Second, SetPresence: "offline"})
 		if ctx.Err() != nil {
@@ -113,11 +111,10 @@ func (s *sandbox) watchMatrix(ctx context.Context) error {
 			// Dendrite going away is noticed by Run; anything else
 			// (a timeout under load) is retried.
 			s.log.Warn("bob's /sync failed; retrying", "err", err)
-			retry.Reset(time.Second)
 			select {
 			case <-ctx.Done():
 				return nil
-			case <-retry.C:
+			case <-time.After(time.Second):
 			}
 			continue
 		}
