@@ -1,18 +1,31 @@
 # presence-bridge. On a fresh Debian machine with Go installed:
-#   make run     build and run the bridge with config.yaml
+#   make run     a local sandbox: Prosody, Dendrite and the bridge on 127.0.0.1, one XMPP
+#                user and one Matrix user who see each other's presence (Ctrl-C stops it)
 #   make test    install Prosody and nats-server (apt), build Dendrite, run every test
-.PHONY: build run deps dendrite test check bench fuzz clean
+# Deploying for real, with your servers and your config:
+#   make run-bridge CONFIG=config.yaml   (that is: presence-bridge -config config.yaml)
+.PHONY: build run run-bridge prosody deps dendrite test check bench fuzz clean
 
 BIN      := .build/bin
 CONFIG   ?= config.yaml
+SANDBOX  ?= .build/sandbox
 GO       ?= go
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 build:
-	$(GO) build -o $(BIN)/presence-bridge ./cmd/presence-bridge
+	$(GO) build -o $(BIN)/ ./cmd/presence-bridge ./cmd/sandbox
 
-run: build
+# The sandbox (cmd/sandbox): everything in $(SANDBOX), reused by the next
+# run, removed by make clean.
+run: build prosody dendrite
+	$(BIN)/sandbox -dir $(SANDBOX)
+
+run-bridge: build
 	$(BIN)/presence-bridge -config $(CONFIG)
+
+prosody:
+	@command -v prosody >/dev/null && command -v prosodyctl >/dev/null || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prosody; }
 
 # The real servers the tests run against: Prosody 0.12 and nats-server from
 # Debian, Dendrite v0.15.2 built from the tool module in tools/dendrite.

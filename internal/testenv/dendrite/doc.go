@@ -5,7 +5,10 @@
 // the machine is overloaded (load avg 8 on 2 CPUs). Stop (SIGTERM) ~50 ms,
 // Restart ~0.1-0.25 s. The whole package test runs in ~0.5-1.5 s.
 
-// Package dendritetest starts a real Dendrite homeserver for tests.
+// Package dendritetest starts a real Dendrite homeserver for tests. It is
+// internal/dendrite (the server and the client) bound to a test: temporary
+// directory, free port, cleanup, failures instead of errors, and clients
+// that remember what their syncs saw.
 //
 // Start generates a signing key and a config (generate-config -ci, then:
 // SQLite files, media and search index inside t.TempDir(), federation off,

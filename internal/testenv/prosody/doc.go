@@ -1,4 +1,6 @@
 // Package prosodytest runs a real Prosody XMPP server for integration tests.
+// It is internal/prosody (the server and the client) bound to a test:
+// temporary directory, free ports, cleanup, and failures instead of errors.
 //
 // Start writes a throw-away configuration into a temporary directory, launches
 // "prosody --config CFG -F" bound to 127.0.0.1 on two free ports (one for

@@ -1,4 +1,4 @@
-package prosodytest
+package prosody
 
 import (
 	"bytes"
@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"testing"
 	"time"
 
 	"mellium.im/sasl"
@@ -27,6 +26,10 @@ const (
 	loginTimeout = 10 * time.Second
 	closeTimeout = 5 * time.Second
 )
+
+// ErrClosed is returned (wrapped) by Client.Wait when the connection ended
+// before a matching stanza arrived.
+var ErrClosed = errors.New("prosody: connection closed")
 
 // Stanza is a received stanza (or other top-level element), decoded enough
 // for assertions. Raw holds the complete element as XML.
@@ -47,7 +50,7 @@ type Stanza struct {
 // String returns the raw XML.
 func (s Stanza) String() string { return s.Raw }
 
-// Client is a logged-in XMPP client connected to a Server over plain TCP.
+// Client is a logged-in XMPP client connected to Prosody over plain TCP.
 // Every stanza it receives is recorded; see Wait and Received.
 type Client struct {
 	JID jid.JID // full JID actually bound by the server
@@ -58,38 +61,31 @@ type Client struct {
 	serveErr  error // valid after serveDone is closed
 	closeOnce sync.Once
 
+	forget bool // drop stanzas once Wait returned them
+
 	mu       sync.Mutex
 	received []Stanza
 	consumed []bool        // consumed[i]: received[i] was returned by Wait
 	notify   chan struct{} // closed and replaced whenever a stanza arrives
 }
 
-// Login connects to the server's c2s port and authenticates as
-// user@Domain with SASL PLAIN over plain TCP, then binds a resource.
-// Prosody ignores the requested resource, so use Client.JID to learn the
-// bound full JID. No initial presence is sent; use SendPresence for that.
-// The client is closed automatically when the test ends.
-func (s *Server) Login(t testing.TB, user, password, resource string) *Client {
-	t.Helper()
-	c, err := s.login(user, password, resource)
-	if err != nil {
-		t.Fatalf("prosodytest: login %s@%s: %v", user, s.Domain, err)
-	}
-	t.Cleanup(c.Close)
-	return c
-}
-
-func (s *Server) login(user, password, resource string) (*Client, error) {
-	origin, err := jid.New(user, s.Domain, resource)
+// Dial connects to the c2s port at addr (host:port) and authenticates as
+// the bare JID user@domain with SASL PLAIN over plain TCP, then binds a
+// resource. Prosody ignores the requested resource, so use Client.JID to
+// learn the bound full JID. No initial presence is sent; use SendPresence
+// for that. Close the client when done.
+func Dial(ctx context.Context, addr, user, domain, password, resource string, opts ...Option) (*Client, error) {
+	origin, err := jid.New(user, domain, resource)
 	if err != nil {
 		return nil, err
 	}
-	conn, err := net.DialTimeout("tcp", s.C2SAddr, loginTimeout)
-	if err != nil {
-		return nil, err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), loginTimeout)
+	ctx, cancel := context.WithTimeout(ctx, loginTimeout)
 	defer cancel()
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
 
 	// mellium only authenticates on secure (TLS) streams unless the Secure bit
 	// is cleared from the SASL feature's requirements. Loopback only!
@@ -108,12 +104,23 @@ func (s *Server) login(user, password, resource string) (*Client, error) {
 		serveDone: make(chan struct{}),
 		notify:    make(chan struct{}),
 	}
+	for _, o := range opts {
+		o(c)
+	}
 	go func() {
 		defer close(c.serveDone)
 		c.serveErr = c.sess.Serve(xmpp.HandlerFunc(c.handle))
 	}()
 	return c, nil
 }
+
+// Option changes a Client made by Dial.
+type Option func(*Client)
+
+// Forget makes the client drop every stanza once Wait has returned it,
+// so that a long-running client that consumes what it receives does not
+// grow. Received then lists only stanzas not yet returned.
+func Forget() Option { return func(c *Client) { c.forget = true } }
 
 // handle runs on the Serve goroutine for every received top-level element.
 // It must not call the session's send methods (deadlock); replies are
@@ -217,7 +224,7 @@ func (c *Client) Send(ctx context.Context, stanzaXML string) error {
 			break
 		}
 		if err != nil {
-			return fmt.Errorf("prosodytest: parsing stanza: %w", err)
+			return fmt.Errorf("prosody: parsing stanza: %w", err)
 		}
 		switch tok.(type) {
 		case xml.StartElement:
@@ -235,7 +242,7 @@ func (c *Client) Send(ctx context.Context, stanzaXML string) error {
 		}
 	}
 	if len(toks) == 0 {
-		return errors.New("prosodytest: Send: no XML element")
+		return errors.New("prosody: Send: no XML element")
 	}
 	i := 0
 	return c.sess.Send(ctx, xmlstream.ReaderFunc(func() (xml.Token, error) {
@@ -283,57 +290,67 @@ func writeElem(b *strings.Builder, name, value string) {
 }
 
 // Wait returns the first received stanza, not yet returned by an earlier
-// Wait, for which pred is true, waiting up to timeout for it to arrive.
-// On timeout it fails the test with desc and everything received so far.
-func (c *Client) Wait(t testing.TB, timeout time.Duration, desc string, pred func(Stanza) bool) Stanza {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	s, err := c.wait(ctx, pred)
-	if err != nil {
-		var b strings.Builder
-		for i, s := range c.Received() {
-			fmt.Fprintf(&b, "  %d: %s\n", i, s.Raw)
-		}
-		t.Fatalf("prosodytest: %s: waiting for %s: %v; received:\n%s", c.JID, desc, err, b.String())
-	}
-	return s
-}
-
-func (c *Client) wait(ctx context.Context, pred func(Stanza) bool) (Stanza, error) {
+// Wait, for which pred is true, waiting until ctx ends for it to arrive. It
+// returns an error wrapping ErrClosed once the connection is gone and
+// nothing received matches.
+func (c *Client) Wait(ctx context.Context, pred func(Stanza) bool) (Stanza, error) {
 	for {
 		c.mu.Lock()
-		for i, s := range c.received {
-			if !c.consumed[i] && pred(s) {
-				c.consumed[i] = true
-				c.mu.Unlock()
-				return s, nil
-			}
-		}
+		s, ok := c.takeLocked(pred)
 		notify := c.notify
 		c.mu.Unlock()
+		if ok {
+			return s, nil
+		}
 
 		select {
 		case <-notify:
 		case <-c.serveDone:
 			// Check the buffer one last time, then give up.
 			c.mu.Lock()
-			for i, s := range c.received {
-				if !c.consumed[i] && pred(s) {
-					c.consumed[i] = true
-					c.mu.Unlock()
-					return s, nil
-				}
-			}
+			s, ok := c.takeLocked(pred)
 			c.mu.Unlock()
-			return Stanza{}, fmt.Errorf("connection closed (%v)", c.serveErr)
+			if ok {
+				return s, nil
+			}
+			return Stanza{}, fmt.Errorf("%w (%v)", ErrClosed, c.serveErr)
 		case <-ctx.Done():
 			return Stanza{}, ctx.Err()
 		}
 	}
 }
 
-// Received returns every stanza received so far, consumed or not.
+// Take returns the first received stanza, not yet returned by Wait or
+// Take, for which pred is true, without waiting.
+func (c *Client) Take(pred func(Stanza) bool) (Stanza, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.takeLocked(pred)
+}
+
+// takeLocked returns and consumes the first unconsumed stanza matching
+// pred. c.mu must be held.
+func (c *Client) takeLocked(pred func(Stanza) bool) (Stanza, bool) {
+	for i, s := range c.received {
+		if c.consumed[i] || !pred(s) {
+			continue
+		}
+		if c.forget {
+			c.received = append(c.received[:i], c.received[i+1:]...)
+			c.consumed = append(c.consumed[:i], c.consumed[i+1:]...)
+		} else {
+			c.consumed[i] = true
+		}
+		return s, true
+	}
+	return Stanza{}, false
+}
+
+// Done is closed when the connection has ended.
+func (c *Client) Done() <-chan struct{} { return c.serveDone }
+
+// Received returns every stanza received so far, consumed or not (with
+// Forget: only those not yet consumed).
 func (c *Client) Received() []Stanza {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -348,12 +365,12 @@ func (c *Client) Roster(ctx context.Context) (map[string]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	res, err := c.wait(ctx, func(s Stanza) bool { return s.Name == "iq" && s.ID == id })
+	res, err := c.Wait(ctx, func(s Stanza) bool { return s.Name == "iq" && s.ID == id })
 	if err != nil {
-		return nil, fmt.Errorf("prosodytest: roster get: %w", err)
+		return nil, fmt.Errorf("prosody: roster get: %w", err)
 	}
 	if res.Type != "result" {
-		return nil, fmt.Errorf("prosodytest: roster get failed: %s", res.Raw)
+		return nil, fmt.Errorf("prosody: roster get failed: %s", res.Raw)
 	}
 	var v struct {
 		Items []struct {
@@ -362,7 +379,7 @@ func (c *Client) Roster(ctx context.Context) (map[string]string, error) {
 		} `xml:"jabber:iq:roster query>item"`
 	}
 	if err := xml.Unmarshal([]byte(res.Raw), &v); err != nil {
-		return nil, fmt.Errorf("prosodytest: decoding roster: %w", err)
+		return nil, fmt.Errorf("prosody: decoding roster: %w", err)
 	}
 	roster := make(map[string]string, len(v.Items))
 	for _, it := range v.Items {
