@@ -4,9 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -91,12 +95,15 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Bus, error) {
 	}
 	url := ""
 	if cfg.IsEmbedded() {
-		srv, err := startEmbedded(cfg.Embedded)
+		srv, token, err := startEmbedded(cfg.Embedded)
 		if err != nil {
 			return nil, err
 		}
 		b.srv = srv
 		opts = append(opts, nats.InProcessServer(srv))
+		if token != "" {
+			opts = append(opts, nats.Token(token))
+		}
 		log.Info("embedded nats started", "data_dir", cfg.Embedded.DataDir, "listen", cfg.Embedded.Listen)
 	} else {
 		url = joinURLs(cfg.URLs)
@@ -141,7 +148,34 @@ func joinURLs(urls []string) string {
 	return s
 }
 
-func startEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
+// TokenFile is the file in the embedded server's data dir that holds the
+// token other processes must present when the server listens.
+const TokenFile = "client.token"
+
+// listenToken returns the token of the embedded server's listener, made
+// on first use and kept in the data dir (readable by the bridge's user
+// only), so that the nats CLI and tests can read it and nobody else who
+// reaches the port can rewrite the bridge's state or inject events.
+func listenToken(dataDir string) (string, error) {
+	path := filepath.Join(dataDir, TokenFile)
+	if data, err := os.ReadFile(path); err == nil {
+		if tok := strings.TrimSpace(string(data)); tok != "" {
+			return tok, nil
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("bridge: nats token: %w", err)
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return "", fmt.Errorf("bridge: nats token: %w", err)
+	}
+	tok := NewID() + NewID()
+	if err := os.WriteFile(path, []byte(tok+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("bridge: nats token: %w", err)
+	}
+	return tok, nil
+}
+
+func startEmbedded(cfg EmbeddedConfig) (*server.Server, string, error) {
 	opts := &server.Options{
 		ServerName: "presence-bridge",
 		JetStream:  true,
@@ -150,29 +184,34 @@ func startEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
 		NoLog:      true,
 		DontListen: cfg.Listen == "",
 	}
+	token := ""
 	if cfg.Listen != "" {
 		host, port, err := net.SplitHostPort(cfg.Listen)
 		if err != nil {
-			return nil, fmt.Errorf("bridge: nats.embedded.listen: %w", err)
+			return nil, "", fmt.Errorf("bridge: nats.embedded.listen: %w", err)
 		}
 		opts.Host = host
 		if opts.Port, err = strconv.Atoi(port); err != nil {
-			return nil, fmt.Errorf("bridge: nats.embedded.listen: %w", err)
+			return nil, "", fmt.Errorf("bridge: nats.embedded.listen: %w", err)
 		}
 		if opts.Port == 0 {
 			opts.Port = server.RANDOM_PORT
 		}
+		if token, err = listenToken(cfg.DataDir); err != nil {
+			return nil, "", err
+		}
+		opts.Authorization = token
 	}
 	srv, err := server.NewServer(opts)
 	if err != nil {
-		return nil, fmt.Errorf("bridge: embedded nats: %w", err)
+		return nil, "", fmt.Errorf("bridge: embedded nats: %w", err)
 	}
 	srv.Start()
 	if !srv.ReadyForConnections(30 * time.Second) {
 		srv.Shutdown()
-		return nil, fmt.Errorf("bridge: embedded nats did not start (data dir %s)", cfg.DataDir)
+		return nil, "", fmt.Errorf("bridge: embedded nats did not start (data dir %s)", cfg.DataDir)
 	}
-	return srv, nil
+	return srv, token, nil
 }
 
 func (b *Bus) ensureStream(ctx context.Context, cfg Config) error {

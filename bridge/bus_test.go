@@ -3,10 +3,15 @@ package bridge
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/presence-bridge/presence-bridge/mapping"
 )
@@ -183,4 +188,34 @@ func TestRetryDelayBackOff(t *testing.T) {
 			t.Errorf("after %d failed deliveries: retry in %v, want %v", n, got, want)
 		}
 	}
+}
+
+// TestEmbeddedListenerNeedsToken: when the embedded server listens, only a
+// client with the token from the data dir gets in.
+func TestEmbeddedListenerNeedsToken(t *testing.T) {
+	cfg := Default()
+	cfg.Embedded.DataDir = t.TempDir()
+	cfg.Embedded.Listen = "127.0.0.1:0"
+	b, err := Open(context.Background(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	url := b.srv.ClientURL()
+	if nc, err := nats.Connect(url, nats.MaxReconnects(0)); err == nil {
+		nc.Close()
+		t.Fatal("connected to the embedded server without a token")
+	}
+	tok, err := os.ReadFile(filepath.Join(cfg.Embedded.DataDir, TokenFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(filepath.Join(cfg.Embedded.DataDir, TokenFile)); fi.Mode().Perm() != 0o600 {
+		t.Errorf("token file mode %v, want 0600", fi.Mode().Perm())
+	}
+	nc, err := nats.Connect(url, nats.Token(strings.TrimSpace(string(tok))))
+	if err != nil {
+		t.Fatalf("with the token: %v", err)
+	}
+	nc.Close()
 }

@@ -155,7 +155,7 @@ func newEnv(t testing.TB, opts options) *env {
 		}
 	})
 	e.startBridge()
-	e.tap = newBusTap(t, e.natsURL)
+	e.tap = newBusTap(t, e.natsURL, filepath.Join(e.dir, "nats", bridge.TokenFile))
 	return e
 }
 
@@ -464,10 +464,15 @@ type tapped struct {
 	At      time.Time
 }
 
-func newBusTap(t testing.TB, url string) *busTap {
+func newBusTap(t testing.TB, url, tokenFile string) *busTap {
 	t.Helper()
 	tap := &busTap{t: t, notify: make(chan struct{})}
-	nc, err := nats.Connect(url, nats.Name("e2e-tap"), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	// The bridge's listener wants the token it keeps in its data dir.
+	tok, err := os.ReadFile(tokenFile)
+	if err != nil {
+		t.Fatalf("e2e: the bridge's nats token: %v", err)
+	}
+	nc, err := nats.Connect(url, nats.Name("e2e-tap"), nats.Token(strings.TrimSpace(string(tok))), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 	if err != nil {
 		t.Fatalf("e2e: connect to the bridge's nats: %v", err)
 	}
