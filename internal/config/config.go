@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"reflect"
 	"regexp"
 	"sort"
 	"strconv"
@@ -94,13 +95,24 @@ func Parse(name string, data []byte, dst any, sections ...Section) error {
 		dec := yaml.NewDecoder(bytes.NewReader(buf.Bytes()))
 		dec.KnownFields(true)
 		if err := dec.Decode(dst); err != nil {
-			// Re-run on the original text to report original line numbers.
+			// The problems are those of the expanded text; the original
+			// text only lends its line numbers where it has the same
+			// problem. Its own problems (a ${VAR} where a number belongs)
+			// are not real ones.
+			lines := map[string]int{}
 			orig := yaml.NewDecoder(bytes.NewReader(data))
 			orig.KnownFields(true)
-			if err2 := orig.Decode(dst); err2 != nil {
-				err = err2
+			if err := orig.Decode(reflect.New(reflect.TypeOf(dst).Elem()).Interface()); err != nil {
+				for _, p := range yamlProblems(err) {
+					lines[p.Msg] = p.Line
+				}
 			}
-			cerr.Problems = append(cerr.Problems, yamlProblems(err)...)
+			for _, p := range yamlProblems(err) {
+				if l, ok := lines[p.Msg]; ok {
+					p.Line = l
+				}
+				cerr.Problems = append(cerr.Problems, p)
+			}
 		}
 	}
 	for _, s := range sections {
@@ -198,7 +210,9 @@ func expandEnv(n *yaml.Node, path string, cerr *Error) {
 			}
 			return v
 		})
-		n.Style = yaml.DoubleQuotedStyle
+		// The expanded value is typed as if written in place: a port may
+		// come from the environment; a secret of digits still decodes
+		// into a string field.
 		n.Tag = ""
 	}
 }

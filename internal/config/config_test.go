@@ -94,3 +94,47 @@ func TestDefaultsKept(t *testing.T) {
 		t.Fatalf("defaults lost: %+v", f.XMPP)
 	}
 }
+
+// One type error is reported once: an unexpanded ${VAR} in the original
+// text is no second problem.
+func TestTypeErrorWithEnvReportedOnce(t *testing.T) {
+	t.Setenv("PB_TEST_PORT", "5347")
+	var f file
+	in := "xmpp:\n  host: ${PB_TEST_PORT}\n  port: ${PB_TEST_PORT}x\n  secret: s\n"
+	err := Parse("c.yaml", []byte(in), &f, Section{Path: "xmpp", Validate: func() error { return f.XMPP.Validate() }})
+	var cerr *Error
+	if !errors.As(err, &cerr) {
+		t.Fatalf("err = %v", err)
+	}
+	if len(cerr.Problems) != 2 || !strings.Contains(cerr.Problems[0].Msg, "5347x") || !strings.Contains(cerr.Problems[1].Msg, "is not a port") {
+		t.Fatalf("want the type error of port and its validation, nothing more; got:\n%v", err)
+	}
+}
+
+func TestEnvValuesTakeTheFieldsType(t *testing.T) {
+	t.Setenv("PB_TEST_PORT", "5347")
+	t.Setenv("PB_TEST_SECRET", "12345")
+	t.Setenv("PB_TEST_ODD", "a: b # c")
+	var f file
+	in := "xmpp:\n  host: ${PB_TEST_ODD}\n  port: ${PB_TEST_PORT}\n  secret: ${PB_TEST_SECRET}\n"
+	if err := Parse("c.yaml", []byte(in), &f, Section{Path: "xmpp", Validate: func() error { return f.XMPP.Validate() }}); err != nil {
+		t.Fatal(err)
+	}
+	if f.XMPP.Port != 5347 || f.XMPP.Secret != "12345" || f.XMPP.Host != "a: b # c" {
+		t.Fatalf("decoded %+v", f.XMPP)
+	}
+}
+
+func TestNoFalseErrorFromUnexpandedValues(t *testing.T) {
+	t.Setenv("PB_TEST_PORT", "5347")
+	var f file
+	in := "xmpp:\n  host: h\n  port: ${PB_TEST_PORT}\n  secret: s\n  urls: nope\n"
+	err := Parse("c.yaml", []byte(in), &f, Section{Path: "xmpp", Validate: func() error { return f.XMPP.Validate() }})
+	var cerr *Error
+	if !errors.As(err, &cerr) {
+		t.Fatalf("err = %v", err)
+	}
+	if len(cerr.Problems) != 1 || cerr.Problems[0].Line != 5 || !strings.Contains(cerr.Problems[0].Msg, "nope") {
+		t.Fatalf("want one problem, about urls on line 5; got:\n%v", err)
+	}
+}
