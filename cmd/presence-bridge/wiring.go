@@ -18,14 +18,9 @@ import (
 const shutdownGrace = 20 * time.Second
 
 func registrationYAML(cfg *File) ([]byte, error) {
-	m := cfg.Matrix
-	if m.ASToken == "" {
-		m.ASToken = matrixside.NewToken()
-	}
-	if m.HSToken == "" {
-		m.HSToken = matrixside.NewToken()
-	}
-	return matrixside.Registration(m, cfg.Namespace()).YAML()
+	// Fresh tokens where the config has none.
+	reg, err := matrixside.Registration(cfg.Matrix, cfg.Namespace()).YAML()
+	return []byte(reg), err
 }
 
 // runBridge runs everything in one process until ctx ends: the bus
@@ -63,9 +58,24 @@ func runBridge(ctx context.Context, cfg *File) error {
 	if err != nil {
 		return err
 	}
-	ms, err := matrixside.New(cfg.Matrix, ns, tr, bus, log.With("part", "matrix"))
+	// Until the transport package replaces it, matrixBus carries the
+	// Matrix side's ports over the bus.
+	mbus := matrixBus{bus}
+	ms, err := matrixside.New(cfg.Matrix, ns, tr, bus.Store(), mbus, log.With("part", "matrix"))
 	if err != nil {
 		return err
+	}
+	runMatrix := func(ctx context.Context) error {
+		var wg sync.WaitGroup
+		var serveErr error
+		wg.Go(func() {
+			if err := mbus.serve(ctx, ms); err != nil && ctx.Err() == nil {
+				serveErr = err
+			}
+		})
+		err := ms.Run(ctx)
+		wg.Wait()
+		return errors.Join(err, serveErr)
 	}
 
 	coreCtx, stopCore := context.WithCancel(context.WithoutCancel(ctx))
@@ -82,7 +92,7 @@ func runBridge(ctx context.Context, cfg *File) error {
 	defer stopSides()
 	var wg sync.WaitGroup
 	errs := make(chan error, 2)
-	for name, runner := range map[string]func(context.Context) error{"xmpp": xs.Run, "matrix": ms.Run} {
+	for name, runner := range map[string]func(context.Context) error{"xmpp": xs.Run, "matrix": runMatrix} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
