@@ -121,8 +121,12 @@ func (q queryHandler) QueryUser(u id.UserID) bool {
 	if kind != kindGhost {
 		return false
 	}
-	// mautrix's QueryHandler gets no request context.
-	ctx, cancel := context.WithTimeout(s.runCtx, requestTimeout)
+	// mautrix's QueryHandler gets no request context: Run's ends it.
+	base := context.Background()
+	if p := s.runCtx.Load(); p != nil {
+		base = *p
+	}
+	ctx, cancel := context.WithTimeout(base, requestTimeout)
 	defer cancel()
 	if _, err := s.ghosts.ensure(ctx, u, jid); err != nil {
 		s.log.Warn("registering queried ghost failed", "ghost", u, "err", err)

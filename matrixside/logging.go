@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -14,6 +15,9 @@ import (
 // parsed back from zerolog's JSON, so the logger only produces what h
 // would keep (its level is the lowest one h enables), and mautrix's own
 // attributes come through as slog attributes, under "lib=mautrix".
+// mautrix's per-request records ("Request failed" at ERROR for every
+// refused connection while the homeserver is away) come at DEBUG: the
+// side logs the outcomes it acts on itself.
 func zerologFor(h slog.Handler) zerolog.Logger {
 	ctx := context.Background()
 	level := zerolog.Disabled
@@ -57,6 +61,12 @@ func (w slogWriter) WriteLevel(l zerolog.Level, p []byte) (int, error) {
 		fields = map[string]any{zerolog.MessageFieldName: string(p)}
 	}
 	msg, _ := fields[zerolog.MessageFieldName].(string)
+	if strings.HasPrefix(msg, "Request ") {
+		level = slog.LevelDebug
+		if !w.h.Enabled(ctx, level) {
+			return len(p), nil
+		}
+	}
 	r := slog.NewRecord(time.Now(), level, msg, 0)
 	r.AddAttrs(slog.String("lib", "mautrix"))
 	for k, v := range fields {

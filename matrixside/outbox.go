@@ -37,11 +37,9 @@ type ghostOut struct {
 	// shown (accepted, or equal to what was) or refused for good.
 	sentVersion, failedVersion uint64
 
-	scheduled  bool // queued, delayed or in flight
-	force      bool // send even if unchanged (refresh)
-	dueAt      time.Time
-	heapIndex  int
-	puts, errs int
+	scheduled bool // queued, delayed or in flight
+	force     bool // send even if unchanged (refresh)
+	dueAt     time.Time
 }
 
 // needsSend reports whether the desired state still has to go out.
@@ -115,7 +113,7 @@ func (o *outbox) set(ghost id.UserID, jid mapping.BareJID, w wireState) (uint64,
 	defer o.mu.Unlock()
 	g := o.ghosts[ghost]
 	if g == nil {
-		g = &ghostOut{ghost: ghost, jid: jid, heapIndex: -1}
+		g = &ghostOut{ghost: ghost, jid: jid}
 		o.ghosts[ghost] = g
 	}
 	g.desired = w
@@ -235,7 +233,6 @@ func (o *outbox) next(now time.Time) (g *ghostOut, w wireState, version uint64, 
 		}
 		w, version, force = g.desired, g.version, g.force
 		g.force = false
-		g.puts++
 		return g, w, version, force, 0
 	}
 	if len(o.delayed) > 0 {
@@ -258,7 +255,6 @@ func (o *outbox) done(g *ghostOut, w wireState, version uint64, force bool, err 
 		o.scheduleLocked(g)
 		return
 	}
-	g.errs++
 	if retry, after := retryable(err); retry {
 		if after <= 0 {
 			o.backoff = min(max(o.backoff*2, o.minBackoff), o.maxBackoff)
@@ -334,20 +330,12 @@ type dueHeap []*ghostOut
 
 func (h dueHeap) Len() int           { return len(h) }
 func (h dueHeap) Less(i, j int) bool { return h[i].dueAt.Before(h[j].dueAt) }
-func (h dueHeap) Swap(i, j int) {
-	h[i], h[j] = h[j], h[i]
-	h[i].heapIndex, h[j].heapIndex = i, j
-}
-func (h *dueHeap) Push(x any) {
-	g := x.(*ghostOut)
-	g.heapIndex = len(*h)
-	*h = append(*h, g)
-}
+func (h dueHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *dueHeap) Push(x any)        { *h = append(*h, x.(*ghostOut)) }
 func (h *dueHeap) Pop() any {
 	old := *h
 	g := old[len(old)-1]
 	old[len(old)-1] = nil
-	g.heapIndex = -1
 	*h = old[:len(old)-1]
 	return g
 }

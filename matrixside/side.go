@@ -34,6 +34,7 @@ type Side struct {
 
 	as     *appservice.AppService
 	bot    *mautrix.Client
+	prober *mautrix.Client // the bot too, for the health goroutine alone
 	ghosts *ghosts
 	out    *outbox
 	rooms  *rooms
@@ -42,7 +43,7 @@ type Side struct {
 	health *health
 	txnMu  sync.Mutex // transactions are handled one at a time, in order
 
-	runCtx        context.Context // for the homeserver's user queries; set by Run
+	runCtx        atomic.Pointer[context.Context] // Run's, for the homeserver's user queries
 	ephemeralSeen atomic.Bool
 	pollRounds    atomic.Int64 // completed poll rounds, for tests
 	running       atomic.Bool
@@ -118,11 +119,11 @@ func New(cfg Config, ns mapping.Namespace, tr *mapping.Translator, store *bridge
 		cfg: cfg, ns: ns, tr: tr, store: store, obs: obs, log: log,
 		as:       as,
 		bot:      as.BotClient(),
+		prober:   as.NewMautrixClient(cfg.BotMXID()),
 		ghosts:   newGhosts(as),
 		rooms:    newRooms(),
 		in:       newInbound(),
 		txns:     newTxnLog(store.Txns, log),
-		runCtx:   context.Background(),
 		botJoins: make(chan id.RoomID, 64),
 		ready:    make(chan struct{}),
 		workers:  sendWorkers,
@@ -139,7 +140,7 @@ func (s *Side) setTransport(rt http.RoundTripper) { s.as.HTTPClient.Transport = 
 
 // probe asks the homeserver whether it answers (GET /versions).
 func (s *Side) probe(ctx context.Context) error {
-	_, err := s.bot.Versions(ctx)
+	_, err := s.prober.Versions(ctx)
 	return err
 }
 
@@ -185,7 +186,7 @@ func (s *Side) Run(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	s.runCtx = ctx
+	s.runCtx.Store(&ctx)
 	s.loadLinks(ctx)
 
 	var wg sync.WaitGroup
