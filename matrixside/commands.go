@@ -36,7 +36,7 @@ func commandOf(evt *event.Event) (command, bool) {
 		return command{}, false
 	}
 	evt.Type.Class = event.MessageEventType
-	if err := evt.Content.ParseRaw(evt.Type); err != nil && evt.Content.Parsed == nil {
+	if !parseContent(evt) {
 		return command{}, false
 	}
 	c := evt.Content.AsMessage()

@@ -110,11 +110,15 @@ type presenceBody struct {
 	StatusMsg string         `json:"status_msg"`
 }
 
-// putPresence sets the presence of intent's user. A gap of mautrix:
-// ReqPresence omits an empty status_msg (omitempty), so IntentAPI's
-// SetPresence cannot clear a status.
-func putPresence(ctx context.Context, intent *appservice.IntentAPI, w wireState) error {
-	_, err := intent.MakeRequest(ctx, http.MethodPut, intent.BuildClientURL("v3", "presence", intent.UserID, "status"),
-		presenceBody{Presence: w.Presence, StatusMsg: w.Status}, nil)
+// presenceURL is the URL of intent's user's presence.
+func presenceURL(intent *appservice.IntentAPI) string {
+	return intent.BuildClientURL("v3", "presence", intent.UserID, "status")
+}
+
+// putPresence sets the presence of intent's user at url (presenceURL). A
+// gap of mautrix: ReqPresence omits an empty status_msg (omitempty), so
+// IntentAPI's SetPresence cannot clear a status.
+func putPresence(ctx context.Context, intent *appservice.IntentAPI, url string, w wireState) error {
+	_, err := intent.MakeRequest(ctx, http.MethodPut, url, presenceBody{Presence: w.Presence, StatusMsg: w.Status}, nil)
 	return err
 }

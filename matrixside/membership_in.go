@@ -47,6 +47,13 @@ func (s *Side) inGhostNamespace(u id.UserID) bool {
 	return strings.HasPrefix(string(u), "@"+s.ns.GhostPrefix) && strings.HasSuffix(string(u), ":"+s.ns.HomeserverDomain)
 }
 
+// parseContent parses evt's content for its type (with the class set),
+// and reports whether that worked, or had been done already.
+func parseContent(evt *event.Event) bool {
+	err := evt.Content.ParseRaw(evt.Type)
+	return err == nil || errors.Is(err, event.ErrContentAlreadyParsed)
+}
+
 // memberEvent is what the side reads of an m.room.member event.
 type memberEvent struct {
 	ID             id.EventID
@@ -64,7 +71,7 @@ func memberOf(evt *event.Event) (memberEvent, bool) {
 		return memberEvent{}, false
 	}
 	evt.Type.Class = event.StateEventType
-	if err := evt.Content.ParseRaw(evt.Type); err != nil && evt.Content.Parsed == nil {
+	if !parseContent(evt) {
 		return memberEvent{}, false
 	}
 	c := evt.Content.AsMember()

@@ -26,6 +26,7 @@ type wireState struct {
 type ghostOut struct {
 	ghost id.UserID
 	jid   mapping.BareJID
+	url   string // of its presence, built once by the worker that sends it
 
 	desired   wireState // latest state asked for
 	version   uint64    // of desired: one more per set

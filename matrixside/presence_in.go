@@ -128,7 +128,7 @@ func (s *Side) onPresenceEvent(ctx context.Context, evt *event.Event) {
 		return
 	}
 	evt.Type.Class = event.EphemeralEventType
-	if err := evt.Content.ParseRaw(evt.Type); err != nil && evt.Content.Parsed == nil {
+	if !parseContent(evt) {
 		return
 	}
 	if ms, ok := presenceOf(evt); ok {

@@ -53,11 +53,14 @@ func (s *Side) sendPresence(ctx context.Context, g *ghostOut, w wireState) error
 	defer cancel()
 	intent, err := s.ghosts.ensure(ctx, g.ghost, g.jid)
 	if err == nil {
-		err = putPresence(ctx, intent, w)
+		if g.url == "" {
+			g.url = presenceURL(intent)
+		}
+		err = putPresence(ctx, intent, g.url, w)
 		if httpStatus(err) == 403 {
 			s.log.Warn("ghost request forbidden, registering again", "ghost", g.ghost)
 			if err = s.ghosts.reregister(ctx, g.ghost); err == nil {
-				err = putPresence(ctx, intent, w)
+				err = putPresence(ctx, intent, g.url, w)
 			}
 		}
 	}

@@ -277,7 +277,8 @@ func (s *Side) ghostsOffline(ctx context.Context) {
 		wg.Go(func() {
 			for g := range jobs {
 				w := wireState{Presence: event.PresenceOffline, Status: online[g].Status}
-				if err := putPresence(ctx, s.as.Intent(g.ghost), w); err != nil {
+				intent := s.as.Intent(g.ghost)
+				if err := putPresence(ctx, intent, presenceURL(intent), w); err != nil {
 					failed.Add(1)
 				}
 			}
