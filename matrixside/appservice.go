@@ -3,9 +3,14 @@ package matrixside
 import (
 	"context"
 	"crypto/subtle"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"maunium.net/go/mautrix"
@@ -64,6 +69,67 @@ func (s *Side) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		r2.URL.RawPath += "/" + escaped
 	}
 	s.as.Router.ServeHTTP(w, r2)
+}
+
+// serveAPI serves the appservice API on ln until ctx ends, in an
+// http.Server of our own around mautrix's router (AppService.Start has no
+// timeouts and cannot be waited for). It returns once the server and all
+// its handlers are done: nil when ctx ended, the server's error if it
+// failed.
+func (s *Side) serveAPI(ctx context.Context, ln net.Listener) error {
+	// handlers counts the requests in progress, so that serveAPI waits for
+	// them even if Shutdown gives up; once closing, a request that still
+	// gets in is refused.
+	var handlers sync.WaitGroup
+	var closingMu sync.Mutex
+	closing := false
+	api := s.Handler()
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			closingMu.Lock()
+			if closing {
+				closingMu.Unlock()
+				mautrix.MUnknown.WithStatus(http.StatusServiceUnavailable).WithMessage("shutting down").Write(w)
+				return
+			}
+			handlers.Add(1)
+			closingMu.Unlock()
+			defer handlers.Done()
+			api.ServeHTTP(w, r)
+		}),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       60 * time.Second,
+		WriteTimeout:      120 * time.Second, // a transaction may wait for the core
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		// Handlers see ctx end: the transaction in progress fails fast
+		// (and comes again) rather than holding up the shutdown.
+		BaseContext: func(net.Listener) context.Context { return ctx },
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	var err error
+	select {
+	case err = <-served:
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if srv.Shutdown(sctx) != nil {
+		_ = srv.Close()
+	}
+	closingMu.Lock()
+	closing = true
+	closingMu.Unlock()
+	handlers.Wait()
+	if err == nil {
+		err = <-served
+	}
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return fmt.Errorf("matrixside: serve: %w", err)
 }
 
 // hsToken returns the token of a request: Authorization: Bearer, or the

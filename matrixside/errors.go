@@ -36,9 +36,10 @@ func httpStatus(err error) int {
 
 // retryable says whether a failed request may succeed later, and how long
 // the homeserver asked to wait (0: choose a backoff): 429 with
-// retry_after_ms or Retry-After, 5xx, and network errors are retryable.
+// retry_after_ms or Retry-After, 5xx, and network errors (anything that
+// is not an answer of the homeserver, nor ErrBadCommand) are retryable.
 func retryable(err error) (bool, time.Duration) {
-	if err == nil {
+	if err == nil || errors.Is(err, ErrBadCommand) {
 		return false, 0
 	}
 	var he mautrix.HTTPError
@@ -67,7 +68,7 @@ func retryable(err error) (bool, time.Duration) {
 // network error or a gateway's 502/503/504. Other answers, errors
 // included, show it is up.
 func unreachable(err error) bool {
-	if err == nil {
+	if err == nil || errors.Is(err, ErrBadCommand) {
 		return false
 	}
 	switch httpStatus(err) {

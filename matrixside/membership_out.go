@@ -42,7 +42,7 @@ func (s *Side) GhostMembership(ctx context.Context, c bridge.GhostMembership) er
 	if err == nil {
 		return nil
 	}
-	if retry, _ := retryable(err); retry && !errors.Is(err, ErrBadCommand) {
+	if retry, _ := retryable(err); retry {
 		return err
 	}
 	s.log.Error("membership command failed for good", "id", c.ID, "ghost", c.Ghost, "peer", c.Peer, "membership", c.Membership, "err", err)

@@ -201,31 +201,9 @@ func (s *Side) Run(ctx context.Context) error {
 		cancel()
 	}
 
-	// Our own server around mautrix's router: AppService.Start has no
-	// timeouts and cannot be waited for.
-	srv := &http.Server{
-		Handler:           s.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       60 * time.Second,
-		WriteTimeout:      120 * time.Second, // a transaction may wait for the core
-		IdleTimeout:       120 * time.Second,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
-		BaseContext:       func(net.Listener) context.Context { return ctx },
-	}
 	wg.Go(func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			fail(fmt.Errorf("matrixside: serve: %w", err))
-		}
-	})
-	wg.Go(func() {
-		<-ctx.Done()
-		// Shutdown waits for the handlers; they end soon, as ctx (their
-		// base context) has ended.
-		sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		defer scancel()
-		if err := srv.Shutdown(sctx); err != nil {
-			_ = srv.Close()
+		if err := s.serveAPI(ctx, ln); err != nil {
+			fail(err)
 		}
 	})
 	s.log.Info("appservice listening", "addr", ln.Addr().String())
