@@ -34,9 +34,12 @@ const (
 // MatrixMembership reports from the homeserver's transactions, which is
 // how the core learns the room of a new direct chat.
 //
-// It returns an error for failures that may pass (homeserver away, 5xx,
-// 429), so that the command is delivered again; commands that can never
-// work are logged and acknowledged (nil). It is idempotent.
+// It blocks while it works: a few requests to the homeserver, and with
+// Before until the homeserver shows that presence (at most beforeTimeout)
+// plus beforeLinger. It returns an error for failures that may pass
+// (homeserver away, 5xx, 429), so that the command is delivered again;
+// commands that can never work are logged and acknowledged (nil). It is
+// idempotent: a second invite finds the chat, a second leave is done.
 func (s *Side) GhostMembership(ctx context.Context, c bridge.GhostMembership) error {
 	err := s.ghostMembership(ctx, c)
 	if err == nil {
