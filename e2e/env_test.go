@@ -182,7 +182,6 @@ matrix:
   # poll_interval stays at its default (30s): Matrix presence must reach
   # the bridge through the bot's /sync, the bot being in every direct chat
   # a ghost opens, not by polling.
-  coalesce_window: %s
 nats:
   embedded:
     data_dir: %s
@@ -192,7 +191,7 @@ core:
 logging:
   level: debug
 `, port, e.xmpp.ComponentDomain, e.xmpp.ComponentSecret, policy,
-		homeserverURL, e.ns.HomeserverDomain, e.asToken, hsToken, e.listen, e.ns.GhostPrefix, coalesceWindow,
+		homeserverURL, e.ns.HomeserverDomain, e.asToken, hsToken, e.listen, e.ns.GhostPrefix,
 		filepath.Join(e.dir, "nats"), strings.TrimPrefix(e.natsURL, "nats://"), coalesceWindow)
 	if err := os.WriteFile(e.cfgPath, []byte(cfg), 0o600); err != nil {
 		e.t.Fatal(err)

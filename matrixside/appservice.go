@@ -2,37 +2,134 @@ package matrixside
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
-	"io"
+	"fmt"
+	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/presence-bridge/presence-bridge/bridge"
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/id"
 )
-
-// maxTxnBody bounds a transaction body; Synapse sends at most 100 PDUs and
-// 100 EDUs per transaction, far below this.
-const maxTxnBody = 16 << 20
 
 // Handler returns the appservice API handler (what Run serves): the
 // homeserver pushes transactions and asks about users through it.
+//
+// User queries, room alias queries and pings are mautrix's
+// (AppService.Router, with the side as its QueryHandler). Around them,
+// where mautrix has gaps:
+//   - the hs_token is checked here, in the Authorization header or the
+//     legacy access_token query parameter, and a wrong one gets 403
+//     M_FORBIDDEN (mautrix reads only the header and answers 401);
+//   - the legacy un-prefixed paths (/transactions/{id}, /users/{id},
+//     /rooms/{alias}) are served (mautrix serves only /_matrix/app/v1/);
+//   - unknown paths and methods get M_UNRECOGNIZED (a plain ServeMux 404
+//     or 405 has no errcode);
+//   - transactions are handled by serveTransaction (see there why).
 func (s *Side) Handler() http.Handler { return http.HandlerFunc(s.serveHTTP) }
 
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
+// appPrefix is where the stable appservice API lives.
+const appPrefix = "/_matrix/app/v1/"
+
+func (s *Side) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	tok := hsToken(r)
+	if tok == "" || subtle.ConstantTimeCompare([]byte(tok), []byte(s.cfg.HSToken)) != 1 {
+		s.log.Warn("appservice request refused: bad hs_token", "remote", r.RemoteAddr, "method", r.Method, "path", r.URL.Path, "token_given", tok != "")
+		mautrix.MForbidden.WithMessage("bad or missing hs_token").Write(w)
+		return
+	}
+	route, arg, escaped, ok := splitRoute(r.URL.EscapedPath())
+	if !ok {
+		mautrix.MUnrecognized.WithMessage("unrecognized path").Write(w)
+		return
+	}
+	method := map[string]string{"transactions": http.MethodPut, "users": http.MethodGet, "rooms": http.MethodGet, "ping": http.MethodPost}[route]
+	if r.Method != method {
+		w.Header().Set("Allow", method)
+		mautrix.MUnrecognized.WithStatus(http.StatusMethodNotAllowed).WithMessage("method not allowed").Write(w)
+		return
+	}
+	s.health.observe(nil) // the homeserver is there
+	if route == "transactions" {
+		s.serveTransaction(w, r, arg)
+		return
+	}
+	// mautrix's handlers: on the stable path, with the token where they
+	// look for it.
+	r2 := r.Clone(r.Context())
+	r2.Header.Set("Authorization", "Bearer "+s.cfg.HSToken)
+	r2.URL.Path, r2.URL.RawPath = appPrefix+route, appPrefix+route
+	if arg != "" {
+		r2.URL.Path += "/" + arg
+		r2.URL.RawPath += "/" + escaped
+	}
+	s.as.Router.ServeHTTP(w, r2)
 }
 
-func writeError(w http.ResponseWriter, status int, code, msg string) {
-	writeJSON(w, status, map[string]string{"errcode": code, "error": msg})
+// serveAPI serves the appservice API on ln until ctx ends, in an
+// http.Server of our own around mautrix's router (AppService.Start has no
+// timeouts and cannot be waited for). It returns once the server and all
+// its handlers are done: nil when ctx ended, the server's error if it
+// failed.
+func (s *Side) serveAPI(ctx context.Context, ln net.Listener) error {
+	// handlers counts the requests in progress, so that serveAPI waits for
+	// them even if Shutdown gives up; once closing, a request that still
+	// gets in is refused.
+	var handlers sync.WaitGroup
+	var closingMu sync.Mutex
+	closing := false
+	api := s.Handler()
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			closingMu.Lock()
+			if closing {
+				closingMu.Unlock()
+				mautrix.MUnknown.WithStatus(http.StatusServiceUnavailable).WithMessage("shutting down").Write(w)
+				return
+			}
+			handlers.Add(1)
+			closingMu.Unlock()
+			defer handlers.Done()
+			api.ServeHTTP(w, r)
+		}),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       60 * time.Second,
+		WriteTimeout:      120 * time.Second, // a transaction may wait for the core
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		// Handlers see ctx end: the transaction in progress fails fast
+		// (and comes again) rather than holding up the shutdown.
+		BaseContext: func(net.Listener) context.Context { return ctx },
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	var err error
+	select {
+	case err = <-served:
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if srv.Shutdown(sctx) != nil {
+		_ = srv.Close()
+	}
+	closingMu.Lock()
+	closing = true
+	closingMu.Unlock()
+	handlers.Wait()
+	if err == nil {
+		err = <-served
+	}
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return fmt.Errorf("matrixside: serve: %w", err)
 }
 
 // hsToken returns the token of a request: Authorization: Bearer, or the
@@ -47,211 +144,65 @@ func hsToken(r *http.Request) string {
 	return r.URL.Query().Get("access_token")
 }
 
-func (s *Side) serveHTTP(w http.ResponseWriter, r *http.Request) {
-	tok := hsToken(r)
-	if tok == "" || subtle.ConstantTimeCompare([]byte(tok), []byte(s.cfg.HSToken)) != 1 {
-		s.log.Warn("appservice request refused: bad hs_token", "remote", r.RemoteAddr, "method", r.Method, "path", r.URL.Path, "token_given", tok != "")
-		writeError(w, http.StatusForbidden, "M_FORBIDDEN", "bad or missing hs_token")
-		return
-	}
-	route, arg, ok := splitRoute(r.URL.EscapedPath())
-	if !ok {
-		writeError(w, http.StatusNotFound, "M_UNRECOGNIZED", "unrecognized path")
-		return
-	}
-	method := map[string]string{"transactions": http.MethodPut, "users": http.MethodGet, "rooms": http.MethodGet, "ping": http.MethodPost}[route]
-	if r.Method != method {
-		w.Header().Set("Allow", method)
-		writeError(w, http.StatusMethodNotAllowed, "M_UNRECOGNIZED", "method not allowed")
-		return
-	}
-	switch route {
-	case "transactions":
-		s.serveTransaction(w, r, arg)
-	case "users":
-		s.serveUserQuery(w, r, arg)
-	case "rooms":
-		writeError(w, http.StatusNotFound, "M_NOT_FOUND", "the bridge has no room aliases")
-	case "ping":
-		writeJSON(w, http.StatusOK, struct{}{})
-	}
-}
-
 // splitRoute recognizes the appservice API paths, stable and legacy:
 // transactions/{txnId}, users/{userId}, rooms/{alias}, ping (stable only).
-func splitRoute(path string) (route, arg string, ok bool) {
-	rest, stable := strings.CutPrefix(path, "/_matrix/app/v1/")
+// It returns the argument unescaped and as it was escaped in the path.
+func splitRoute(path string) (route, arg, escaped string, ok bool) {
+	rest, stable := strings.CutPrefix(path, appPrefix)
 	if !stable {
 		rest = strings.TrimPrefix(path, "/")
 	}
 	if stable && rest == "ping" {
-		return "ping", "", true
+		return "ping", "", "", true
 	}
 	name, escaped, found := strings.Cut(rest, "/")
 	if !found || escaped == "" || strings.Contains(escaped, "/") {
-		return "", "", false
+		return "", "", "", false
 	}
 	switch name {
 	case "transactions", "users", "rooms":
 	default:
-		return "", "", false
+		return "", "", "", false
 	}
 	arg, err := url.PathUnescape(escaped)
 	if err != nil || arg == "" {
-		return "", "", false
+		return "", "", "", false
 	}
-	return name, arg, true
+	return name, arg, escaped, true
 }
 
-func (s *Side) serveTransaction(w http.ResponseWriter, r *http.Request, txnID string) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxTxnBody))
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			writeError(w, http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "transaction too large")
-			return
-		}
-		writeError(w, http.StatusBadRequest, "M_BAD_JSON", "cannot read body")
-		return
-	}
-	txn, code, err := parseTransaction(body)
-	if err != nil {
-		s.log.Warn("malformed transaction", "txn", txnID, "errcode", code, "err", err)
-		writeError(w, http.StatusBadRequest, code, err.Error())
-		return
-	}
-	status, err := s.txns.handle(r.Context(), s.txnBucket(), txnID, func(ctx context.Context) error {
-		return s.processTxn(ctx, txn)
-	})
-	if err != nil {
-		s.log.Error("transaction failed, homeserver will retry", "txn", txnID, "err", err)
-		writeError(w, status, "M_UNKNOWN", "transaction failed")
-		return
-	}
-	writeJSON(w, http.StatusOK, struct{}{})
-}
+// queryHandler answers the homeserver's user and room alias queries for
+// mautrix's router: a ghost exists once it is registered; the bridge has
+// no room aliases.
+type queryHandler struct{ s *Side }
 
-func (s *Side) txnBucket() *bridge.Bucket[time.Time] {
-	if s.bus == nil {
-		return nil
-	}
-	return s.bus.Store().Txns
-}
+// QueryAlias implements appservice.QueryHandler.
+func (queryHandler) QueryAlias(id.RoomAlias) bool { return false }
 
-// processTxn publishes what a transaction means.
-func (s *Side) processTxn(ctx context.Context, t *parsedTxn) error {
-	now := time.Now()
-	for _, p := range t.Presence {
-		s.ephemeralSeen.Store(true)
-		s.observePresence(ctx, p.Sender, p.Content, now)
-	}
-	for _, c := range t.Commands {
-		if err := s.runCommand(ctx, c); err != nil {
-			return err
-		}
-	}
-	bot := s.cfg.BotMXID()
-	for _, m := range t.Members {
-		if m.StateKey == bot {
-			if m.Membership == "invite" {
-				if kind, _ := s.classify(m.Sender); kind == kindMatrix {
-					s.queueBotJoin(m.RoomID)
-				}
-			}
-			continue
-		}
-		for _, ev := range s.membershipEvents(m) {
-			if s.bus == nil {
-				continue
-			}
-			if err := s.bus.Publish(ctx, bridge.In, ev); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
-func (s *Side) serveUserQuery(w http.ResponseWriter, r *http.Request, userID string) {
-	kind, jid := s.classify(userID)
+// QueryUser implements appservice.QueryHandler: a ghost of a valid JID is
+// registered (and named) on the spot.
+func (q queryHandler) QueryUser(u id.UserID) bool {
+	s := q.s
+	kind, jid := s.classify(u)
 	if kind != kindGhost {
-		writeError(w, http.StatusNotFound, "M_NOT_FOUND", "not a ghost of this bridge")
-		return
+		return false
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
+	// mautrix's QueryHandler gets no request context: Run's ends it.
+	base := context.Background()
+	if p := s.runCtx.Load(); p != nil {
+		base = *p
+	}
+	ctx, cancel := context.WithTimeout(base, requestTimeout)
 	defer cancel()
-	local := userID[1 : len(userID)-len(s.ns.HomeserverDomain)-1]
-	if err := s.ghosts.ensure(ctx, userID, local, jid); err != nil {
-		s.log.Warn("registering queried ghost failed", "ghost", userID, "err", err)
-		writeError(w, http.StatusInternalServerError, "M_UNKNOWN", "cannot register ghost")
-		return
+	if _, err := s.ghosts.ensure(ctx, u, jid); err != nil {
+		s.log.Warn("registering queried ghost failed", "ghost", u, "err", err)
+		return false
 	}
-	writeJSON(w, http.StatusOK, struct{}{})
+	return true
 }
 
-// txnLog makes transactions idempotent: a transaction id is processed once,
-// also across restarts (the ids are kept in the txns bucket for a day).
-// Transactions are processed one at a time, as the homeserver sends them.
-type txnLog struct {
-	mu     sync.Mutex
-	recent map[string]struct{}
-	order  []string
-}
-
-const recentTxns = 4096
-
-func newTxnLog() *txnLog { return &txnLog{recent: map[string]struct{}{}} }
-
-// txnKey turns a transaction id into a KV key.
-func txnKey(id string) string {
-	if len(id) > 128 {
-		sum := sha256.Sum256([]byte(id))
-		return "h." + hex.EncodeToString(sum[:])
-	}
-	return "t." + bridge.EncodeToken(id)
-}
-
-// handle runs process unless id was seen, then records id. It returns the
-// HTTP status to answer with on error.
-func (l *txnLog) handle(ctx context.Context, bucket *bridge.Bucket[time.Time], id string, process func(context.Context) error) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	key := txnKey(id)
-	if _, ok := l.recent[key]; ok {
-		return http.StatusOK, nil
-	}
-	if bucket != nil {
-		_, _, err := bucket.Get(ctx, key)
-		if err == nil {
-			l.remember(key)
-			return http.StatusOK, nil
-		}
-		if !errors.Is(err, bridge.ErrNotFound) {
-			return http.StatusServiceUnavailable, err
-		}
-	}
-	if err := process(ctx); err != nil {
-		return http.StatusInternalServerError, err
-	}
-	l.remember(key)
-	if bucket != nil {
-		// Processed already; a failed write only weakens dedup after a restart.
-		_, _ = bucket.Put(ctx, key, time.Now().UTC())
-	}
-	return http.StatusOK, nil
-}
-
-func (l *txnLog) remember(key string) {
-	l.recent[key] = struct{}{}
-	l.order = append(l.order, key)
-	if len(l.order) > recentTxns {
-		delete(l.recent, l.order[0])
-		l.order = l.order[1:]
-	}
-}
-
-// queueBotJoins hands a room the bot was invited to to runBotJoins.
-func (s *Side) queueBotJoin(roomID string) {
+// queueBotJoin hands a room the bot was invited to to runBotJoins.
+func (s *Side) queueBotJoin(roomID id.RoomID) {
 	select {
 	case s.botJoins <- roomID:
 	default:
@@ -259,29 +210,27 @@ func (s *Side) queueBotJoin(roomID string) {
 	}
 }
 
+// botJoinAttempts bounds the tries of one bot join (mautrix retries
+// network errors, 429 and 502-504 with a doubling backoff).
+const botJoinAttempts = 5
+
 // runBotJoins accepts invites to the bot, so that the bot shares rooms
-// with the users who invite it and /sync shows their presence. Commands
-// sent to the bot are for a later version; they are not read.
+// with the users who invite it and /sync shows their presence, and so
+// that it can answer commands there.
 func (s *Side) runBotJoins(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case roomID := <-s.botJoins:
-			for attempt := 0; attempt < 5; attempt++ {
-				err := s.c.join(ctx, "", roomID)
-				if err == nil {
-					s.log.Info("bot joined room", "room", roomID)
-					break
-				}
-				retry, after := retryable(err)
-				if !retry || ctx.Err() != nil {
-					s.log.Warn("bot cannot join room", "room", roomID, "err", err)
-					break
-				}
-				if !sleepCtx(ctx, max(after, time.Second<<attempt)) {
-					return
-				}
+			jctx, cancel := context.WithTimeout(mautrix.WithMaxRetries(ctx, botJoinAttempts-1), 5*time.Minute)
+			_, err := s.bot.JoinRoomByID(jctx, roomID)
+			cancel()
+			switch {
+			case err == nil:
+				s.log.Info("bot joined room", "room", roomID)
+			case ctx.Err() == nil:
+				s.log.Warn("bot cannot join room", "room", roomID, "err", err)
 			}
 		}
 	}

@@ -2,10 +2,11 @@ package matrixside
 
 import (
 	"context"
-	"encoding/json"
-	"net/http"
-	"net/url"
 	"strings"
+
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
 
 	"github.com/presence-bridge/presence-bridge/bridge"
 	"github.com/presence-bridge/presence-bridge/mapping"
@@ -20,67 +21,68 @@ const commandHelp = `presence bridge commands:
 !presence on  - show it again (to the contacts you approved)
 !presence help - this text`
 
-// commandEvent is a text message that starts with CommandPrefix.
-type commandEvent struct {
-	EventID, RoomID, Sender string
-	Args                    string // what follows the prefix, trimmed, lower case
+// command is a text message that starts with CommandPrefix.
+type command struct {
+	EventID id.EventID
+	RoomID  id.RoomID
+	Sender  id.UserID
+	Args    string // what follows the prefix, trimmed, lower case
 }
 
-func parseCommand(ev rawEvent) (commandEvent, bool) {
-	var c struct {
-		MsgType string `json:"msgtype"`
-		Body    string `json:"body"`
+// commandOf reads a command from an m.room.message event. Only m.text
+// counts: bots answer with m.notice, so answers never loop.
+func commandOf(evt *event.Event) (command, bool) {
+	if evt.Type.Type != event.EventMessage.Type || evt.RoomID == "" || evt.Sender == "" {
+		return command{}, false
 	}
-	if json.Unmarshal(ev.Content, &c) != nil || c.MsgType != "m.text" || ev.RoomID == "" || ev.Sender == "" {
-		return commandEvent{}, false
+	evt.Type.Class = event.MessageEventType
+	if !parseContent(evt) {
+		return command{}, false
+	}
+	c := evt.Content.AsMessage()
+	if c.MsgType != event.MsgText {
+		return command{}, false
 	}
 	body := strings.TrimSpace(c.Body)
 	if len(body) < len(CommandPrefix) || !strings.EqualFold(body[:len(CommandPrefix)], CommandPrefix) {
-		return commandEvent{}, false
+		return command{}, false
 	}
 	rest := body[len(CommandPrefix):]
 	if rest != "" && rest[0] != ' ' && rest[0] != '\t' {
-		return commandEvent{}, false // "!presencex" is not ours
+		return command{}, false // "!presencex" is not ours
 	}
-	return commandEvent{EventID: ev.EventID, RoomID: ev.RoomID, Sender: ev.Sender, Args: strings.ToLower(strings.TrimSpace(rest))}, true
+	return command{EventID: evt.ID, RoomID: evt.RoomID, Sender: evt.Sender, Args: strings.ToLower(strings.TrimSpace(rest))}, true
 }
 
 // runCommand carries out a command from a Matrix user and answers it in
-// the room, as the bot. Commands from ghosts or the bot are ignored.
-func (s *Side) runCommand(ctx context.Context, c commandEvent) error {
+// the room, as the bot. Commands from ghosts or the bot are ignored. An
+// error means the opt-out could not be reported: the transaction fails
+// and comes again.
+func (s *Side) runCommand(ctx context.Context, c command) error {
 	if kind, _ := s.classify(c.Sender); kind != kindMatrix {
 		return nil
 	}
 	reply := commandHelp
 	switch c.Args {
 	case "off", "optout", "stop":
-		if err := s.publishOptOut(ctx, c.Sender, true); err != nil {
+		if err := s.obs.MatrixOptOut(ctx, bridge.OptOut[mapping.UserID]{User: mapping.UserID(c.Sender), Enabled: true}); err != nil {
 			return err
 		}
 		reply = "Your presence is no longer shown to XMPP contacts."
 	case "on", "optin", "start":
-		if err := s.publishOptOut(ctx, c.Sender, false); err != nil {
+		if err := s.obs.MatrixOptOut(ctx, bridge.OptOut[mapping.UserID]{User: mapping.UserID(c.Sender), Enabled: false}); err != nil {
 			return err
 		}
 		reply = "Your presence is shown to the XMPP contacts you approved again."
 	}
 	s.log.Info("bot command", "command", c.Args)
 	// The answer is a courtesy: a room the bot is not in cannot have one.
-	if err := s.c.sendNotice(ctx, s.cfg.BotMXID(), c.RoomID, "cmd-"+c.EventID, reply); err != nil {
+	// The transaction id makes an answer sent again a no-op.
+	_, err := s.bot.SendMessageEvent(ctx, c.RoomID, event.EventMessage,
+		&event.MessageEventContent{MsgType: event.MsgNotice, Body: reply},
+		mautrix.ReqSendEvent{TransactionID: "cmd-" + string(c.EventID)})
+	if err != nil {
 		s.log.Debug("could not answer command", "err", err)
 	}
 	return nil
-}
-
-func (s *Side) publishOptOut(ctx context.Context, mxid string, enabled bool) error {
-	if s.bus == nil {
-		return nil
-	}
-	return s.bus.Publish(ctx, bridge.In, &bridge.Event{Kind: bridge.KindOptOut, Origin: mapping.NetworkMatrix, User: mxid, OptOut: &bridge.OptOutPayload{Enabled: enabled}})
-}
-
-// sendNotice sends an m.notice as user; txnID makes a retry idempotent.
-func (c *client) sendNotice(ctx context.Context, as, roomID, txnID, text string) error {
-	return c.do(ctx, c.http, http.MethodPut, clientV3+"/rooms/"+url.PathEscape(roomID)+"/send/m.room.message/"+url.PathEscape(txnID)+asUser(as),
-		map[string]string{"msgtype": "m.notice", "body": text}, nil)
 }

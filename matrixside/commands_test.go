@@ -8,8 +8,10 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/presence-bridge/presence-bridge/bridge"
+	"maunium.net/go/mautrix/event"
+
 	dendritetest "github.com/presence-bridge/presence-bridge/internal/testenv/dendrite"
+	"github.com/presence-bridge/presence-bridge/mapping"
 )
 
 func TestParseCommand(t *testing.T) {
@@ -26,10 +28,15 @@ func TestParseCommand(t *testing.T) {
 		{"!presence off", "m.notice", false, ""}, // bots answer with notices: never a loop
 	}
 	for _, c := range cases {
-		content, _ := json.Marshal(map[string]string{"msgtype": c.msgtype, "body": c.body})
-		got, ok := parseCommand(rawEvent{Type: "m.room.message", RoomID: "!r:x", Sender: "@bob:x", Content: content})
+		raw, _ := json.Marshal(map[string]any{"type": "m.room.message", "room_id": "!r:x", "sender": "@bob:x", "event_id": "$1",
+			"content": map[string]string{"msgtype": c.msgtype, "body": c.body}})
+		var evt event.Event
+		if err := json.Unmarshal(raw, &evt); err != nil {
+			t.Fatal(err)
+		}
+		got, ok := commandOf(&evt)
 		if ok != c.ok || got.Args != c.args {
-			t.Errorf("parseCommand(%q, %s) = %+v, %v", c.body, c.msgtype, got, ok)
+			t.Errorf("commandOf(%q, %s) = %+v, %v", c.body, c.msgtype, got, ok)
 		}
 	}
 }
@@ -40,11 +47,12 @@ func TestOptOutBotCommand(t *testing.T) {
 	t.Parallel()
 	e := startEnv(t, nil, nil)
 	bob := e.srv.CreateUser(t, "bob", "bob-password")
-	roomID, err := bob.CreateRoom(t.Context(), []string{e.cfg.BotMXID()}, true)
+	bot := string(e.cfg.BotMXID())
+	roomID, err := bob.CreateRoom(t.Context(), []string{bot}, true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, wait, "bot joined", func() bool { _, ok := joinedMembers(t, bob, roomID)[e.cfg.BotMXID()]; return ok })
+	waitFor(t, wait, "bot joined", func() bool { _, ok := joinedMembers(t, bob, roomID)[bot]; return ok })
 	say := func(i int, text string) {
 		t.Helper()
 		path := fmt.Sprintf("/_matrix/client/v3/rooms/%s/send/m.room.message/t%d", url.PathEscape(roomID), i)
@@ -52,22 +60,18 @@ func TestOptOutBotCommand(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	optout := func(enabled bool) func(*bridge.Event) bool {
-		return func(ev *bridge.Event) bool {
-			return ev.Kind == bridge.KindOptOut && ev.User == bob.UserID && ev.OptOut.Enabled == enabled
-		}
-	}
+	optOuts := func() string { return fmt.Sprint(e.obs.optOutsOf(mapping.UserID(bob.UserID))) }
 	say(1, "!presence off")
-	e.in.wait(t, wait, "opt-out event", optout(true))
-	waitForNotice(t, bob, roomID, e.cfg.BotMXID(), "no longer shown")
+	waitFor(t, wait, "opt-out report", func() bool { return optOuts() == "[true]" })
+	waitForNotice(t, bob, roomID, bot, "no longer shown")
 	say(2, "!presence on")
-	e.in.wait(t, wait, "opt-in event", optout(false))
-	waitForNotice(t, bob, roomID, e.cfg.BotMXID(), "shown to the XMPP contacts you approved")
+	waitFor(t, wait, "opt-in report", func() bool { return optOuts() == "[true false]" })
+	waitForNotice(t, bob, roomID, bot, "shown to the XMPP contacts you approved")
 	say(3, "just chatting")
 	say(4, "!presence what")
-	waitForNotice(t, bob, roomID, e.cfg.BotMXID(), "!presence off - stop")
-	if n := e.in.count(optout(true)); n != 1 {
-		t.Fatalf("%d opt-out events, want 1", n)
+	waitForNotice(t, bob, roomID, bot, "!presence off - stop")
+	if got := optOuts(); got != "[true false]" {
+		t.Fatalf("opt-out reports %s, want [true false]", got)
 	}
 }
 

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"maunium.net/go/mautrix/id"
+
 	"github.com/presence-bridge/presence-bridge/mapping"
 )
 
@@ -62,8 +64,18 @@ type Config struct {
 	// GhostRefreshInterval re-sends every ghost's presence once per period,
 	// paced over the period, for homeservers that expire presence. 0: off.
 	GhostRefreshInterval time.Duration `yaml:"ghost_refresh_interval"`
-	// CoalesceWindow is the least time between two presence PUTs of one
-	// ghost; updates in between are merged into the latest.
+	// OfflineGrace is how long the homeserver may be unreachable before
+	// every Matrix user the side believed online is reported offline
+	// (keeping their status), so that their puppets do not look present
+	// forever; their real presence is read again once the homeserver
+	// answers. 0: never.
+	OfflineGrace time.Duration `yaml:"offline_grace"`
+	// CoalesceWindow is accepted for old config files and ignored: the
+	// core coalesces bursts (core.coalesce_window); the Matrix side only
+	// keeps the latest wanted state per ghost. New logs a warning when it
+	// is set.
+	//
+	// Deprecated: ignored.
 	CoalesceWindow time.Duration `yaml:"coalesce_window"`
 	// MaxStatusLength caps a ghost's status message, in bytes (cut at a
 	// UTF-8 boundary).
@@ -80,7 +92,7 @@ func Default() Config {
 		GhostPrefix:     "_xmpp_",
 		PresenceSource:  SourceAuto,
 		PollInterval:    30 * time.Second,
-		CoalesceWindow:  250 * time.Millisecond,
+		OfflineGrace:    30 * time.Second,
 		MaxStatusLength: 1024,
 	}
 }
@@ -94,7 +106,7 @@ func (c Config) appserviceURL() string {
 }
 
 // BotMXID returns the Matrix user ID of the bridge bot.
-func (c Config) BotMXID() string { return "@" + c.BotLocalpart + ":" + c.HomeserverDomain }
+func (c Config) BotMXID() id.UserID { return id.NewUserID(c.BotLocalpart, c.HomeserverDomain) }
 
 // KeyError is one problem of a [Config]: Error is "key: problem", and
 // errors.Is(err, ErrConfig) holds.
@@ -165,8 +177,8 @@ func (c Config) Validate() error {
 	if c.GhostRefreshInterval != 0 && c.GhostRefreshInterval < time.Second {
 		add("ghost_refresh_interval", "%v: must be 0 (off) or at least 1s", c.GhostRefreshInterval)
 	}
-	if c.CoalesceWindow < 0 || c.CoalesceWindow > time.Minute {
-		add("coalesce_window", "%v: must be between 0 and 1m", c.CoalesceWindow)
+	if c.OfflineGrace != 0 && (c.OfflineGrace < 100*time.Millisecond || c.OfflineGrace > time.Hour) {
+		add("offline_grace", "%v: must be 0 (never) or between 100ms and 1h", c.OfflineGrace)
 	}
 	if c.MaxStatusLength < 1 || c.MaxStatusLength > 65536 {
 		add("max_status_length", "%d: must be between 1 and 65536", c.MaxStatusLength)

@@ -2,11 +2,15 @@ package matrixside
 
 import (
 	"errors"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/presence-bridge/presence-bridge/bridge"
+	"github.com/presence-bridge/presence-bridge/mapping"
 )
 
 func TestConfigDefaultIsValidOnceRequiredKeysAreSet(t *testing.T) {
@@ -42,7 +46,7 @@ func TestConfigValidateReportsEveryKey(t *testing.T) {
 		{"source", func(c *Config) { c.PresenceSource = "push" }, "presence_source"},
 		{"poll", func(c *Config) { c.PollInterval = 0 }, "poll_interval"},
 		{"refresh", func(c *Config) { c.GhostRefreshInterval = time.Millisecond }, "ghost_refresh_interval"},
-		{"window", func(c *Config) { c.CoalesceWindow = -1 }, "coalesce_window"},
+		{"grace", func(c *Config) { c.OfflineGrace = time.Millisecond }, "offline_grace"},
 		{"status", func(c *Config) { c.MaxStatusLength = 0 }, "max_status_length"},
 	}
 	for _, tt := range tests {
@@ -56,7 +60,7 @@ func TestConfigValidateReportsEveryKey(t *testing.T) {
 		})
 	}
 	// All at once.
-	c := Config{PresenceSource: "x", CoalesceWindow: -1}
+	c := Config{PresenceSource: "x", OfflineGrace: -1}
 	if n := strings.Count(c.Validate().Error(), "\n") + 1; n < 8 {
 		t.Errorf("want every problem reported, got %d:\n%v", n, c.Validate())
 	}
@@ -75,6 +79,7 @@ presence_source: poll
 poll_interval: 10s
 ghost_refresh_interval: 1h
 coalesce_window: 1s
+offline_grace: 10s
 max_status_length: 100
 `
 	c := Default()
@@ -86,28 +91,48 @@ max_status_length: 100
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	if c.PollInterval != 10*time.Second || c.GhostRefreshInterval != time.Hour || c.PresenceSource != SourcePoll || c.MaxStatusLength != 100 {
+	if c.PollInterval != 10*time.Second || c.GhostRefreshInterval != time.Hour || c.PresenceSource != SourcePoll || c.MaxStatusLength != 100 || c.OfflineGrace != 10*time.Second {
 		t.Fatalf("decoded %+v", c)
+	}
+}
+
+// TestDeprecatedCoalesceWindowIgnored: old config files with
+// matrix.coalesce_window still load; the key is ignored with a warning.
+func TestDeprecatedCoalesceWindowIgnored(t *testing.T) {
+	cfg := testConfig("http://127.0.0.1:8008")
+	cfg.CoalesceWindow = -time.Second // even nonsense: it is not read
+	var logs strings.Builder
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	_, err := New(cfg, testNS, mapping.NewTranslator(mapping.DefaultTable(), false), &bridge.Store{}, &fakeObserver{}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), "coalesce_window is deprecated and ignored") {
+		t.Errorf("no deprecation warning in %q", logs.String())
 	}
 }
 
 func TestRegistrationFile(t *testing.T) {
 	cfg := testConfig("http://127.0.0.1:8008")
-	cfg.ASToken, cfg.HSToken = NewToken(), NewToken()
-	if cfg.ASToken == cfg.HSToken || len(cfg.ASToken) < 40 {
-		t.Fatalf("tokens %q %q", cfg.ASToken, cfg.HSToken)
+	cfg.ASToken, cfg.HSToken = "", ""
+	fresh := Registration(cfg, testNS)
+	again := Registration(cfg, testNS)
+	if fresh.AppToken == fresh.ServerToken || len(fresh.AppToken) < 40 || fresh.AppToken == again.AppToken {
+		t.Fatalf("tokens not fresh and distinct: %q %q %q", fresh.AppToken, fresh.ServerToken, again.AppToken)
 	}
+	cfg.ASToken, cfg.HSToken = fresh.AppToken, fresh.ServerToken
 	data, err := Registration(cfg, testNS).YAML()
 	if err != nil {
 		t.Fatal(err)
 	}
 	var got map[string]any
-	if err := yaml.Unmarshal(data, &got); err != nil {
+	if err := yaml.Unmarshal([]byte(data), &got); err != nil {
 		t.Fatal(err)
 	}
 	want := map[string]any{
 		"id": "presence-bridge", "url": "http://127.0.0.1:29330", "as_token": cfg.ASToken, "hs_token": cfg.HSToken,
 		"sender_localpart": "presencebot", "rate_limited": false, "receive_ephemeral": true,
+		"de.sorunome.msc2409.push_ephemeral": true,
 	}
 	for k, v := range want {
 		if got[k] != v {

@@ -2,59 +2,78 @@ package matrixside
 
 import (
 	"errors"
-	"fmt"
+	"strconv"
 	"time"
+
+	"maunium.net/go/mautrix"
 )
 
-// Errors returned by this package. Test for them with errors.Is.
+// Errors returned by this package. Test for them with errors.Is. Errors
+// of the homeserver are mautrix.HTTPError values (errors.Is works with
+// mautrix's errcodes, e.g. mautrix.MForbidden).
 var (
 	// ErrConfig wraps every problem found by [Config.Validate] and [New].
 	ErrConfig = errors.New("matrixside: invalid config")
-	// ErrHomeserver is wrapped by every [*HTTPError]: the homeserver
-	// answered a request with an error status.
-	ErrHomeserver = errors.New("matrixside: homeserver error")
 	// ErrBadTransaction is returned for an appservice transaction body that
 	// is not JSON or not shaped like a transaction.
 	ErrBadTransaction = errors.New("matrixside: malformed transaction")
-	// ErrBadCommand is returned for a command from the core that cannot be
-	// carried out as given (unknown membership, missing room, bad address).
+	// ErrBadCommand wraps the problem of a command from the core that can
+	// never be carried out as given (bad address, missing room).
 	ErrBadCommand = errors.New("matrixside: bad command")
 	// ErrAlreadyRunning is returned by [Side.Run] when called twice.
 	ErrAlreadyRunning = errors.New("matrixside: already running")
 )
 
-// HTTPError is a non-2xx answer of the homeserver. It never contains a
-// token: Path has no query string.
-type HTTPError struct {
-	Method  string
-	Path    string
-	Status  int
-	ErrCode string // Matrix errcode, e.g. M_FORBIDDEN
-	Message string
-	// RetryAfter is retry_after_ms (or the Retry-After header) of a 429.
-	RetryAfter time.Duration
+// httpStatus returns the status of a homeserver answer, 0 if there was
+// none (network error).
+func httpStatus(err error) int {
+	var he mautrix.HTTPError
+	if errors.As(err, &he) && he.Response != nil {
+		return he.Response.StatusCode
+	}
+	return 0
 }
-
-func (e *HTTPError) Error() string {
-	return fmt.Sprintf("matrixside: %s %s: HTTP %d %s: %s", e.Method, e.Path, e.Status, e.ErrCode, e.Message)
-}
-
-// Unwrap makes errors.Is(err, ErrHomeserver) true.
-func (e *HTTPError) Unwrap() error { return ErrHomeserver }
 
 // retryable says whether a failed request may succeed later, and how long
-// the homeserver asked to wait (0: choose a backoff).
+// the homeserver asked to wait (0: choose a backoff): 429 with
+// retry_after_ms or Retry-After, 5xx, and network errors (anything that
+// is not an answer of the homeserver, nor ErrBadCommand) are retryable.
 func retryable(err error) (bool, time.Duration) {
-	var he *HTTPError
-	if errors.As(err, &he) {
-		switch {
-		case he.Status == 429:
-			return true, he.RetryAfter
-		case he.Status >= 500:
-			return true, 0
-		}
+	if err == nil || errors.Is(err, ErrBadCommand) {
 		return false, 0
 	}
-	// Anything else is the network: refused, reset, timed out.
-	return err != nil, 0
+	var he mautrix.HTTPError
+	if !errors.As(err, &he) || he.Response == nil {
+		// The network: refused, reset, timed out.
+		return true, 0
+	}
+	switch st := he.Response.StatusCode; {
+	case st == 429:
+		if he.RespError != nil {
+			if ms, ok := he.RespError.ExtraData["retry_after_ms"].(float64); ok && ms > 0 {
+				return true, time.Duration(ms) * time.Millisecond
+			}
+		}
+		if s, err := strconv.Atoi(he.Response.Header.Get("Retry-After")); err == nil && s > 0 {
+			return true, time.Duration(s) * time.Second
+		}
+		return true, 0
+	case st >= 500:
+		return true, 0
+	}
+	return false, 0
+}
+
+// unreachable reports whether err says the homeserver is not there: a
+// network error or a gateway's 502/503/504. Other answers, errors
+// included, show it is up.
+func unreachable(err error) bool {
+	if err == nil || errors.Is(err, ErrBadCommand) {
+		return false
+	}
+	switch httpStatus(err) {
+	case 0, 502, 503, 504:
+		return true
+	}
+	return false
 }

@@ -8,7 +8,7 @@ import (
 )
 
 // The registration file that `presence-bridge generate-registration`
-// writes (with fresh tokens from matrixside.NewToken).
+// writes (with fresh tokens where the config has none).
 func ExampleRegistration() {
 	cfg := matrixside.Default()
 	cfg.HomeserverDomain = "example.org"
@@ -18,7 +18,7 @@ func ExampleRegistration() {
 	if err != nil {
 		panic(err)
 	}
-	fmt.Print(string(data))
+	fmt.Print(data)
 	// Output:
 	// id: presence-bridge
 	// url: http://127.0.0.1:29330
@@ -28,10 +28,8 @@ func ExampleRegistration() {
 	// rate_limited: false
 	// namespaces:
 	//     users:
-	//         - exclusive: true
-	//           regex: ^@_xmpp_.*:example\.org$
-	//     aliases: []
-	//     rooms: []
-	// receive_ephemeral: true
+	//         - regex: ^@_xmpp_.*:example\.org$
+	//           exclusive: true
 	// de.sorunome.msc2409.push_ephemeral: true
+	// receive_ephemeral: true
 }

@@ -3,7 +3,6 @@ package matrixside
 import (
 	"context"
 	"encoding/json"
-	"github.com/presence-bridge/presence-bridge/internal/testenv/bustest"
 	"io"
 	"log/slog"
 	"net"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/presence-bridge/presence-bridge/bridge"
+	"github.com/presence-bridge/presence-bridge/internal/testenv/bustest"
 	"github.com/presence-bridge/presence-bridge/mapping"
 )
 
@@ -29,7 +29,7 @@ var testNS = mapping.Namespace{GhostPrefix: "_xmpp_", HomeserverDomain: testDoma
 
 func testLogger(t testing.TB) *slog.Logger {
 	if os.Getenv("MATRIXSIDE_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		return bustest.Logger(t)
 	}
 	return slog.New(slog.DiscardHandler)
 }
@@ -43,10 +43,14 @@ func testConfig(hsURL string) Config {
 	return cfg
 }
 
-var (
-	openTestBus = bustest.Open
-	waitFor     = bustest.WaitFor
-)
+var waitFor = bustest.WaitFor
+
+// openTestStore opens the bridge's state store on an embedded bus with its
+// data in dir (a temp dir if empty), closed when the test ends.
+func openTestStore(t testing.TB, dir string) *bridge.Store {
+	t.Helper()
+	return bustest.Open(t, dir).Store()
+}
 
 // freeListener listens on a free loopback port.
 func freeListener(t testing.TB) net.Listener {
@@ -58,10 +62,9 @@ func freeListener(t testing.TB) net.Listener {
 	return ln
 }
 
-// runSide starts s.Run on ln and stops it at cleanup, checking it
-// returns nil.
-// runSide runs s until the test ends or the returned stop is called
-// (stop waits for Run to return and may be called again).
+// runSide runs s on ln until the test ends or the returned stop is called
+// (stop waits for Run to return, checks it returned nil, and may be
+// called again).
 func runSide(t testing.TB, s *Side, ln net.Listener) (stop func()) {
 	t.Helper()
 	s.listener = ln
@@ -91,65 +94,140 @@ func runSide(t testing.TB, s *Side, ln net.Listener) (stop func()) {
 	return stop
 }
 
-// busRecorder collects events published on a subject filter.
-type busRecorder struct {
-	mu     sync.Mutex
-	events []*bridge.Event
+// fakeObserver is the core as the side sees it: it records every report.
+// fail, if set, makes the durable reports fail (the core is away).
+type fakeObserver struct {
+	mu          sync.Mutex
+	presence    []bridge.MatrixPresence
+	memberships []bridge.MatrixMembership
+	optOuts     []bridge.OptOut[mapping.UserID]
+	fail        error
 }
 
-func record(t testing.TB, b *bridge.Bus, filter string) *busRecorder {
-	t.Helper()
-	r := &busRecorder{}
-	sub, err := b.Subscribe(context.Background(), filter, func(_ context.Context, ev *bridge.Event) {
-		r.mu.Lock()
-		r.events = append(r.events, ev)
-		r.mu.Unlock()
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sub.Unsubscribe() })
-	return r
-}
+var _ bridge.MatrixObserver = (*fakeObserver)(nil)
 
-func (r *busRecorder) find(pred func(*bridge.Event) bool) *bridge.Event {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, ev := range r.events {
-		if pred(ev) {
-			return ev
-		}
-	}
+func (o *fakeObserver) MatrixPresence(_ context.Context, r bridge.MatrixPresence) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.presence = append(o.presence, r)
 	return nil
 }
 
-func (r *busRecorder) count(pred func(*bridge.Event) bool) int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+func (o *fakeObserver) MatrixMembership(_ context.Context, r bridge.MatrixMembership) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.fail != nil {
+		return o.fail
+	}
+	o.memberships = append(o.memberships, r)
+	return nil
+}
+
+func (o *fakeObserver) MatrixOptOut(_ context.Context, r bridge.OptOut[mapping.UserID]) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.fail != nil {
+		return o.fail
+	}
+	o.optOuts = append(o.optOuts, r)
+	return nil
+}
+
+func (o *fakeObserver) setFail(err error) {
+	o.mu.Lock()
+	o.fail = err
+	o.mu.Unlock()
+}
+
+// presenceOfUser returns the presence reports of u, in order.
+func (o *fakeObserver) presenceOfUser(u mapping.UserID) []mapping.Presence {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var out []mapping.Presence
+	for _, r := range o.presence {
+		if r.User == u {
+			out = append(out, r.Presence)
+		}
+	}
+	return out
+}
+
+func (o *fakeObserver) presenceCount() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return len(o.presence)
+}
+
+// waitPresence waits for a presence report of u that satisfies pred.
+func (o *fakeObserver) waitPresence(t testing.TB, timeout time.Duration, what string, u mapping.UserID, pred func(mapping.Presence) bool) mapping.Presence {
+	t.Helper()
+	var got mapping.Presence
+	waitFor(t, timeout, what, func() bool {
+		for _, p := range o.presenceOfUser(u) {
+			if pred(p) {
+				got = p
+				return true
+			}
+		}
+		return false
+	})
+	return got
+}
+
+func (o *fakeObserver) findMembership(pred func(bridge.MatrixMembership) bool) (bridge.MatrixMembership, bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, r := range o.memberships {
+		if pred(r) {
+			return r, true
+		}
+	}
+	return bridge.MatrixMembership{}, false
+}
+
+func (o *fakeObserver) countMemberships(pred func(bridge.MatrixMembership) bool) int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
 	n := 0
-	for _, ev := range r.events {
-		if pred(ev) {
+	for _, r := range o.memberships {
+		if pred(r) {
 			n++
 		}
 	}
 	return n
 }
 
-func (r *busRecorder) wait(t testing.TB, timeout time.Duration, what string, pred func(*bridge.Event) bool) *bridge.Event {
+func (o *fakeObserver) waitMembership(t testing.TB, timeout time.Duration, what string, pred func(bridge.MatrixMembership) bool) bridge.MatrixMembership {
 	t.Helper()
-	var got *bridge.Event
-	waitFor(t, timeout, what, func() bool { got = r.find(pred); return got != nil })
+	var got bridge.MatrixMembership
+	waitFor(t, timeout, what, func() bool {
+		var ok bool
+		got, ok = o.findMembership(pred)
+		return ok
+	})
 	return got
 }
 
-// fakeHS is an httptest homeserver: it answers registration and profile
-// calls and lets each test decide how presence PUTs are answered.
+func (o *fakeObserver) optOutsOf(u mapping.UserID) []bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var out []bool
+	for _, r := range o.optOuts {
+		if r.User == u {
+			out = append(out, r.Enabled)
+		}
+	}
+	return out
+}
+
+// fakeHS is an httptest homeserver: it answers registration, profile,
+// filter, /sync and /versions calls and lets each test decide how
+// presence PUTs are answered.
 type fakeHS struct {
 	*httptest.Server
 	mu       sync.Mutex
 	puts     map[string][]presenceBody // per ghost, in arrival order
 	putTimes map[string][]time.Time
-	requests int
 	raw      []string                                // every presence PUT body
 	answer   func(ghost string, n int) (int, string) // n: this ghost's PUT number, from 1
 }
@@ -161,16 +239,27 @@ func newFakeHS(t testing.TB) *fakeHS {
 	return f
 }
 
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, map[string]string{"errcode": code, "error": msg})
+}
+
 func (f *fakeHS) serve(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(r.Body)
-	f.mu.Lock()
-	f.requests++
-	f.mu.Unlock()
+	p := r.URL.Path
+	if p == "/_matrix/client/versions" {
+		writeJSON(w, 200, map[string]any{"versions": []string{"v1.11"}})
+		return
+	}
 	if r.Header.Get("Authorization") != "Bearer "+testAS {
 		writeError(w, 401, "M_UNKNOWN_TOKEN", "bad token")
 		return
 	}
-	p := r.URL.Path
 	switch {
 	case p == "/_matrix/client/v3/register":
 		writeJSON(w, 200, map[string]string{"user_id": "x"})
@@ -178,6 +267,8 @@ func (f *fakeHS) serve(w http.ResponseWriter, r *http.Request) {
 		writeError(w, 404, "M_NOT_FOUND", "no name")
 	case strings.HasSuffix(p, "/displayname"):
 		writeJSON(w, 200, struct{}{})
+	case strings.HasSuffix(p, "/filter"):
+		writeJSON(w, 200, map[string]string{"filter_id": "1"})
 	case strings.HasPrefix(p, "/_matrix/client/v3/presence/") && r.Method == http.MethodPut:
 		ghost := r.URL.Query().Get("user_id")
 		var pb presenceBody
@@ -201,6 +292,11 @@ func (f *fakeHS) serve(w http.ResponseWriter, r *http.Request) {
 	case strings.HasPrefix(p, "/_matrix/client/v3/presence/"):
 		writeJSON(w, 200, map[string]any{"presence": "online"})
 	case p == "/_matrix/client/v3/sync":
+		// A long poll that never has news.
+		select {
+		case <-r.Context().Done():
+		case <-time.After(time.Second):
+		}
 		writeJSON(w, 200, map[string]any{"next_batch": "s1"})
 	default:
 		writeError(w, 404, "M_UNRECOGNIZED", "fake: "+p)
@@ -213,11 +309,21 @@ func (f *fakeHS) putsOf(ghost string) []presenceBody {
 	return append([]presenceBody(nil), f.puts[ghost]...)
 }
 
-// newTestSide builds a side on a fake or real homeserver without running it.
-func newTestSide(t testing.TB, cfg Config, bus *bridge.Bus) *Side {
+func (f *fakeHS) rawPuts() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.raw)
+}
+
+// newTestSide builds a side on a fake or real homeserver without running
+// it. A nil store gets a fresh one.
+func newTestSide(t testing.TB, cfg Config, store *bridge.Store, obs bridge.MatrixObserver) *Side {
 	t.Helper()
+	if store == nil {
+		store = openTestStore(t, "")
+	}
 	tr := mapping.NewTranslator(mapping.DefaultTable(), false)
-	s, err := newSide(cfg, testNS, tr, bus, testLogger(t))
+	s, err := New(cfg, testNS, tr, store, obs, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -238,12 +344,11 @@ func doAS(t testing.TB, h http.Handler, method, target, token, body string) (int
 	return rec.Code, out
 }
 
-func ghostOf(t testing.TB, jid string) string {
+func ghostOf(t testing.TB, jid mapping.BareJID) string {
 	t.Helper()
-	gTyped, err := testNS.GhostMXID(mapping.BareJID(jid))
-	g := string(gTyped)
+	g, err := testNS.GhostMXID(jid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return g
+	return string(g)
 }

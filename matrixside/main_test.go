@@ -14,19 +14,21 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
 
 const countingServerEnv = "MATRIXSIDE_COUNTING_SERVER"
 
-// TestMain doubles as the counting homeserver of BenchmarkEventsToRequests,
-// run in a child process so that the benchmark's CPU time is the bridge's
-// alone.
+// TestMain checks that no test leaves a goroutine behind, and doubles as
+// the counting homeserver of BenchmarkEventsToRequests, run in a child
+// process so that the benchmark's CPU time is the bridge's alone.
 func TestMain(m *testing.M) {
 	if os.Getenv(countingServerEnv) == "1" {
 		serveCounting()
 		return
 	}
-	os.Exit(m.Run())
+	goleak.VerifyTestMain(m)
 }
 
 func serveCounting() {

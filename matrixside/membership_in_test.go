@@ -7,45 +7,61 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/presence-bridge/presence-bridge/bridge"
+	"github.com/presence-bridge/presence-bridge/mapping"
 )
 
-func TestMembershipEvents(t *testing.T) {
-	s := newTestSide(t, testConfig("http://127.0.0.1:1"), nil)
-	alice := ghostOf(t, "alice@example.com")
-	const bob, room = "@bob:localhost", "!dm:localhost"
-	type want struct{ user, peer, membership, member, sender string }
-	steps := []struct {
-		name                         string
-		sender, stateKey, membership string
-		want                         []want
-	}{
-		{"outsiders ignored", "@carol:localhost", "@dave:localhost", "join", nil},
-		{"bob invites ghost", bob, alice, "invite", []want{{bob, "alice@example.com", "invite", "alice@example.com", bob}}},
-		{"ghost joins", alice, alice, "join", []want{{bob, "alice@example.com", "join", "alice@example.com", "alice@example.com"}}},
-		{"carol joins the room", "@carol:localhost", "@carol:localhost", "join", []want{{"@carol:localhost", "alice@example.com", "join", "@carol:localhost", "@carol:localhost"}}},
-		{"bot invited", bob, "@presencebot:localhost", "invite", nil},
-		{"undecodable ghost", bob, "@_xmpp_UPPER:localhost", "invite", nil},
-		{"upper case user", "@Bob:localhost", alice, "invite", nil},
-		{"ghost invites dave", alice, "@dave:localhost", "invite", []want{{"@dave:localhost", "alice@example.com", "invite", "@dave:localhost", "alice@example.com"}}},
-		{"dave rejects", "@dave:localhost", "@dave:localhost", "leave", []want{{"@dave:localhost", "alice@example.com", "reject", "@dave:localhost", "@dave:localhost"}}},
-		{"bob leaves", bob, bob, "leave", []want{{bob, "alice@example.com", "leave", bob, bob}}},
-		{"carol kicks ghost", "@carol:localhost", alice, "leave", []want{{"@carol:localhost", "alice@example.com", "leave", "alice@example.com", "@carol:localhost"}}},
-		{"nobody left to tell", "@carol:localhost", "@carol:localhost", "leave", nil},
+func TestMembershipReports(t *testing.T) {
+	s := newTestSide(t, testConfig("http://127.0.0.1:1"), nil, &fakeObserver{})
+	alice := id.UserID(ghostOf(t, "alice@example.com"))
+	const bob, carol, dave, room = "@bob:localhost", "@carol:localhost", "@dave:localhost", "!dm:localhost"
+	type want struct {
+		user         mapping.UserID
+		ghostChanged bool
+		membership   bridge.Membership
+		bySelf       bool
 	}
-	for _, st := range steps {
-		evs := s.membershipEvents(memberEvent{RoomID: room, Sender: st.sender, StateKey: st.stateKey, Membership: st.membership})
+	steps := []struct {
+		name             string
+		sender, stateKey id.UserID
+		membership       event.Membership
+		want             []want
+	}{
+		{"outsiders ignored", carol, dave, event.MembershipJoin, nil},
+		{"bob invites ghost", bob, alice, event.MembershipInvite, []want{{bob, true, bridge.MembershipInvite, false}}},
+		{"ghost joins", alice, alice, event.MembershipJoin, []want{{bob, true, bridge.MembershipJoin, true}}},
+		{"carol joins the room", carol, carol, event.MembershipJoin, []want{{carol, false, bridge.MembershipJoin, true}}},
+		{"bot invited", bob, "@presencebot:localhost", event.MembershipInvite, nil},
+		{"undecodable ghost", bob, "@_xmpp_UPPER:localhost", event.MembershipInvite, nil},
+		{"upper case user", "@Bob:localhost", alice, event.MembershipInvite, nil},
+		{"knock", dave, dave, event.MembershipKnock, nil},
+		{"ghost invites dave", alice, dave, event.MembershipInvite, []want{{dave, false, bridge.MembershipInvite, false}}},
+		{"dave rejects", dave, dave, event.MembershipLeave, []want{{dave, false, bridge.MembershipReject, true}}},
+		{"bob leaves", bob, bob, event.MembershipLeave, []want{{bob, false, bridge.MembershipLeave, true}}},
+		{"carol kicks ghost", carol, alice, event.MembershipLeave, []want{{carol, true, bridge.MembershipLeave, false}}},
+		{"nobody left to tell", carol, carol, event.MembershipLeave, nil},
+	}
+	for i, st := range steps {
+		rs := s.membershipReports(memberEvent{ID: id.EventID("$" + st.name), RoomID: room, Sender: st.sender, Target: st.stateKey, Membership: st.membership})
 		var got []want
-		for _, ev := range evs {
-			got = append(got, want{ev.User, ev.Peer, ev.Membership.Membership, ev.Membership.Member, ev.Membership.Sender})
+		for _, r := range rs {
+			got = append(got, want{r.User, r.GhostChanged, r.Membership, r.BySelf})
+			if r.Ghost != "alice@example.com" || r.RoomID != room || r.ID == "" {
+				t.Errorf("%s: report %+v", st.name, r)
+			}
 		}
 		if len(got) != len(st.want) || (len(got) > 0 && got[0] != st.want[0]) {
-			t.Errorf("%s: got %+v, want %+v", st.name, got, st.want)
+			t.Errorf("step %d %s: got %+v, want %+v", i, st.name, got, st.want)
 		}
 	}
 }
 
 // TestImports: matrixside never imports the XMPP side (STYLE: sides never
-// import each other).
+// import each other), nor cmd, nor the bus transport.
 func TestImports(t *testing.T) {
 	files, _ := filepath.Glob("*.go")
 	for _, f := range files {
@@ -58,7 +74,7 @@ func TestImports(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, imp := range af.Imports {
-			if strings.Contains(imp.Path.Value, "xmppside") || strings.Contains(imp.Path.Value, "/cmd") {
+			if strings.Contains(imp.Path.Value, "xmppside") || strings.Contains(imp.Path.Value, "/cmd") || strings.Contains(imp.Path.Value, "bridge/transport") {
 				t.Errorf("%s imports %s", f, imp.Path.Value)
 			}
 		}

@@ -6,93 +6,162 @@ import (
 	"fmt"
 	"time"
 
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/appservice"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
 	"github.com/presence-bridge/presence-bridge/bridge"
 	"github.com/presence-bridge/presence-bridge/mapping"
 )
 
-// onMembershipOut carries out a membership command of the core: the ghost
-// of ev.User acts towards the Matrix user ev.Peer. Errors that may pass
-// (homeserver away, 5xx, 429) are returned so the bus redelivers the
-// command; commands that can never work are logged and acknowledged.
-func (s *Side) onMembershipOut(ctx context.Context, ev *bridge.Event) error {
-	err := s.membershipOut(ctx, ev)
+const (
+	// beforeTimeout bounds the wait for GhostMembership.Before to be
+	// shown; past it the command fails and comes again.
+	beforeTimeout = 30 * time.Second
+	// beforeLinger is how long the ghost keeps the Before presence before
+	// it acts. Homeservers (Dendrite and Synapse alike) send a presence to
+	// a client only while it shares a room with the ghost, checked when
+	// the client's /sync answers: leaving at once would hide the offline
+	// from clients whose /sync had not answered yet.
+	beforeLinger = time.Second
+)
+
+// GhostMembership makes the ghost of c.Ghost act towards the Matrix user
+// c.Peer: open a direct chat (invite), join or reject an invite, leave.
+// If c.Before is set, the ghost shows that presence first (a revoked
+// ghost goes offline before it leaves). What the ghost did comes back as
+// MatrixMembership reports from the homeserver's transactions, which is
+// how the core learns the room of a new direct chat.
+//
+// It blocks while it works: a few requests to the homeserver, and with
+// Before until the homeserver shows that presence (at most beforeTimeout)
+// plus beforeLinger. It returns an error for failures that may pass
+// (homeserver away, 5xx, 429), so that the command is delivered again;
+// commands that can never work are logged and acknowledged (nil). It is
+// idempotent: a second invite finds the chat, a second leave is done.
+func (s *Side) GhostMembership(ctx context.Context, c bridge.GhostMembership) error {
+	err := s.ghostMembership(ctx, c)
 	if err == nil {
 		return nil
 	}
-	if retry, _ := retryable(err); retry && !errors.Is(err, ErrBadCommand) {
+	if retry, _ := retryable(err); retry {
 		return err
 	}
-	s.log.Error("membership command failed for good", "id", ev.ID, "user", ev.User, "peer", ev.Peer, "err", err)
+	s.log.Error("membership command failed for good", "id", c.ID, "ghost", c.Ghost, "peer", c.Peer, "membership", c.Membership, "err", err)
 	return nil
 }
 
-func (s *Side) membershipOut(ctx context.Context, ev *bridge.Event) error {
-	if ev.Membership == nil || ev.Origin != mapping.NetworkXMPP {
-		return fmt.Errorf("%w: not a membership command from the xmpp side", ErrBadCommand)
-	}
-	jid, peer, m := ev.User, ev.Peer, ev.Membership
-	ghostTyped, err := s.ns.GhostMXID(mapping.BareJID(jid))
-	ghost := string(ghostTyped)
+func (s *Side) ghostMembership(ctx context.Context, c bridge.GhostMembership) error {
+	ghost, err := s.ghostOf(c.Ghost)
 	if err != nil {
-		return fmt.Errorf("%w: user %q: %w", ErrBadCommand, jid, err)
+		return fmt.Errorf("%w: ghost of %q: %w", ErrBadCommand, c.Ghost, err)
 	}
-	if _, _, err := mapping.ParseMXID(peer); err != nil {
-		return fmt.Errorf("%w: peer %q: %w", ErrBadCommand, peer, err)
+	if _, err := mapping.NewUserID(string(c.Peer)); err != nil {
+		return fmt.Errorf("%w: peer %q: %w", ErrBadCommand, c.Peer, err)
 	}
-	local := ghost[1 : len(ghost)-len(s.ns.HomeserverDomain)-1]
-	if err := s.ghosts.ensure(ctx, ghost, local, jid); err != nil {
+	peer := id.UserID(c.Peer)
+	if c.Before != nil {
+		if err := s.showBefore(ctx, c.Ghost, *c.Before); err != nil {
+			return err
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	intent, err := s.ghosts.ensure(ctx, ghost, c.Ghost)
+	if err != nil {
 		return err
 	}
-	roomID := m.RoomID
+	roomID := id.RoomID(c.RoomID)
 	if roomID == "" {
-		roomID = s.linkedRoom(ctx, peer, jid)
+		roomID = s.knownRoom(ctx, c.Peer, c.Ghost, ghost, peer)
 	}
-	switch m.Membership {
-	case "invite":
-		return s.openDirect(ctx, ghost, jid, peer, roomID)
-	case "join":
+	switch c.Membership {
+	case bridge.MembershipInvite:
+		return s.openDirect(ctx, intent, peer, roomID)
+	case bridge.MembershipJoin:
 		if roomID == "" {
-			return fmt.Errorf("%w: join without room", ErrBadCommand)
+			return fmt.Errorf("%w: join without a room", ErrBadCommand)
 		}
-		if err := s.c.join(ctx, ghost, roomID); err != nil {
+		if _, err := intent.JoinRoomByID(ctx, roomID); err != nil {
 			return err
 		}
 		s.rooms.add(roomID, ghost, peer)
-		return s.rememberRoom(ctx, peer, jid, roomID)
-	case "reject", "leave":
+		return nil
+	case bridge.MembershipReject, bridge.MembershipLeave:
 		if roomID == "" {
-			return fmt.Errorf("%w: %s without room", ErrBadCommand, m.Membership)
+			return fmt.Errorf("%w: %s without a room", ErrBadCommand, c.Membership)
 		}
-		err := s.c.leave(ctx, ghost, roomID)
-		if st := httpStatus(err); st == 403 || st == 404 {
-			err = nil // not (or no longer) in the room: done
+		_, err := intent.LeaveRoom(ctx, roomID)
+		if st := httpStatus(err); st == 400 || st == 403 || st == 404 {
+			// Not (or no longer) in the room: done. Synapse says 403,
+			// Dendrite 400 M_UNKNOWN "not joined".
+			s.log.Debug("ghost not in the room it leaves", "ghost", ghost, "room", roomID, "err", err)
+			err = nil
 		}
 		if err == nil {
 			s.rooms.remove(roomID, ghost, "")
 		}
 		return err
 	}
-	return fmt.Errorf("%w: membership %q", ErrBadCommand, m.Membership)
+	return fmt.Errorf("%w: membership %v", ErrBadCommand, c.Membership)
 }
 
-// openDirect makes sure the ghost and peer share a direct chat: the room
-// already linked if the ghost is still in it (inviting peer again if peer
-// left), else a new one.
-func (s *Side) openDirect(ctx context.Context, ghost, jid, peer, roomID string) error {
+// showBefore shows p on the ghost of jid, through the outbox so that it
+// is ordered with ShowGhost, waits until the homeserver has it, and, if
+// that took a change, lingers for clients to see it.
+func (s *Side) showBefore(ctx context.Context, jid mapping.BareJID, p mapping.Presence) error {
+	ghost, version, pending := s.showGhost(jid, p, time.Now())
+	if version == 0 {
+		return nil
+	}
+	wctx, cancel := context.WithTimeout(ctx, beforeTimeout)
+	defer cancel()
+	err := s.out.waitShown(wctx, ghost, version)
+	switch {
+	case errors.Is(err, errPresenceRefused):
+		s.log.Warn("presence before a membership change refused; acting anyway", "ghost", ghost)
+		return nil
+	case err != nil:
+		// Not shown yet (the homeserver is away): the command comes again.
+		return fmt.Errorf("matrixside: presence of %s before the membership change not shown yet: %w", ghost, err)
+	}
+	if pending && !sleepCtx(ctx, beforeLinger) {
+		return ctx.Err()
+	}
+	return nil
+}
+
+// knownRoom returns the room the ghost shares with peer: the one of their
+// link (read from the core's links bucket), else one the side saw them in.
+func (s *Side) knownRoom(ctx context.Context, user mapping.UserID, jid mapping.BareJID, ghost, peer id.UserID) id.RoomID {
+	if l, _, err := s.store.Links.Get(ctx, bridge.PairKey(string(user), string(jid))); err == nil && l.RoomID != "" {
+		return id.RoomID(l.RoomID)
+	}
+	return s.rooms.shared(ghost, peer)
+}
+
+// openDirect makes sure the ghost and peer share a direct chat: roomID if
+// the ghost is still in it (inviting peer again if peer left), else a new
+// one.
+func (s *Side) openDirect(ctx context.Context, intent *appservice.IntentAPI, peer id.UserID, roomID id.RoomID) error {
 	if roomID != "" {
-		m, err := s.c.memberOf(ctx, ghost, roomID, peer)
-		if retry, _ := retryable(err); retry && err != nil && httpStatus(err) != 404 && httpStatus(err) != 403 {
+		var member event.MemberEventContent
+		// The client's StateEvent: IntentAPI's would first make the ghost
+		// join (and have the bot invite it), which is not asked for here.
+		err := intent.Client.StateEvent(ctx, roomID, event.StateMember, string(peer), &member)
+		if retry, _ := retryable(err); retry {
 			return err
 		}
-		switch {
-		case err == nil && (m == "join" || m == "invite"):
-			s.rooms.add(roomID, ghost, peer)
-			return s.rememberRoom(ctx, peer, jid, roomID)
-		case err == nil || httpStatus(err) == 404: // peer left, or never had a member event
-			err = s.c.invite(ctx, ghost, roomID, peer)
+		switch st := httpStatus(err); {
+		case err == nil && (member.Membership == event.MembershipJoin || member.Membership == event.MembershipInvite):
+			s.rooms.add(roomID, intent.UserID, peer)
+			return nil // already there: nothing to do
+		case err == nil || st == 404: // peer left, or never had a member event
+			_, err = intent.InviteUser(ctx, roomID, &mautrix.ReqInviteUser{UserID: peer})
 			if err == nil {
-				s.rooms.add(roomID, ghost, peer)
-				return s.rememberRoom(ctx, peer, jid, roomID)
+				s.rooms.add(roomID, intent.UserID, peer)
+				return nil
 			}
 			if retry, _ := retryable(err); retry {
 				return err
@@ -103,46 +172,17 @@ func (s *Side) openDirect(ctx context.Context, ghost, jid, peer, roomID string) 
 	// The bot is invited too: Dendrite pushes no presence to appservices,
 	// and a room shared with the bot makes the peer's presence reach the
 	// bot's /sync at once instead of at the next poll.
-	newRoom, err := s.c.createDirectRoom(ctx, ghost, peer, s.cfg.BotMXID())
+	bot := s.cfg.BotMXID()
+	resp, err := intent.CreateRoom(ctx, &mautrix.ReqCreateRoom{
+		Preset: "trusted_private_chat", IsDirect: true, Invite: []id.UserID{peer, bot},
+	})
 	if err != nil {
 		return err
 	}
-	if err := s.c.join(ctx, "", newRoom); err != nil {
-		s.log.Warn("bot could not join the direct chat; presence falls back to polling", "room", newRoom, "err", err)
+	if _, err := s.as.BotIntent().JoinRoomByID(ctx, resp.RoomID); err != nil {
+		s.log.Warn("bot could not join the direct chat; presence falls back to polling", "room", resp.RoomID, "err", err)
 	}
-	s.rooms.add(newRoom, ghost, peer)
-	s.log.Info("direct chat opened", "ghost", ghost, "peer", peer, "room", newRoom)
-	return s.rememberRoom(ctx, peer, jid, newRoom)
-}
-
-// linkedRoom returns the room of the link between peer and jid, if any.
-func (s *Side) linkedRoom(ctx context.Context, peer, jid string) string {
-	l, _, err := s.bus.Store().Links.Get(ctx, bridge.PairKey(peer, jid))
-	if err != nil {
-		return ""
-	}
-	return l.RoomID
-}
-
-// rememberRoom stores roomID in the link of (peer, jid). The link's state
-// belongs to the core; it is set only when the link is new.
-func (s *Side) rememberRoom(ctx context.Context, peer, jid, roomID string) error {
-	_, err := s.bus.Store().Links.Update(ctx, bridge.PairKey(peer, jid), func(cur bridge.Link, exists bool) (bridge.Link, bool, error) {
-		if exists && cur.RoomID == roomID {
-			return cur, false, nil
-		}
-		if cur.MatrixUser == "" {
-			cur.MatrixUser = peer
-		}
-		if cur.XMPPUser == "" {
-			cur.XMPPUser = jid
-		}
-		if cur.State == "" {
-			cur.State = bridge.LinkAsked
-		}
-		cur.RoomID = roomID
-		cur.UpdatedAt = time.Now().UTC()
-		return cur, true, nil
-	})
-	return err
+	s.rooms.add(resp.RoomID, intent.UserID, peer)
+	s.log.Info("direct chat opened", "ghost", intent.UserID, "peer", peer, "room", resp.RoomID)
+	return nil
 }

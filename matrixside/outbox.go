@@ -3,9 +3,13 @@ package matrixside
 import (
 	"container/heap"
 	"context"
+	"errors"
 	"log/slog"
 	"sync"
 	"time"
+
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
 
 	"github.com/presence-bridge/presence-bridge/mapping"
 )
@@ -14,26 +18,29 @@ import (
 // presence value and status message (last_active_ago and currently_active
 // are computed by the homeserver).
 type wireState struct {
-	Presence string
+	Presence event.Presence
 	Status   string
 }
 
 // ghostOut is the outgoing presence of one ghost.
 type ghostOut struct {
-	mxid, local, jid string
-	path             string // PUT path, built once
+	ghost id.UserID
+	jid   mapping.BareJID
+	url   string // of its presence, built once by the worker that sends it
 
-	desired    wireState // latest state asked for
-	sent       wireState // last state the homeserver accepted
-	hasSent    bool
-	failed     wireState // a state the homeserver refused for good
-	hasFailed  bool
-	lastPut    time.Time // start, then end, of the last PUT attempt
-	scheduled  bool      // queued, delayed or in flight
-	force      bool      // send even if unchanged (refresh)
-	dueAt      time.Time
-	heapIndex  int
-	puts, errs int
+	desired   wireState // latest state asked for
+	version   uint64    // of desired: one more per set
+	sent      wireState // last state the homeserver accepted
+	hasSent   bool
+	failed    wireState // a state the homeserver refused for good
+	hasFailed bool
+	// sentVersion and failedVersion are the newest versions known to be
+	// shown (accepted, or equal to what was) or refused for good.
+	sentVersion, failedVersion uint64
+
+	scheduled bool // queued, delayed or in flight
+	force     bool // send even if unchanged (refresh)
+	dueAt     time.Time
 }
 
 // needsSend reports whether the desired state still has to go out.
@@ -47,73 +54,118 @@ func (g *ghostOut) needsSend() bool {
 	return !g.hasSent || g.desired != g.sent
 }
 
+// settle records that the desired state needs no PUT: it is what the
+// homeserver shows, or what it refused for good.
+func (g *ghostOut) settle() {
+	if g.hasFailed && g.desired == g.failed {
+		g.failedVersion = g.version
+	} else {
+		g.sentVersion = g.version
+	}
+}
+
 // sendFunc sets a ghost's presence on the homeserver.
 type sendFunc func(ctx context.Context, g *ghostOut, w wireState) error
 
-// outbox coalesces ghost presence: per ghost only the latest desired state
-// is kept, a PUT goes out only when it differs from what the homeserver
-// last accepted, and never sooner than window after the ghost's previous
-// PUT. Failures that may pass (network, 5xx, 429) close a gate for all
-// ghosts: while the homeserver is away nothing is sent but probes, and the
-// states pile up one per ghost, to be sent once each when it is back.
+// errPresenceRefused is what waitShown returns when the homeserver refused
+// the state for good.
+var errPresenceRefused = errors.New("matrixside: ghost presence refused")
+
+// outbox sends ghost presence: per ghost only the latest desired state is
+// kept and a PUT goes out only when it differs from what the homeserver
+// last accepted. It does not coalesce by time (the core does). Failures
+// that may pass (network, 5xx, 429) close a gate for all ghosts: while
+// the homeserver is away or limiting nothing is sent, and the states pile
+// up one per ghost, to be sent once each when the gate opens (after
+// retry_after_ms, or a backoff that doubles up to maxBackoff).
 type outbox struct {
-	window     time.Duration
 	minBackoff time.Duration
 	maxBackoff time.Duration
 	send       sendFunc
 	log        *slog.Logger
 
 	mu        sync.Mutex
-	ghosts    map[string]*ghostOut
+	ghosts    map[id.UserID]*ghostOut
 	ready     []*ghostOut // FIFO of ghosts due now
 	delayed   dueHeap     // ghosts due later
 	gateUntil time.Time   // no PUT before this
 	backoff   time.Duration
 	wake      chan struct{}
+	changed   chan struct{} // closed and replaced when a PUT ends
 }
 
-func newOutbox(window time.Duration, send sendFunc, log *slog.Logger) *outbox {
+func newOutbox(send sendFunc, log *slog.Logger) *outbox {
 	return &outbox{
-		window:     window,
 		minBackoff: 250 * time.Millisecond,
 		maxBackoff: 10 * time.Second,
 		send:       send,
 		log:        log,
-		ghosts:     map[string]*ghostOut{},
+		ghosts:     map[id.UserID]*ghostOut{},
 		wake:       make(chan struct{}, 1),
+		changed:    make(chan struct{}),
 	}
 }
 
-// set records the desired state of a ghost and schedules it. It never
-// blocks on I/O; it is called from the bus handler.
-func (o *outbox) set(mxid, local, jid string, w wireState) {
+// set records the desired state of a ghost and schedules it; it returns
+// the version of that state, for waitShown, and whether a PUT is needed
+// (false: the homeserver shows it already). It never blocks on I/O.
+func (o *outbox) set(ghost id.UserID, jid mapping.BareJID, w wireState) (uint64, bool) {
 	o.mu.Lock()
-	g := o.ghosts[mxid]
+	defer o.mu.Unlock()
+	g := o.ghosts[ghost]
 	if g == nil {
-		g = &ghostOut{mxid: mxid, local: local, jid: jid, path: presencePath(mxid), heapIndex: -1}
-		o.ghosts[mxid] = g
+		g = &ghostOut{ghost: ghost, jid: jid}
+		o.ghosts[ghost] = g
 	}
 	g.desired = w
-	o.scheduleLocked(g, time.Now())
-	o.mu.Unlock()
+	g.version++
+	o.scheduleLocked(g)
+	if !g.scheduled { // settled at once: what the homeserver shows already
+		o.broadcastLocked()
+		return g.version, false
+	}
+	return g.version, true
 }
 
-// scheduleLocked queues g for its next allowed PUT if it needs one and is
-// not queued already.
-func (o *outbox) scheduleLocked(g *ghostOut, now time.Time) {
-	if g.scheduled || !g.needsSend() {
+// waitShown waits until version of ghost's state (or a newer one) is
+// shown by the homeserver. It returns errPresenceRefused if the
+// homeserver refused it for good, or ctx's error.
+func (o *outbox) waitShown(ctx context.Context, ghost id.UserID, version uint64) error {
+	for {
+		o.mu.Lock()
+		g, ch := o.ghosts[ghost], o.changed
+		var shown, refused bool
+		if g != nil {
+			shown, refused = g.sentVersion >= version, g.failedVersion >= version
+		}
+		o.mu.Unlock()
+		switch {
+		case shown:
+			return nil
+		case refused:
+			return errPresenceRefused
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// scheduleLocked queues g if it needs a PUT and is not queued or in
+// flight already (a PUT in flight reschedules when it ends).
+func (o *outbox) scheduleLocked(g *ghostOut) {
+	if g.scheduled {
+		return
+	}
+	if !g.needsSend() {
+		g.settle()
 		return
 	}
 	g.scheduled = true
-	due := g.lastPut.Add(o.window)
-	if !due.After(now) {
-		o.ready = append(o.ready, g)
-		o.signal()
-		return
-	}
-	g.dueAt = due
-	heap.Push(&o.delayed, g)
-	o.signal() // a waiting worker may have to wake up sooner
+	o.ready = append(o.ready, g)
+	o.signal()
 }
 
 func (o *outbox) signal() {
@@ -123,12 +175,18 @@ func (o *outbox) signal() {
 	}
 }
 
+// broadcastLocked wakes the waiters of waitShown.
+func (o *outbox) broadcastLocked() {
+	close(o.changed)
+	o.changed = make(chan struct{})
+}
+
 // run is one sending worker; several run at once. It returns when ctx ends.
 func (o *outbox) run(ctx context.Context) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
-		g, w, force, wait := o.next(time.Now())
+		g, w, version, force, wait := o.next(time.Now())
 		if g == nil {
 			if wait < 0 {
 				wait = time.Hour
@@ -146,17 +204,17 @@ func (o *outbox) run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		o.done(g, w, force, err, time.Now())
+		o.done(g, w, version, force, err, time.Now())
 	}
 }
 
 // next pops the next ghost due at now and marks its PUT as started. With
 // nothing due it returns how long to wait (-1: until woken).
-func (o *outbox) next(now time.Time) (g *ghostOut, w wireState, force bool, wait time.Duration) {
+func (o *outbox) next(now time.Time) (g *ghostOut, w wireState, version uint64, force bool, wait time.Duration) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if now.Before(o.gateUntil) {
-		return nil, w, false, o.gateUntil.Sub(now)
+		return nil, w, 0, false, o.gateUntil.Sub(now)
 	}
 	for len(o.delayed) > 0 && !o.delayed[0].dueAt.After(now) {
 		o.ready = append(o.ready, heap.Pop(&o.delayed).(*ghostOut))
@@ -167,38 +225,37 @@ func (o *outbox) next(now time.Time) (g *ghostOut, w wireState, force bool, wait
 		o.ready = o.ready[1:]
 		if !g.needsSend() { // became unchanged while queued
 			g.scheduled = false
+			g.settle()
+			o.broadcastLocked()
 			continue
 		}
 		if len(o.ready) > 0 {
 			o.signal()
 		}
-		w, force = g.desired, g.force
+		w, version, force = g.desired, g.version, g.force
 		g.force = false
-		g.lastPut = now
-		g.puts++
-		return g, w, force, 0
+		return g, w, version, force, 0
 	}
 	if len(o.delayed) > 0 {
-		return nil, w, false, o.delayed[0].dueAt.Sub(now)
+		return nil, w, 0, false, o.delayed[0].dueAt.Sub(now)
 	}
-	return nil, w, false, -1
+	return nil, w, 0, false, -1
 }
 
-// done records the outcome of a PUT of w and reschedules g if needed.
-func (o *outbox) done(g *ghostOut, w wireState, force bool, err error, now time.Time) {
+// done records the outcome of a PUT of w (version) and reschedules g if
+// needed.
+func (o *outbox) done(g *ghostOut, w wireState, version uint64, force bool, err error, now time.Time) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	defer o.broadcastLocked()
 	g.scheduled = false
-	// The window runs from the end of the PUT: registering a new ghost
-	// first can delay a PUT's arrival well past its start.
-	g.lastPut = now
 	if err == nil {
 		g.sent, g.hasSent, g.hasFailed = w, true, false
+		g.sentVersion = max(g.sentVersion, version)
 		o.backoff = 0
-		o.scheduleLocked(g, now)
+		o.scheduleLocked(g)
 		return
 	}
-	g.errs++
 	if retry, after := retryable(err); retry {
 		if after <= 0 {
 			o.backoff = min(max(o.backoff*2, o.minBackoff), o.maxBackoff)
@@ -207,16 +264,17 @@ func (o *outbox) done(g *ghostOut, w wireState, force bool, err error, now time.
 		if until := now.Add(after); until.After(o.gateUntil) {
 			o.gateUntil = until
 		}
-		o.log.Warn("ghost presence not sent, will retry", "ghost", g.mxid, "retry_in", after, "err", err)
+		o.log.Warn("ghost presence not sent, will retry", "ghost", g.ghost, "retry_in", after, "err", err)
 		g.force = g.force || force
 		g.scheduled = true
 		g.dueAt = o.gateUntil
 		heap.Push(&o.delayed, g)
 		return
 	}
-	o.log.Error("ghost presence refused", "ghost", g.mxid, "presence", w.Presence, "err", err)
+	o.log.Error("ghost presence refused", "ghost", g.ghost, "presence", w.Presence, "err", err)
 	g.failed, g.hasFailed = w, true
-	o.scheduleLocked(g, now)
+	g.failedVersion = max(g.failedVersion, version)
+	o.scheduleLocked(g)
 }
 
 // refresh re-sends the presence of every ghost that has one, spread evenly
@@ -254,29 +312,6 @@ func (o *outbox) idle() bool {
 	return true
 }
 
-// dueHeap orders delayed ghosts by due time.
-type dueHeap []*ghostOut
-
-func (h dueHeap) Len() int           { return len(h) }
-func (h dueHeap) Less(i, j int) bool { return h[i].dueAt.Before(h[j].dueAt) }
-func (h dueHeap) Swap(i, j int) {
-	h[i], h[j] = h[j], h[i]
-	h[i].heapIndex, h[j].heapIndex = i, j
-}
-func (h *dueHeap) Push(x any) {
-	g := x.(*ghostOut)
-	g.heapIndex = len(*h)
-	*h = append(*h, g)
-}
-func (h *dueHeap) Pop() any {
-	old := *h
-	g := old[len(old)-1]
-	old[len(old)-1] = nil
-	g.heapIndex = -1
-	*h = old[:len(old)-1]
-	return g
-}
-
 // shownOnline returns the ghosts the homeserver last saw as not offline,
 // with the state it has, for the clean shutdown.
 func (o *outbox) shownOnline() map[*ghostOut]wireState {
@@ -284,9 +319,24 @@ func (o *outbox) shownOnline() map[*ghostOut]wireState {
 	defer o.mu.Unlock()
 	out := make(map[*ghostOut]wireState)
 	for _, g := range o.ghosts {
-		if g.hasSent && g.sent.Presence != mapping.MatrixOffline.String() {
+		if g.hasSent && g.sent.Presence != event.PresenceOffline {
 			out[g] = g.sent
 		}
 	}
 	return out
+}
+
+// dueHeap orders delayed ghosts by due time.
+type dueHeap []*ghostOut
+
+func (h dueHeap) Len() int           { return len(h) }
+func (h dueHeap) Less(i, j int) bool { return h[i].dueAt.Before(h[j].dueAt) }
+func (h dueHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *dueHeap) Push(x any)        { *h = append(*h, x.(*ghostOut)) }
+func (h *dueHeap) Pop() any {
+	old := *h
+	g := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	return g
 }

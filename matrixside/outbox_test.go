@@ -2,6 +2,7 @@ package matrixside
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync"
 	"testing"
@@ -21,42 +22,53 @@ func startWorkers(t testing.TB, s *Side) {
 	t.Cleanup(func() { cancel(); wg.Wait() })
 }
 
-func presenceOf(state mapping.State, status string) mapping.Presence {
+func presenceIs(state mapping.State, status string) mapping.Presence {
 	return mapping.Presence{State: state, Status: status}
 }
 
-func TestCoalescingAndOnlyChanges(t *testing.T) {
+// TestLatestOnlyAndOnlyChanges: while a ghost's PUT is in flight, newer
+// states replace each other and only the latest goes out next; a state
+// equal to what the homeserver has is not sent; there is no time window
+// of its own (the core coalesces).
+func TestLatestOnlyAndOnlyChanges(t *testing.T) {
 	hs := newFakeHS(t)
+	release := make(chan struct{})
+	hs.answer = func(_ string, n int) (int, string) {
+		if n == 1 {
+			<-release
+		}
+		return 200, ""
+	}
 	cfg := testConfig(hs.URL)
-	cfg.CoalesceWindow = 300 * time.Millisecond
 	cfg.MaxStatusLength = 8
-	s := newTestSide(t, cfg, nil)
+	s := newTestSide(t, cfg, nil, &fakeObserver{})
 	startWorkers(t, s)
-	ghost := ghostOf(t, "alice@example.com")
+	const alice = "alice@example.com"
+	ghost := ghostOf(t, alice)
 	now := time.Now()
 
-	s.setGhostPresence("alice@example.com", presenceOf(mapping.StateAvailable, "one"), now)
-	waitFor(t, 5*time.Second, "first PUT", func() bool { return len(hs.putsOf(ghost)) == 1 })
-	start := time.Now()
+	s.showGhost(alice, presenceIs(mapping.StateAvailable, "one"), now)
+	waitFor(t, 5*time.Second, "first PUT in flight", func() bool { return len(hs.putsOf(ghost)) == 1 })
 	for i, st := range []string{"a", "b", "c", "d", "latest"} {
-		s.setGhostPresence("alice@example.com", presenceOf(mapping.State(int(mapping.StateAway)+i%2), st), now)
+		s.showGhost(alice, presenceIs(mapping.State(int(mapping.StateAway)+i%2), st), now)
 	}
-	waitFor(t, 5*time.Second, "coalesced PUT", func() bool { return len(hs.putsOf(ghost)) == 2 })
-	if d := time.Since(start); d < 250*time.Millisecond {
-		t.Errorf("second PUT %v after the first, want ≥ the 300ms window", d)
-	}
+	close(release)
+	waitFor(t, 5*time.Second, "second PUT", func() bool { return len(hs.putsOf(ghost)) == 2 })
 	if got := hs.putsOf(ghost)[1]; got.StatusMsg != "latest" || got.Presence != "unavailable" {
-		t.Errorf("coalesced PUT %+v, want the latest state", got)
+		t.Errorf("second PUT %+v, want the latest state", got)
 	}
-	// The same state again: nothing sent. Then a status cut to 8 bytes
-	// without splitting the é, and a cleared status.
-	s.setGhostPresence("alice@example.com", presenceOf(mapping.StateAway, "latest"), now)
-	s.setGhostPresence("alice@example.com", presenceOf(mapping.StateBusy, "1234567é9"), now)
+	waitFor(t, 5*time.Second, "idle", s.out.idle)
+
+	// The same state again: nothing sent. Then at once, with no window: a
+	// status cut to 8 bytes without splitting the é, and a cleared status.
+	s.showGhost(alice, presenceIs(mapping.StateAway, "latest"), now)
+	s.showGhost(alice, presenceIs(mapping.StateBusy, "1234567é9"), now)
 	waitFor(t, 5*time.Second, "busy PUT", func() bool { return len(hs.putsOf(ghost)) == 3 })
 	if got := hs.putsOf(ghost)[2]; got.StatusMsg != "1234567" || got.Presence != "unavailable" {
 		t.Errorf("busy without MSC3026: %+v, want unavailable with the status cut to 7 bytes", got)
 	}
-	s.setGhostPresence("alice@example.com", presenceOf(mapping.StateAvailable, ""), now)
+	waitFor(t, 5*time.Second, "idle", s.out.idle)
+	s.showGhost(alice, presenceIs(mapping.StateAvailable, ""), now)
 	waitFor(t, 5*time.Second, "cleared PUT", func() bool { return len(hs.putsOf(ghost)) == 4 })
 	hs.mu.Lock()
 	last := hs.raw[len(hs.raw)-1]
@@ -64,6 +76,8 @@ func TestCoalescingAndOnlyChanges(t *testing.T) {
 	if !strings.Contains(last, `"status_msg":""`) {
 		t.Errorf("clearing PUT body %s lacks status_msg \"\"", last)
 	}
+	// Unknown must never look offline: the ghost is left as it is.
+	s.showGhost(alice, presenceIs(mapping.StateUnknown, ""), now)
 	waitFor(t, 5*time.Second, "idle", s.out.idle)
 	if n := len(hs.putsOf(ghost)); n != 4 {
 		t.Errorf("%d PUTs, want 4", n)
@@ -78,19 +92,17 @@ func TestRetryAfter429(t *testing.T) {
 		}
 		return 200, ""
 	}
-	cfg := testConfig(hs.URL)
-	cfg.CoalesceWindow = 0
-	s := newTestSide(t, cfg, nil)
+	s := newTestSide(t, testConfig(hs.URL), nil, &fakeObserver{})
 	startWorkers(t, s)
 	alice, bob := ghostOf(t, "alice@example.com"), ghostOf(t, "bob@example.com")
 	now := time.Now()
-	s.setGhostPresence("alice@example.com", presenceOf(mapping.StateAvailable, "first"), now)
+	s.showGhost("alice@example.com", presenceIs(mapping.StateAvailable, "first"), now)
 	waitFor(t, 5*time.Second, "429", func() bool { return len(hs.putsOf(alice)) == 1 })
 	limited := time.Now()
 	// While limited: a newer state for alice, and another ghost. Neither
 	// may be sent before retry_after_ms; alice's first state is dropped.
-	s.setGhostPresence("alice@example.com", presenceOf(mapping.StateAway, "second"), now)
-	s.setGhostPresence("bob@example.com", presenceOf(mapping.StateAway, "bob"), now)
+	s.showGhost("alice@example.com", presenceIs(mapping.StateAway, "second"), now)
+	s.showGhost("bob@example.com", presenceIs(mapping.StateAway, "bob"), now)
 	waitFor(t, 5*time.Second, "retries", func() bool { return len(hs.putsOf(alice)) == 2 && len(hs.putsOf(bob)) == 1 })
 	hs.mu.Lock()
 	aliceAt, bobAt := hs.putTimes[alice][1], hs.putTimes[bob][0]
@@ -123,14 +135,12 @@ func TestRetry5xx(t *testing.T) {
 		}
 		return 200, ""
 	}
-	cfg := testConfig(hs.URL)
-	cfg.CoalesceWindow = 0
-	s := newTestSide(t, cfg, nil)
+	s := newTestSide(t, testConfig(hs.URL), nil, &fakeObserver{})
 	s.out.minBackoff = 50 * time.Millisecond
 	startWorkers(t, s)
 	alice, bad := ghostOf(t, "alice@example.com"), ghostOf(t, "bad@example.com")
-	s.setGhostPresence("alice@example.com", presenceOf(mapping.StateAvailable, "hi"), time.Now())
-	s.setGhostPresence("bad@example.com", presenceOf(mapping.StateAvailable, "refused"), time.Now())
+	s.showGhost("alice@example.com", presenceIs(mapping.StateAvailable, "hi"), time.Now())
+	s.showGhost("bad@example.com", presenceIs(mapping.StateAvailable, "refused"), time.Now())
 	waitFor(t, 10*time.Second, "delivery after three 5xx", func() bool { return len(hs.putsOf(alice)) == 4 })
 	hs.mu.Lock()
 	ts := append([]time.Time(nil), hs.putTimes[alice]...)
@@ -149,23 +159,65 @@ func TestRetry5xx(t *testing.T) {
 	}
 }
 
+// TestWaitShown: waitShown returns once the homeserver has the state, at
+// once if it has it already, errPresenceRefused if it refused it for
+// good, and ctx's error while the gate is closed.
+func TestWaitShown(t *testing.T) {
+	hs := newFakeHS(t)
+	var mu sync.Mutex
+	limit := false
+	hs.answer = func(ghost string, _ int) (int, string) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case strings.Contains(ghost, "bad"):
+			return 400, `{"errcode":"M_BAD_JSON","error":"no"}`
+		case limit:
+			return 429, `{"errcode":"M_LIMIT_EXCEEDED","retry_after_ms":60000}`
+		}
+		return 200, ""
+	}
+	s := newTestSide(t, testConfig(hs.URL), nil, &fakeObserver{})
+	startWorkers(t, s)
+	ctx := t.Context()
+	ghost, v, _ := s.showGhost("alice@example.com", presenceIs(mapping.StateAvailable, "x"), time.Now())
+	if err := s.out.waitShown(ctx, ghost, v); err != nil || len(hs.putsOf(string(ghost))) != 1 {
+		t.Fatalf("waitShown: %v after %d PUTs", err, len(hs.putsOf(string(ghost))))
+	}
+	ghost, v, _ = s.showGhost("alice@example.com", presenceIs(mapping.StateAvailable, "x"), time.Now())
+	if err := s.out.waitShown(ctx, ghost, v); err != nil || len(hs.putsOf(string(ghost))) != 1 {
+		t.Fatalf("unchanged state: %v after %d PUTs", err, len(hs.putsOf(string(ghost))))
+	}
+	bad, v, _ := s.showGhost("bad@example.com", presenceIs(mapping.StateAvailable, "x"), time.Now())
+	if err := s.out.waitShown(ctx, bad, v); !errors.Is(err, errPresenceRefused) {
+		t.Fatalf("refused state: %v", err)
+	}
+	mu.Lock()
+	limit = true
+	mu.Unlock()
+	ghost, v, _ = s.showGhost("alice@example.com", presenceIs(mapping.StateOffline, "x"), time.Now())
+	wctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	if err := s.out.waitShown(wctx, ghost, v); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("rate-limited state: %v, want the deadline", err)
+	}
+}
+
 func TestRefreshResendsPaced(t *testing.T) {
 	hs := newFakeHS(t)
-	cfg := testConfig(hs.URL)
-	cfg.CoalesceWindow = 0
-	s := newTestSide(t, cfg, nil)
+	s := newTestSide(t, testConfig(hs.URL), nil, &fakeObserver{})
 	startWorkers(t, s)
-	jids := []string{"a@example.com", "b@example.com", "c@example.com", "d@example.com"}
+	jids := []mapping.BareJID{"a@example.com", "b@example.com", "c@example.com", "d@example.com"}
 	for _, j := range jids {
-		s.setGhostPresence(j, presenceOf(mapping.StateAway, "x"), time.Now())
+		s.showGhost(j, presenceIs(mapping.StateAway, "x"), time.Now())
 	}
-	waitFor(t, 5*time.Second, "initial PUTs", func() bool { hs.mu.Lock(); defer hs.mu.Unlock(); return len(hs.raw) == 4 })
+	waitFor(t, 5*time.Second, "initial PUTs", func() bool { return hs.rawPuts() == 4 })
 	waitFor(t, 5*time.Second, "idle", s.out.idle)
 	start := time.Now()
 	if n := s.out.refresh(400*time.Millisecond, start); n != 4 {
 		t.Fatalf("refresh scheduled %d", n)
 	}
-	waitFor(t, 5*time.Second, "refresh PUTs", func() bool { hs.mu.Lock(); defer hs.mu.Unlock(); return len(hs.raw) == 8 })
+	waitFor(t, 5*time.Second, "refresh PUTs", func() bool { return hs.rawPuts() == 8 })
 	if d := time.Since(start); d < 250*time.Millisecond {
 		t.Errorf("refresh of 4 ghosts over 400ms took %v: not paced", d)
 	}

@@ -2,23 +2,25 @@ package matrixside
 
 import (
 	"context"
-	"encoding/json"
-	"net/url"
+	"net/http"
 	"sync"
 	"time"
+
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
 
 	"github.com/presence-bridge/presence-bridge/bridge"
 	"github.com/presence-bridge/presence-bridge/mapping"
 )
 
-// inbound remembers the last presence published per Matrix user, so that
-// only changes reach the bus whichever way presence was read.
+// inbound remembers the last presence reported per Matrix user, so that
+// only changes reach the core whichever way presence was read.
 type inbound struct {
 	mu   sync.Mutex
-	last map[string]mapping.Presence
+	last map[mapping.UserID]mapping.Presence
 }
 
-func newInbound() *inbound { return &inbound{last: map[string]mapping.Presence{}} }
+func newInbound() *inbound { return &inbound{last: map[mapping.UserID]mapping.Presence{}} }
 
 // lastActiveSlack: last_active_ago is relative and read at slightly
 // different moments, so the absolute instant jitters; differences below
@@ -36,27 +38,54 @@ func samePresence(a, b mapping.Presence) bool {
 	return d < lastActiveSlack && d > -lastActiveSlack
 }
 
-// changed records p for mxid and reports whether it differs from before.
-func (in *inbound) changed(mxid string, p mapping.Presence) bool {
+// changed records p for u and reports whether it differs from before.
+func (in *inbound) changed(u mapping.UserID, p mapping.Presence) bool {
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	if old, ok := in.last[mxid]; ok && samePresence(old, p) {
+	if old, ok := in.last[u]; ok && samePresence(old, p) {
 		return false
 	}
-	in.last[mxid] = p
+	in.last[u] = p
 	return true
 }
 
-func (in *inbound) forget(mxid string) {
+func (in *inbound) forget(u mapping.UserID) {
 	in.mu.Lock()
-	delete(in.last, mxid)
+	delete(in.last, u)
 	in.mu.Unlock()
 }
 
-// toMatrixState converts wire presence; ok is false for values the bridge
+// goOffline records every user last reported online as offline, keeping
+// their status and last activity, and returns those presences.
+func (in *inbound) goOffline() map[mapping.UserID]mapping.Presence {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	out := map[mapping.UserID]mapping.Presence{}
+	for u, p := range in.last {
+		if p.State.Online() {
+			p.State, p.CurrentlyActive = mapping.StateOffline, false
+			in.last[u] = p
+			out[u] = p
+		}
+	}
+	return out
+}
+
+// presenceContent is m.presence content and the GET /presence answer, as
+// the bridge reads it. A gap of mautrix: its PresenceEventContent and
+// RespPresence carry last_active_ago as a plain integer, so "not known"
+// and "active right now" look alike.
+type presenceContent struct {
+	Presence        event.Presence `json:"presence"`
+	StatusMsg       *string        `json:"status_msg"`
+	LastActiveAgo   *int64         `json:"last_active_ago"`
+	CurrentlyActive *bool          `json:"currently_active"`
+}
+
+// matrixState converts presence content; ok is false for values the bridge
 // cannot use ("" is what Dendrite answers for a user who never had one).
-func toMatrixState(w wirePresence) (mapping.MatrixState, bool) {
-	mp, err := mapping.ParseMatrixPresence(w.Presence)
+func (w presenceContent) matrixState() (mapping.MatrixState, bool) {
+	mp, err := mapping.ParseMatrixPresence(string(w.Presence))
 	if err != nil {
 		return mapping.MatrixState{}, false
 	}
@@ -74,26 +103,54 @@ func toMatrixState(w wirePresence) (mapping.MatrixState, bool) {
 	return ms, true
 }
 
-// observePresence publishes a Matrix user's presence if it changed. The
-// presence of ghosts and of the bot never enters the bus.
-func (s *Side) observePresence(ctx context.Context, mxid string, w wirePresence, now time.Time) {
-	if kind, _ := s.classify(mxid); kind != kindMatrix {
+// presenceOf reads an m.presence event (from a transaction or /sync), with
+// the presence of its parsed content and the optional fields from its raw
+// content.
+func presenceOf(evt *event.Event) (mapping.MatrixState, bool) {
+	p := evt.Content.AsPresence()
+	w := presenceContent{Presence: p.Presence}
+	if v, ok := evt.Content.Raw["status_msg"].(string); ok {
+		w.StatusMsg = &v
+	}
+	if v, ok := evt.Content.Raw["last_active_ago"].(float64); ok {
+		ago := int64(v)
+		w.LastActiveAgo = &ago
+	}
+	if v, ok := evt.Content.Raw["currently_active"].(bool); ok {
+		w.CurrentlyActive = &v
+	}
+	return w.matrixState()
+}
+
+// onPresenceEvent handles an m.presence event from a transaction or /sync.
+func (s *Side) onPresenceEvent(ctx context.Context, evt *event.Event) {
+	if evt.Sender == "" {
 		return
 	}
-	ms, ok := toMatrixState(w)
-	if !ok {
+	evt.Type.Class = event.EphemeralEventType
+	if !parseContent(evt) {
 		return
 	}
+	if ms, ok := presenceOf(evt); ok {
+		s.observePresence(ctx, evt.Sender, ms, time.Now())
+	}
+}
+
+// observePresence reports a Matrix user's presence if it changed. The
+// presence of ghosts and of the bot is never reported.
+func (s *Side) observePresence(ctx context.Context, sender id.UserID, ms mapping.MatrixState, now time.Time) {
+	kind, _ := s.classify(sender)
+	if kind != kindMatrix {
+		return
+	}
+	u := mapping.UserID(sender) // validated by classify
 	p := s.tr.FromMatrix(ms, now)
-	if !s.in.changed(mxid, p) {
+	if !s.in.changed(u, p) {
 		return
 	}
-	if s.bus == nil {
-		return
-	}
-	if err := s.bus.Publish(ctx, bridge.In, &bridge.Event{Kind: bridge.KindPresence, Origin: mapping.NetworkMatrix, User: mxid, Presence: &p}); err != nil {
-		s.log.Warn("publishing matrix presence failed", "user", mxid, "err", err)
-		s.in.forget(mxid) // so the next reading tries again
+	if err := s.obs.MatrixPresence(ctx, bridge.MatrixPresence{User: u, Presence: p}); err != nil {
+		s.log.Warn("reporting matrix presence failed", "user", u, "err", err)
+		s.in.forget(u) // so the next reading tries again
 	}
 }
 
@@ -103,66 +160,25 @@ func (s *Side) stopReading() bool {
 	return s.cfg.PresenceSource == SourceAuto && s.ephemeralSeen.Load()
 }
 
-// syncFilter asks for presence with a large limit (the default of 10 loses
-// bursts) and, of rooms, only membership: the homeserver needs the bot's
-// own joins to report the presence of a newly shared room's members.
-const syncFilter = `{"account_data":{"types":[]},"presence":{"types":["m.presence"],"limit":1000},` +
-	`"room":{"account_data":{"types":[]},"ephemeral":{"types":[]},"state":{"types":["m.room.member"],"lazy_load_members":true},` +
-	`"timeline":{"types":["m.room.member"],"limit":20}}}`
-
-const syncTimeout = 30 * time.Second
-
-type syncResponse struct {
-	NextBatch string `json:"next_batch"`
-	Presence  struct {
-		Events []rawEvent `json:"events"`
-	} `json:"presence"`
-}
-
-// runSync long-polls /sync as the bot with set_presence=offline (without
-// it every sync would show the bot online) and publishes the presence of
-// everyone sharing a room with the bot.
-func (s *Side) runSync(ctx context.Context) {
-	since := ""
-	backoff := time.Duration(0)
-	for ctx.Err() == nil && !s.stopReading() {
-		q := url.Values{"filter": {syncFilter}, "set_presence": {"offline"}, "timeout": {"0"}}
-		if since != "" {
-			q.Set("timeout", "30000")
-			q.Set("since", since)
-		}
-		var resp syncResponse
-		rctx, cancel := context.WithTimeout(ctx, syncTimeout+30*time.Second)
-		err := s.c.do(rctx, s.c.long, "GET", clientV3+"/sync?"+q.Encode(), nil, &resp)
-		cancel()
-		if ctx.Err() != nil {
-			return
-		}
-		if err != nil {
-			backoff = min(max(backoff*2, time.Second), 30*time.Second)
-			s.log.Warn("sync failed, retrying", "retry_in", backoff, "err", err)
-			if !sleepCtx(ctx, backoff) {
-				return
-			}
-			continue
-		}
-		backoff = 0
-		now := time.Now()
-		for _, ev := range resp.Presence.Events {
-			if ev.Type != "m.presence" {
-				continue
-			}
-			var w wirePresence
-			if json.Unmarshal(ev.Content, &w) == nil {
-				s.observePresence(ctx, ev.Sender, w, now)
-			}
-		}
-		since = resp.NextBatch
+// readPresence reads u's presence with GET /presence as the bot, and
+// reports it if it changed.
+func (s *Side) readPresence(ctx context.Context, u id.UserID) error {
+	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	var w presenceContent
+	_, err := s.bot.MakeRequest(ctx, http.MethodGet, s.bot.BuildClientURL("v3", "presence", u, "status"), nil, &w)
+	s.health.observe(err)
+	if err != nil {
+		return err
 	}
+	if ms, ok := w.matrixState(); ok {
+		s.observePresence(ctx, u, ms, time.Now())
+	}
+	return nil
 }
 
-// runPoll reads GET /presence of watched users and users with a link or
-// a shared room with a ghost, once per poll interval.
+// runPoll reads the presence of the Matrix users who share a room with a
+// ghost or have a link with an XMPP user, once per poll interval.
 func (s *Side) runPoll(ctx context.Context) {
 	t := time.NewTicker(s.cfg.PollInterval)
 	defer t.Stop()
@@ -181,18 +197,15 @@ func (s *Side) runPoll(ctx context.Context) {
 
 func (s *Side) pollOnce(ctx context.Context) {
 	users := s.rooms.allUsers()
-	s.watchMu.Lock()
-	for u := range s.watched {
-		users[u] = struct{}{}
-	}
-	s.watchMu.Unlock()
-	if s.bus != nil {
-		_ = s.bus.Store().Links.Range(ctx, func(_ string, l bridge.Link) error {
-			if l.MatrixUser != "" && l.State != bridge.LinkDenied && l.State != bridge.LinkRevoked {
-				users[l.MatrixUser] = struct{}{}
-			}
-			return ctx.Err()
-		})
+	// Links are the core's; the side only reads them.
+	err := s.store.Links.Range(ctx, func(_ string, l bridge.Link) error {
+		if l.MatrixUser != "" && l.State != bridge.LinkDenied && l.State != bridge.LinkRevoked {
+			users[id.UserID(l.MatrixUser)] = struct{}{}
+		}
+		return ctx.Err()
+	})
+	if err != nil && ctx.Err() == nil {
+		s.log.Warn("reading links failed", "err", err)
 	}
 	for u := range users {
 		if ctx.Err() != nil {
@@ -201,17 +214,14 @@ func (s *Side) pollOnce(ctx context.Context) {
 		if kind, _ := s.classify(u); kind != kindMatrix {
 			continue
 		}
-		w, err := s.c.getPresence(ctx, u)
-		if err != nil {
+		if err := s.readPresence(ctx, u); err != nil {
 			if ctx.Err() == nil {
 				s.log.Debug("presence poll failed", "user", u, "err", err)
 			}
 			if retry, _ := retryable(err); retry {
 				return // the homeserver is away or in trouble: next round
 			}
-			continue
 		}
-		s.observePresence(ctx, u, w, time.Now())
 	}
 	s.pollRounds.Add(1)
 }

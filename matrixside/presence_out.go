@@ -2,59 +2,70 @@ package matrixside
 
 import (
 	"context"
-	"errors"
 	"time"
 	"unicode/utf8"
+
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
 
 	"github.com/presence-bridge/presence-bridge/bridge"
 	"github.com/presence-bridge/presence-bridge/mapping"
 )
 
-// onPresenceOut handles a command of the core to show an XMPP user's
-// presence on their ghost. It only records the wish: the outbox sends it.
-func (s *Side) onPresenceOut(_ context.Context, ev *bridge.Event) {
-	if ev.Kind != bridge.KindPresence || ev.Presence == nil || ev.Origin != mapping.NetworkXMPP {
-		s.log.Warn("ignoring unexpected presence command", "origin", ev.Origin, "user", ev.User, "id", ev.ID)
-		return
-	}
-	s.setGhostPresence(ev.User, *ev.Presence, time.Now())
+// ShowGhost makes the ghost of c.User show c.Presence. It never blocks:
+// it only records the wish, and the outbox sends the latest one. Unknown
+// presence leaves the ghost as it is (unknown must never look offline);
+// a user without a ghost is logged and dropped.
+func (s *Side) ShowGhost(_ context.Context, c bridge.GhostPresence) error {
+	s.showGhost(c.User, c.Presence, time.Now())
+	return nil
 }
 
-// setGhostPresence translates p for the ghost of jid and queues it.
-func (s *Side) setGhostPresence(jid string, p mapping.Presence, now time.Time) {
-	if p.State == mapping.StateUnknown {
-		// Unknown must never look offline; leave the ghost as it is.
-		return
+// showGhost translates p for the ghost of jid and hands it to the outbox.
+// It returns the ghost, the version of its state (zero if nothing was
+// asked for), and whether a PUT is needed for it.
+func (s *Side) showGhost(jid mapping.BareJID, p mapping.Presence, now time.Time) (id.UserID, uint64, bool) {
+	if p.State == mapping.StateUnknown || p.State == mapping.StateUnset {
+		return "", 0, false
 	}
-	mxidTyped, err := s.ns.GhostMXID(mapping.BareJID(jid))
-	mxid := string(mxidTyped)
+	ghost, err := s.ghostOf(jid)
 	if err != nil {
 		s.log.Warn("no ghost for user", "user", jid, "err", err)
-		return
+		return "", 0, false
 	}
 	m := s.tr.ToMatrix(p, now)
-	local := mxid[1 : len(mxid)-len(s.ns.HomeserverDomain)-1]
-	s.out.set(mxid, local, jid, wireState{Presence: m.Presence.String(), Status: truncateUTF8(m.StatusMsg, s.cfg.MaxStatusLength)})
+	w := wireState{Presence: event.Presence(m.Presence.String()), Status: truncateUTF8(m.StatusMsg, s.cfg.MaxStatusLength)}
+	version, pending := s.out.set(ghost, jid, w)
+	return ghost, version, pending
+}
+
+// ghostOf returns the ghost of jid.
+func (s *Side) ghostOf(jid mapping.BareJID) (id.UserID, error) {
+	g, err := s.ns.GhostMXID(jid)
+	return id.UserID(g), err
 }
 
 // sendPresence is the outbox's send function: register the ghost if this
 // process has not yet, then PUT its presence. A 403 may mean the ghost was
-// deactivated or the homeserver lost it: register again once.
+// deactivated or the homeserver lost it: register again, once.
 func (s *Side) sendPresence(ctx context.Context, g *ghostOut, w wireState) error {
-	for attempt := 0; ; attempt++ {
-		err := s.ghosts.ensure(ctx, g.mxid, g.local, g.jid)
-		if err == nil {
-			err = s.c.setPresence(ctx, g.path, w.Presence, w.Status)
+	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	intent, err := s.ghosts.ensure(ctx, g.ghost, g.jid)
+	if err == nil {
+		if g.url == "" {
+			g.url = presenceURL(intent)
 		}
-		if err == nil || attempt > 0 || httpStatus(err) != 403 {
-			return err
+		err = putPresence(ctx, intent, g.url, w)
+		if httpStatus(err) == 403 {
+			s.log.Warn("ghost request forbidden, registering again", "ghost", g.ghost)
+			if err = s.ghosts.reregister(ctx, g.ghost); err == nil {
+				err = putPresence(ctx, intent, g.url, w)
+			}
 		}
-		var he *HTTPError
-		if errors.As(err, &he) {
-			s.log.Warn("ghost request forbidden, registering again", "ghost", g.mxid, "errcode", he.ErrCode)
-		}
-		s.ghosts.forget(g.mxid)
 	}
+	s.health.observe(err)
+	return err
 }
 
 // truncateUTF8 cuts s to at most n bytes without splitting a character.

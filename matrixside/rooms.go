@@ -2,43 +2,46 @@ package matrixside
 
 import (
 	"context"
-	"github.com/presence-bridge/presence-bridge/mapping"
 	"sync"
 
+	"maunium.net/go/mautrix/id"
+
 	"github.com/presence-bridge/presence-bridge/bridge"
+	"github.com/presence-bridge/presence-bridge/mapping"
 )
 
 // rooms remembers which ghosts and which Matrix users share which rooms,
-// learnt from membership events and the links bucket. It lets the side
-// name the ghost a Matrix user's leave concerns, and the counterpart of a
-// ghost's own join.
+// learnt from membership events, from what the ghosts did, and from the
+// links bucket at start. It lets the side name the ghost a Matrix user's
+// leave concerns, the counterpart of a ghost's own join, the room a ghost
+// shares with someone, and whom to poll.
 type rooms struct {
 	mu     sync.Mutex
-	byRoom map[string]*roomInfo
+	byRoom map[id.RoomID]*roomInfo
 }
 
 type roomInfo struct {
-	ghosts map[string]struct{} // ghost MXIDs
-	users  map[string]struct{} // Matrix user IDs (not ghosts, not the bot)
+	ghosts map[id.UserID]struct{}
+	users  map[id.UserID]struct{} // real Matrix users (not ghosts, not the bot)
 	// invited holds members whose last known membership is invite, so a
 	// leave of their own can be told apart as a rejection (Dendrite sends
 	// no prev_content to appservices).
-	invited map[string]struct{}
+	invited map[id.UserID]struct{}
 }
 
-func newRooms() *rooms { return &rooms{byRoom: map[string]*roomInfo{}} }
+func newRooms() *rooms { return &rooms{byRoom: map[id.RoomID]*roomInfo{}} }
 
-func (r *rooms) info(roomID string) *roomInfo {
+func (r *rooms) info(roomID id.RoomID) *roomInfo {
 	ri := r.byRoom[roomID]
 	if ri == nil {
-		ri = &roomInfo{ghosts: map[string]struct{}{}, users: map[string]struct{}{}, invited: map[string]struct{}{}}
+		ri = &roomInfo{ghosts: map[id.UserID]struct{}{}, users: map[id.UserID]struct{}{}, invited: map[id.UserID]struct{}{}}
 		r.byRoom[roomID] = ri
 	}
 	return ri
 }
 
 // add records that ghost and/or user (either may be empty) are in roomID.
-func (r *rooms) add(roomID, ghost, user string) {
+func (r *rooms) add(roomID id.RoomID, ghost, user id.UserID) {
 	if roomID == "" {
 		return
 	}
@@ -54,7 +57,7 @@ func (r *rooms) add(roomID, ghost, user string) {
 }
 
 // remove forgets ghost and/or user in roomID.
-func (r *rooms) remove(roomID, ghost, user string) {
+func (r *rooms) remove(roomID id.RoomID, ghost, user id.UserID) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	ri := r.byRoom[roomID]
@@ -70,7 +73,7 @@ func (r *rooms) remove(roomID, ghost, user string) {
 
 // setInvited records whether member's membership in roomID is now invite,
 // and reports whether it was before.
-func (r *rooms) setInvited(roomID, member string, invited bool) bool {
+func (r *rooms) setInvited(roomID id.RoomID, member id.UserID, invited bool) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	ri := r.info(roomID)
@@ -83,10 +86,10 @@ func (r *rooms) setInvited(roomID, member string, invited bool) bool {
 	return was
 }
 
-func (r *rooms) ghostsIn(roomID string) []string { return r.members(roomID, true) }
-func (r *rooms) usersIn(roomID string) []string  { return r.members(roomID, false) }
+func (r *rooms) ghostsIn(roomID id.RoomID) []id.UserID { return r.members(roomID, true) }
+func (r *rooms) usersIn(roomID id.RoomID) []id.UserID  { return r.members(roomID, false) }
 
-func (r *rooms) members(roomID string, ghosts bool) []string {
+func (r *rooms) members(roomID id.RoomID, ghosts bool) []id.UserID {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	ri := r.byRoom[roomID]
@@ -97,18 +100,32 @@ func (r *rooms) members(roomID string, ghosts bool) []string {
 	if ghosts {
 		set = ri.ghosts
 	}
-	out := make([]string, 0, len(set))
+	out := make([]id.UserID, 0, len(set))
 	for k := range set {
 		out = append(out, k)
 	}
 	return out
 }
 
-// allUsers returns every Matrix user sharing a room with a ghost.
-func (r *rooms) allUsers() map[string]struct{} {
+// shared returns a room where ghost and user are both known, if any.
+func (r *rooms) shared(ghost, user id.UserID) id.RoomID {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	out := map[string]struct{}{}
+	for roomID, ri := range r.byRoom {
+		_, g := ri.ghosts[ghost]
+		_, u := ri.users[user]
+		if g && u {
+			return roomID
+		}
+	}
+	return ""
+}
+
+// allUsers returns every Matrix user sharing a room with a ghost.
+func (r *rooms) allUsers() map[id.UserID]struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := map[id.UserID]struct{}{}
 	for _, ri := range r.byRoom {
 		if len(ri.ghosts) == 0 {
 			continue
@@ -120,19 +137,19 @@ func (r *rooms) allUsers() map[string]struct{} {
 	return out
 }
 
-// loadLinks fills the room index from the links bucket.
+// loadLinks fills the room index from the links bucket (the core's; the
+// side only reads it).
 func (s *Side) loadLinks(ctx context.Context) {
 	n := 0
-	err := s.bus.Store().Links.Range(ctx, func(_ string, l bridge.Link) error {
+	err := s.store.Links.Range(ctx, func(_ string, l bridge.Link) error {
 		if l.RoomID == "" {
 			return nil
 		}
-		ghostTyped, err := s.ns.GhostMXID(mapping.BareJID(l.XMPPUser))
-		ghost := string(ghostTyped)
+		ghost, err := s.ghostOf(mapping.BareJID(l.XMPPUser))
 		if err != nil {
 			return nil
 		}
-		s.rooms.add(l.RoomID, ghost, l.MatrixUser)
+		s.rooms.add(id.RoomID(l.RoomID), ghost, id.UserID(l.MatrixUser))
 		n++
 		return nil
 	})

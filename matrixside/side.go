@@ -11,6 +11,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/appservice"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
 	"github.com/presence-bridge/presence-bridge/bridge"
 	"github.com/presence-bridge/presence-bridge/mapping"
 )
@@ -18,51 +23,54 @@ import (
 // Side is the Matrix side of the bridge: an application service that
 // shows XMPP users as ghosts and reports Matrix users' presence and
 // memberships to the core. Create it with [New], start it with [Side.Run].
+// It implements [bridge.MatrixActor].
 type Side struct {
-	cfg Config
-	ns  mapping.Namespace
-	tr  *mapping.Translator
-	bus *bridge.Bus
-	log *slog.Logger
+	cfg   Config
+	ns    mapping.Namespace
+	tr    *mapping.Translator
+	store *bridge.Store
+	obs   bridge.MatrixObserver
+	log   *slog.Logger
 
-	c      *client
+	as     *appservice.AppService
+	bot    *mautrix.Client
+	prober *mautrix.Client // the bot too, for the health goroutine alone
 	ghosts *ghosts
 	out    *outbox
 	rooms  *rooms
 	in     *inbound
 	txns   *txnLog
+	health *health
+	txnMu  sync.Mutex // transactions are handled one at a time, in order
 
-	watchMu sync.Mutex
-	watched map[string]struct{}
-
+	runCtx        atomic.Pointer[context.Context] // Run's, for the homeserver's user queries
 	ephemeralSeen atomic.Bool
 	pollRounds    atomic.Int64 // completed poll rounds, for tests
 	running       atomic.Bool
-	botJoins      chan string
+	botJoins      chan id.RoomID
 	ready         chan struct{} // closed once the listener is up
 
 	// Test hooks.
-	transport http.RoundTripper
-	listener  net.Listener
-	workers   int
+	listener net.Listener
+	workers  int
 }
 
-// sendWorkers is how many ghost presence PUTs may be in flight at once.
-const sendWorkers = 8
+var _ bridge.MatrixActor = (*Side)(nil)
 
-// New checks the configuration and builds the side. It does no I/O.
-// ns must be the namespace the rest of the bridge uses; its ghost prefix
-// and homeserver domain must match cfg.
-func New(cfg Config, ns mapping.Namespace, tr *mapping.Translator, bus *bridge.Bus, log *slog.Logger) (*Side, error) {
-	if bus == nil {
-		return nil, fmt.Errorf("%w: no bus", ErrConfig)
-	}
-	return newSide(cfg, ns, tr, bus, log)
-}
+const (
+	// sendWorkers is how many ghost presence PUTs may be in flight at once.
+	sendWorkers = 8
+	// requestTimeout bounds one request to the homeserver.
+	requestTimeout = 30 * time.Second
+	// httpClientTimeout bounds any request, /sync's 30 s long poll included.
+	httpClientTimeout = 90 * time.Second
+)
 
-// newSide is New without the bus requirement, for unit tests and
-// benchmarks that drive the side directly.
-func newSide(cfg Config, ns mapping.Namespace, tr *mapping.Translator, bus *bridge.Bus, log *slog.Logger) (*Side, error) {
+// New checks the configuration and builds the side. It does no I/O. ns
+// must be the namespace the rest of the bridge uses; its ghost prefix and
+// homeserver domain must match cfg. store is read (links) and written
+// (only its Txns bucket); obs receives everything the side observes.
+func New(cfg Config, ns mapping.Namespace, tr *mapping.Translator, store *bridge.Store, obs bridge.MatrixObserver, log *slog.Logger) (*Side, error) {
 	var errs []error
 	if err := cfg.Validate(); err != nil {
 		errs = append(errs, err)
@@ -76,67 +84,98 @@ func newSide(cfg Config, ns mapping.Namespace, tr *mapping.Translator, bus *brid
 	if tr == nil {
 		errs = append(errs, fmt.Errorf("%w: no translator", ErrConfig))
 	}
+	if store == nil {
+		errs = append(errs, fmt.Errorf("%w: no store", ErrConfig))
+	}
+	if obs == nil {
+		errs = append(errs, fmt.Errorf("%w: no observer", ErrConfig))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	log = log.With("side", "matrix")
+	if cfg.CoalesceWindow != 0 {
+		log.Warn("matrix.coalesce_window is deprecated and ignored: the core coalesces (core.coalesce_window)")
+	}
+	as, err := appservice.CreateFull(appservice.CreateOpts{
+		Registration:     Registration(cfg, ns),
+		HomeserverDomain: cfg.HomeserverDomain,
+		HomeserverURL:    cfg.HomeserverURL,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	// Before the first client is made: clients copy these.
+	as.Log = zerologFor(log.Handler())
+	as.DefaultHTTPRetries = 0 // the outbox and the transport retry, behind one gate
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport.MaxIdleConnsPerHost = 64
+	as.HTTPClient = &http.Client{Transport: transport, Timeout: httpClientTimeout}
+
 	s := &Side{
-		cfg: cfg, ns: ns, tr: tr, bus: bus,
-		log:      log.With("side", "matrix"),
+		cfg: cfg, ns: ns, tr: tr, store: store, obs: obs, log: log,
+		as:       as,
+		bot:      as.BotClient(),
+		prober:   as.NewMautrixClient(cfg.BotMXID()),
+		ghosts:   newGhosts(as),
 		rooms:    newRooms(),
 		in:       newInbound(),
-		txns:     newTxnLog(),
-		watched:  map[string]struct{}{},
-		botJoins: make(chan string, 64),
+		txns:     newTxnLog(store.Txns, log),
+		botJoins: make(chan id.RoomID, 64),
 		ready:    make(chan struct{}),
 		workers:  sendWorkers,
 	}
-	s.setTransport(nil)
+	s.out = newOutbox(s.sendPresence, log)
+	s.health = newHealth(cfg.OfflineGrace, s.probe)
+	as.QueryHandler = queryHandler{s}
 	return s, nil
 }
 
-// setTransport (re)builds the homeserver client on rt (nil: default).
-func (s *Side) setTransport(rt http.RoundTripper) {
-	s.transport = rt
-	s.c = newClient(s.cfg.HomeserverURL, s.cfg.ASToken, rt)
-	s.ghosts = newGhosts(s.c)
-	s.out = newOutbox(s.cfg.CoalesceWindow, s.sendPresence, s.log)
+// setTransport makes every request to the homeserver go through rt (a
+// test hook; call it before Run).
+func (s *Side) setTransport(rt http.RoundTripper) { s.as.HTTPClient.Transport = rt }
+
+// probe asks the homeserver whether it answers (GET /versions).
+func (s *Side) probe(ctx context.Context) error {
+	_, err := s.prober.Versions(ctx)
+	return err
 }
 
-// BusySupported reports whether ghosts are shown busy with MSC3026: what
-// the translator was built with (see [DetectBusy]).
-func (s *Side) BusySupported() bool { return s.tr.BusySupported() }
+// BusyFeature is the /versions unstable feature of MSC3026 busy presence.
+var BusyFeature = mautrix.UnstableFeature{UnstableFlag: "org.matrix.msc3026.busy_presence"}
 
-// Watch asks the side to report mxid's presence even when nothing else
-// shows it (presence source poll or auto): the core calls it for Matrix
-// users that XMPP users are subscribed to. It never blocks.
-func (s *Side) Watch(mxid string) {
-	s.watchMu.Lock()
-	s.watched[mxid] = struct{}{}
-	s.watchMu.Unlock()
-}
-
-// Unwatch undoes [Side.Watch]. Users in the links bucket stay polled.
-func (s *Side) Unwatch(mxid string) {
-	s.watchMu.Lock()
-	delete(s.watched, mxid)
-	s.watchMu.Unlock()
+// DetectBusy asks the homeserver at homeserverURL whether it supports
+// MSC3026 busy presence. /versions needs no token. Use the answer for
+// mapping.NewTranslator.
+func DetectBusy(ctx context.Context, homeserverURL string) (bool, error) {
+	cli, err := mautrix.NewClient(homeserverURL, "", "")
+	if err != nil {
+		return false, fmt.Errorf("%w: homeserver_url: %w", ErrConfig, err)
+	}
+	hc := &http.Client{Timeout: requestTimeout}
+	defer hc.CloseIdleConnections()
+	cli.Client = hc
+	versions, err := cli.Versions(ctx)
+	if err != nil {
+		return false, fmt.Errorf("matrixside: GET /versions: %w", err)
+	}
+	return versions.Supports(BusyFeature), nil
 }
 
 // Ready is closed once Run listens for the homeserver.
 func (s *Side) Ready() <-chan struct{} { return s.ready }
 
 // Run serves the appservice API and works until ctx ends; it returns only
-// after all its goroutines have exited. It returns nil when ctx ends and
-// an error if the listener cannot start or fails. It may be called once.
+// after everything it started has exited (the HTTP server, its handlers,
+// and the workers), and after showing the ghosts offline. It returns nil
+// when ctx ends and an error if the listener cannot start or fails. It may
+// be called once.
 func (s *Side) Run(ctx context.Context) error {
 	if !s.running.CompareAndSwap(false, true) {
 		return ErrAlreadyRunning
-	}
-	if s.bus == nil {
-		return fmt.Errorf("%w: no bus", ErrConfig)
 	}
 	ln := s.listener
 	if ln == nil {
@@ -147,6 +186,7 @@ func (s *Side) Run(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	s.runCtx.Store(&ctx)
 	s.loadLinks(ctx)
 
 	var wg sync.WaitGroup
@@ -161,17 +201,10 @@ func (s *Side) Run(ctx context.Context) error {
 		cancel()
 	}
 
-	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
 	wg.Go(func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			fail(fmt.Errorf("matrixside: serve: %w", err))
+		if err := s.serveAPI(ctx, ln); err != nil {
+			fail(err)
 		}
-	})
-	wg.Go(func() {
-		<-ctx.Done()
-		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer scancel()
-		_ = srv.Shutdown(sctx)
 	})
 	s.log.Info("appservice listening", "addr", ln.Addr().String())
 	close(s.ready)
@@ -179,16 +212,11 @@ func (s *Side) Run(ctx context.Context) error {
 	for range s.workers {
 		wg.Go(func() { s.out.run(ctx) })
 	}
-	sub, err := s.bus.Subscribe(ctx, bridge.SubjectFilter(bridge.Out, mapping.NetworkMatrix, bridge.KindPresence), s.onPresenceOut)
-	if err != nil {
-		fail(err)
-	}
-	wg.Go(func() {
-		if err := s.bus.Consume(ctx, "matrixside-membership", bridge.SubjectFilter(bridge.Out, mapping.NetworkMatrix, bridge.KindMembership), nil, s.onMembershipOut); err != nil && ctx.Err() == nil {
-			fail(err)
-		}
-	})
+	wg.Go(func() { s.txns.run(ctx) })
 	wg.Go(func() { s.runBotJoins(ctx) })
+	if s.cfg.OfflineGrace > 0 {
+		wg.Go(func() { s.runHealth(ctx) })
+	}
 	switch s.cfg.PresenceSource {
 	case SourceAuto:
 		wg.Go(func() { s.runSync(ctx) })
@@ -203,11 +231,9 @@ func (s *Side) Run(ctx context.Context) error {
 	}
 
 	<-ctx.Done()
-	if sub != nil {
-		_ = sub.Unsubscribe()
-	}
 	wg.Wait()
 	s.ghostsOffline(context.WithoutCancel(ctx))
+	s.as.HTTPClient.CloseIdleConnections()
 	s.log.Info("matrix side stopped")
 	return firstErr
 }
@@ -228,7 +254,9 @@ func (s *Side) ghostsOffline(ctx context.Context) {
 	for range min(8, len(online)) {
 		wg.Go(func() {
 			for g := range jobs {
-				if err := s.c.setPresence(ctx, g.path, mapping.MatrixOffline.String(), online[g].Status); err != nil {
+				w := wireState{Presence: event.PresenceOffline, Status: online[g].Status}
+				intent := s.as.Intent(g.ghost)
+				if err := putPresence(ctx, intent, presenceURL(intent), w); err != nil {
 					failed.Add(1)
 				}
 			}

@@ -20,14 +20,9 @@ import (
 const shutdownGrace = 20 * time.Second
 
 func registrationYAML(cfg *File) ([]byte, error) {
-	m := cfg.Matrix
-	if m.ASToken == "" {
-		m.ASToken = matrixside.NewToken()
-	}
-	if m.HSToken == "" {
-		m.HSToken = matrixside.NewToken()
-	}
-	return matrixside.Registration(m, cfg.Namespace()).YAML()
+	// Fresh tokens where the config has none.
+	reg, err := matrixside.Registration(cfg.Matrix, cfg.Namespace()).YAML()
+	return []byte(reg), err
 }
 
 // runBridge runs everything in one process until ctx ends: the bus
@@ -68,7 +63,7 @@ func runBridge(ctx context.Context, cfg *File) error {
 	if err != nil {
 		return err
 	}
-	ms, err := matrixside.New(cfg.Matrix, ns, tr, bus, log.With("part", "matrix"))
+	ms, err := matrixside.New(cfg.Matrix, ns, tr, bus.Store(), pub, log.With("part", "matrix"))
 	if err != nil {
 		return err
 	}
@@ -93,6 +88,7 @@ func runBridge(ctx context.Context, cfg *File) error {
 	sides := newGroup(sidesCtx, stopSides)
 	sides.run("xmpp side", xs.Run)
 	sides.run("matrix side", ms.Run)
+	sides.run("matrix transport", transport.ServeMatrix(bus, ms, log.With("part", "transport")).Run)
 	log.Info("bridge running")
 	<-sidesCtx.Done()
 	log.Info("shutting down")

@@ -1,0 +1,91 @@
+package matrixside
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
+)
+
+// syncFilter asks for presence with a large limit (the default of 10 loses
+// bursts) and, of rooms, only membership: the homeserver needs the bot's
+// own joins to report the presence of a newly shared room's members.
+// Everything else is excluded with the "*" wildcard.
+func syncFilter() *mautrix.Filter {
+	none := []event.Type{{Type: "*"}}
+	member := []event.Type{event.StateMember}
+	return &mautrix.Filter{
+		AccountData: &mautrix.FilterPart{NotTypes: none},
+		Presence:    &mautrix.FilterPart{Types: []event.Type{event.EphemeralEventPresence}, Limit: 1000},
+		Room: &mautrix.RoomFilter{
+			AccountData: &mautrix.FilterPart{NotTypes: none},
+			Ephemeral:   &mautrix.FilterPart{NotTypes: none},
+			State:       &mautrix.FilterPart{Types: member, LazyLoadMembers: true},
+			Timeline:    &mautrix.FilterPart{Types: member, Limit: 20},
+		},
+	}
+}
+
+// botSyncer is mautrix's DefaultSyncer with the side's retry policy: a
+// failed /sync is retried after a backoff of its own (DefaultSyncer waits
+// a fixed 10 s), and every outcome tells the side whether the homeserver
+// answers.
+type botSyncer struct {
+	*mautrix.DefaultSyncer
+	s       *Side
+	backoff time.Duration
+}
+
+// OnFailedSync implements mautrix.Syncer.
+func (y *botSyncer) OnFailedSync(_ *mautrix.RespSync, err error) (time.Duration, error) {
+	y.s.health.observe(err)
+	if errors.Is(err, mautrix.MUnknownToken) {
+		return 0, err // as_token refused: runSync reports it
+	}
+	y.backoff = min(max(y.backoff*2, time.Second), 30*time.Second)
+	y.s.log.Warn("sync failed, retrying", "retry_in", y.backoff, "err", err)
+	return y.backoff, nil
+}
+
+// runSync long-polls /sync as the bot with mautrix's client and syncer,
+// with set_presence=offline (without it every sync would show the bot
+// online), and reports the presence of everyone sharing a room with the
+// bot. It stops when ctx ends, or when the homeserver turns out to push
+// presence itself (presence source auto).
+func (s *Side) runSync(ctx context.Context) {
+	cli := s.as.NewMautrixClient(s.cfg.BotMXID())
+	cli.Store = mautrix.NewMemorySyncStore()
+	cli.SyncPresence = event.PresenceOffline
+	y := &botSyncer{DefaultSyncer: mautrix.NewDefaultSyncer(), s: s}
+	y.FilterJSON = syncFilter()
+	y.OnSync(func(context.Context, *mautrix.RespSync, string) bool {
+		y.backoff = 0
+		s.health.observe(nil)
+		if s.stopReading() {
+			cli.StopSync()
+			return false
+		}
+		return true
+	})
+	y.OnEventType(event.EphemeralEventPresence, s.onPresenceEvent)
+	cli.Syncer = y
+	for ctx.Err() == nil && !s.stopReading() {
+		err := cli.SyncWithContext(ctx)
+		if ctx.Err() != nil || err == nil {
+			return // stopped (StopSync returns nil)
+		}
+		// Fatal for mautrix's loop: the filter could not be made, or the
+		// token was refused. Try again later.
+		s.health.observe(err)
+		level, retry := s.log.Warn, 5*time.Second
+		if errors.Is(err, mautrix.MUnknownToken) {
+			level, retry = s.log.Error, 30*time.Second
+		}
+		level("sync stopped, restarting", "retry_in", retry, "err", err)
+		if !sleepCtx(ctx, retry) {
+			return
+		}
+	}
+}
