@@ -59,7 +59,8 @@ func runBridge(ctx context.Context, cfg *File) error {
 	if err != nil {
 		return err
 	}
-	xs, err := xmppside.New(cfg.XMPP, ns, tr, bus, log.With("part", "xmpp"))
+	xb := xmppBus{bus: bus, log: log.With("part", "xmpp-bus")}
+	xs, err := xmppside.New(cfg.XMPP, ns, tr, bus.Store(), xb, log.With("part", "xmpp"))
 	if err != nil {
 		return err
 	}
@@ -81,8 +82,9 @@ func runBridge(ctx context.Context, cfg *File) error {
 	sidesCtx, stopSides := context.WithCancel(ctx)
 	defer stopSides()
 	var wg sync.WaitGroup
-	errs := make(chan error, 2)
-	for name, runner := range map[string]func(context.Context) error{"xmpp": xs.Run, "matrix": ms.Run} {
+	errs := make(chan error, 3)
+	serveXMPP := func(ctx context.Context) error { return xb.serve(ctx, xs) }
+	for name, runner := range map[string]func(context.Context) error{"xmpp": xs.Run, "xmpp commands": serveXMPP, "matrix": ms.Run} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

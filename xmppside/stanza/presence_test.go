@@ -238,3 +238,22 @@ func TestParseHeaderAndReply(t *testing.T) {
 		t.Fatal("IsStanza")
 	}
 }
+
+func TestParseIQType(t *testing.T) {
+	for _, tt := range []struct {
+		in      string
+		want    IQType
+		request bool
+	}{
+		{"get", IQGet, true}, {"set", IQSet, true}, {"result", IQResult, false},
+		{"error", IQError, false}, {"", IQInvalid, false}, {"GET", IQInvalid, false}, {"bogus", IQInvalid, false},
+	} {
+		got := ParseIQType(tt.in)
+		if got != tt.want || got.IsRequest() != tt.request {
+			t.Errorf("ParseIQType(%q) = %v (request %v), want %v (%v)", tt.in, got, got.IsRequest(), tt.want, tt.request)
+		}
+		if tt.want != IQInvalid && got.String() != tt.in {
+			t.Errorf("%v.String() = %q", got, got.String())
+		}
+	}
+}
