@@ -3,6 +3,7 @@ package xmppside
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"os"
 	"runtime/pprof"
@@ -52,6 +53,7 @@ var testLogger = bustest.Logger
 type fakeObserver struct {
 	mu        sync.Mutex
 	presences []bridge.XMPPPresence
+	reportAt  []time.Time // when each of presences was reported
 	subs      []bridge.XMPPSubscription
 	optouts   []bridge.OptOut[mapping.BareJID]
 
@@ -70,6 +72,7 @@ func (f *fakeObserver) XMPPPresence(_ context.Context, r bridge.XMPPPresence) er
 	}
 	f.mu.Lock()
 	f.presences = append(f.presences, r)
+	f.reportAt = append(f.reportAt, time.Now())
 	f.mu.Unlock()
 	return nil
 }
@@ -109,6 +112,21 @@ func (f *fakeObserver) presenceOf(user mapping.BareJID) []mapping.Presence {
 		}
 	}
 	return out
+}
+
+// presenceReports returns the presences reported for user with the time of
+// each report, oldest first.
+func (f *fakeObserver) presenceReports(user mapping.BareJID) ([]mapping.Presence, []time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var ps []mapping.Presence
+	var at []time.Time
+	for i, r := range f.presences {
+		if r.User == user {
+			ps, at = append(ps, r.Presence), append(at, f.reportAt[i])
+		}
+	}
+	return ps, at
 }
 
 // lastPresence returns the last presence reported for user (zero if none).
@@ -172,6 +190,7 @@ type rig struct {
 	comp   *Component
 	ns     mapping.Namespace
 	obs    *fakeObserver
+	logs   *logRecorder
 	cancel context.CancelFunc
 	done   chan error
 }
@@ -201,9 +220,9 @@ func startRig(t *testing.T, policy Policy, mutate ...func(*Config)) *rig {
 	for _, m := range mutate {
 		m(&cfg)
 	}
-	r := &rig{t: t, srv: srv, store: openTestStore(t), ns: testNamespace(srv.ComponentDomain), obs: &fakeObserver{}, done: make(chan error, 1)}
+	r := &rig{t: t, srv: srv, store: openTestStore(t), ns: testNamespace(srv.ComponentDomain), obs: &fakeObserver{}, logs: newLogRecorder(t), done: make(chan error, 1)}
 	r.obs.answer = policyAnswer(t, func() *Component { return r.comp }, policy)
-	comp, err := New(cfg, r.ns, mapping.NewTranslator(mapping.DefaultTable(), false), r.store, r.obs, testLogger(t))
+	comp, err := New(cfg, r.ns, mapping.NewTranslator(mapping.DefaultTable(), false), r.store, r.obs, slog.New(r.logs))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -355,3 +374,74 @@ func (r *rig) ping(c *prosodytest.Client, jid string) {
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+// logRecorder is a slog handler that keeps every record (level and
+// message, then the attributes as text) and passes it on to next.
+type logRecorder struct {
+	next  slog.Handler
+	mu    *sync.Mutex
+	lines *[]loggedLine
+	attrs []slog.Attr
+}
+
+type loggedLine struct {
+	level slog.Level
+	msg   string
+	text  string // the attributes, key=value
+}
+
+func newLogRecorder(t testing.TB) *logRecorder {
+	return &logRecorder{next: testLogger(t).Handler(), mu: &sync.Mutex{}, lines: new([]loggedLine)}
+}
+
+func (h *logRecorder) Enabled(context.Context, slog.Level) bool { return true }
+
+func (h *logRecorder) Handle(ctx context.Context, r slog.Record) error {
+	var b strings.Builder
+	add := func(a slog.Attr) bool { b.WriteString(a.String() + " "); return true }
+	for _, a := range h.attrs {
+		add(a)
+	}
+	r.Attrs(add)
+	h.mu.Lock()
+	*h.lines = append(*h.lines, loggedLine{level: r.Level, msg: r.Message, text: b.String()})
+	h.mu.Unlock()
+	return h.next.Handle(ctx, r)
+}
+
+func (h *logRecorder) WithAttrs(as []slog.Attr) slog.Handler {
+	c := *h
+	c.attrs = append(append([]slog.Attr(nil), h.attrs...), as...)
+	c.next = h.next.WithAttrs(as)
+	return &c
+}
+
+func (h *logRecorder) WithGroup(name string) slog.Handler {
+	c := *h
+	c.next = h.next.WithGroup(name)
+	return &c
+}
+
+// matching returns the records at level whose message contains msg.
+func (h *logRecorder) matching(level slog.Level, msg string) []loggedLine {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []loggedLine
+	for _, l := range *h.lines {
+		if l.level == level && strings.Contains(l.msg, msg) {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// all returns every record as one text.
+func (h *logRecorder) all() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var b strings.Builder
+	for _, l := range *h.lines {
+		b.WriteString(l.level.String() + " " + l.msg + " " + l.text + "\n")
+	}
+	return b.String()
+}

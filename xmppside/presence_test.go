@@ -232,3 +232,55 @@ func TestCleanShutdown(t *testing.T) {
 		}
 	}
 }
+
+// TestUnavailableTextIsNotStatus: the text of an unavailable presence is
+// not the person's status (servers fill it with their own reasons, such as
+// Prosody's "Disconnected: Received SIGTERM"): going offline keeps the
+// status the person last set while available.
+func TestUnavailableTextIsNotStatus(t *testing.T) {
+	r := startRig(t, PolicyAccept)
+	const aliceJID mapping.BareJID = "alice@localhost"
+	alice := r.login("alice", "laptop", 0, "", "")
+	r.befriend(alice, bob)
+	if err := alice.SendPresence(r.ctx(), "", "", "away", "working on it", 0); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, waitLong, "alice away", func() bool { return r.obs.lastPresence(aliceJID).Status == "working on it" })
+	if err := alice.SendPresence(r.ctx(), "unavailable", "", "", "Disconnected: Received SIGTERM", 0); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, waitLong, "alice offline", func() bool { return r.obs.lastPresence(aliceJID).State == mapping.StateOffline })
+	if p := r.obs.lastPresence(aliceJID); p.Status != "working on it" {
+		t.Errorf("offline with status %q, want the status set while available", p.Status)
+	}
+
+	// An empty status set while available is kept as empty.
+	if err := alice.SendPresence(r.ctx(), "", "", "", "", 0); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, waitLong, "alice back", func() bool { return r.obs.lastPresence(aliceJID).State == mapping.StateAvailable })
+	if err := alice.SendPresence(r.ctx(), "unavailable", "", "", "gone", 0); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, waitLong, "alice offline again", func() bool { return r.obs.lastPresence(aliceJID).State == mapping.StateOffline })
+	if p := r.obs.lastPresence(aliceJID); p.Status != "" {
+		t.Errorf("offline with status %q, want none", p.Status)
+	}
+
+	// Prosody's own shutdown: whatever it tells the component about alice,
+	// her status is not its text.
+	if err := alice.SendPresence(r.ctx(), "", "", "", "before the restart", 0); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, waitLong, "alice's new status", func() bool { return r.obs.lastPresence(aliceJID).Status == "before the restart" })
+	r.srv.Restart(t)
+	waitFor(t, waitLong, "reconnect", func() bool { return r.comp.connects.Load() >= 2 && r.comp.connected() })
+	for _, p := range r.obs.presenceOf(aliceJID) {
+		if strings.Contains(p.Status, "SIGTERM") || p.State == mapping.StateOffline && p.Status == "Disconnected: Received SIGTERM" {
+			t.Errorf("the server's shutdown text became alice's status: %+v", p)
+		}
+	}
+	if p := r.obs.lastPresence(aliceJID); p.State == mapping.StateOffline && p.Status != "before the restart" {
+		t.Errorf("offline after the server's shutdown with status %q", p.Status)
+	}
+}

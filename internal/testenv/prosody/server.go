@@ -299,9 +299,26 @@ func (s *Server) stopLocked() {
 	}
 }
 
-// Restart stops Prosody and starts it again with the same ports, config and
-// data directory, waiting until the ports accept connections again.
-// Existing client connections are dropped by the restart.
+// Kill stops Prosody with SIGKILL, as a crash or the OOM killer would: it
+// says goodbye to nobody, and the kernel drops its connections. It returns
+// once the process has exited; Restart starts it again on the same data.
+// Kill is a no-op if the server is not running.
+func (s *Server) Kill() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := s.proc
+	if p == nil {
+		return
+	}
+	s.proc = nil
+	_ = p.cmd.Process.Kill()
+	<-p.done
+}
+
+// Restart stops Prosody (unless it is stopped or killed already) and starts
+// it again with the same ports, config and data directory, waiting until the
+// ports accept connections again. Existing client connections are dropped by
+// the restart.
 func (s *Server) Restart(t testing.TB) {
 	t.Helper()
 	s.Stop()
