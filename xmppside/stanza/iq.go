@@ -35,6 +35,3 @@ func (t IQType) String() string {
 	}
 	return ""
 }
-
-// IsRequest reports whether an IQ of this type needs an answer.
-func (t IQType) IsRequest() bool { return t == IQGet || t == IQSet }
