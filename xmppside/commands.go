@@ -47,7 +47,9 @@ func (c *Component) setOptOut(ctx context.Context, bare mapping.BareJID, enabled
 	if bare == "" {
 		return "Your address cannot be bridged, so there is nothing to change."
 	}
-	if err := c.obs.XMPPOptOut(ctx, bridge.OptOut[mapping.BareJID]{User: bare, Enabled: enabled}); err != nil {
+	rctx, cancel := context.WithTimeout(ctx, reportTimeout)
+	defer cancel()
+	if err := c.obs.XMPPOptOut(rctx, bridge.OptOut[mapping.BareJID]{User: bare, Enabled: enabled}); err != nil {
 		c.log.Error("reporting opt-out failed", "user", bare, "err", err)
 		return "Sorry, that did not work; please try again later."
 	}

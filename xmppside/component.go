@@ -58,6 +58,11 @@ const stableSession = 5 * time.Second
 // storeTimeout bounds one bucket operation.
 const storeTimeout = 5 * time.Second
 
+// reportTimeout bounds one report to the observer, so that a stuck core
+// cannot stall the stream handler forever; a report that times out fails
+// like any other.
+const reportTimeout = 10 * time.Second
+
 // New checks the configuration and returns a component ready to Run. The
 // namespace's ComponentDomain must equal cfg.ComponentDomain. store holds the
 // subscriptions bucket, which the component alone writes, and the core's

@@ -57,7 +57,9 @@ func (c *Component) graceLoop(ctx context.Context) {
 		case <-fire:
 			fire = nil
 			n := c.users.allOffline(ctx, c.connected, func(ctx context.Context, bare mapping.BareJID, p mapping.Presence) error {
-				err := c.obs.XMPPPresence(ctx, bridge.XMPPPresence{User: bare, Presence: p})
+				rctx, cancel := context.WithTimeout(ctx, reportTimeout)
+				defer cancel()
+				err := c.obs.XMPPPresence(rctx, bridge.XMPPPresence{User: bare, Presence: p})
 				if err != nil {
 					c.log.Error("reporting presence failed", "user", bare, "err", err)
 				}

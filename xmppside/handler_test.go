@@ -177,6 +177,10 @@ func FuzzHandle(f *testing.F) {
 		`<iq type='set' id='1' from='a@b/c' to='matrix.example.net'><query xmlns='jabber:iq:gateway'><prompt>@x:y</prompt></query></iq>`,
 		`<iq type='get' id='1' from='a@b/c' to='bob\40example.org@matrix.example.net'><query xmlns='jabber:iq:last'/></iq>`,
 		`<message from='a@b/c' to='x@matrix.example.net'><body>x</body></message>`,
+		`<presence type='unavailable' from='a@b/c' to='bob\40example.org@matrix.example.net'><status>Disconnected: Received SIGTERM</status></presence>`,
+		`<presence type='unsubscribe' from='a@b' to='bob\40example.org@matrix.example.net'/>`,
+		`<message type='chat' from='a@b/c' to='matrix.example.net'><body>optout</body></message>`,
+		`<iq type='bogus' id='1' from='a@b/c' to='matrix.example.net'/>`,
 	} {
 		f.Add(s)
 	}

@@ -86,7 +86,9 @@ func (c *Component) presenceIn(ctx context.Context, from sender, p *stanza.Prese
 	if !changed {
 		return
 	}
-	if err := c.obs.XMPPPresence(ctx, bridge.XMPPPresence{User: from.bare, Presence: agg}); err != nil {
+	rctx, cancel := context.WithTimeout(ctx, reportTimeout)
+	defer cancel()
+	if err := c.obs.XMPPPresence(rctx, bridge.XMPPPresence{User: from.bare, Presence: agg}); err != nil {
 		c.log.Error("reporting presence failed", "user", from.bare, "err", err)
 		c.users.unreport(from.bare)
 	}

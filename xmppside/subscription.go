@@ -41,7 +41,9 @@ func (c *Component) subscriptionIn(ctx context.Context, w xmlstream.TokenWriter,
 	c.log.Info("subscription stanza received", "puppet", to.puppet, "contact", contact, "type", string(t),
 		"state", StateName(prev), "next", StateName(next))
 	if changed {
-		err := c.obs.XMPPSubscription(ctx, bridge.XMPPSubscription{Contact: contact, Puppet: to.user, Type: t, Status: p.Status})
+		rctx, cancel := context.WithTimeout(ctx, reportTimeout)
+		err := c.obs.XMPPSubscription(rctx, bridge.XMPPSubscription{Contact: contact, Puppet: to.user, Type: t, Status: p.Status})
+		cancel()
 		if err != nil {
 			c.log.Error("reporting subscription failed; transition undone", "puppet", to.puppet, "contact", contact, "err", err)
 			c.undo(ctx, to.user, contact, prev, next)
