@@ -87,6 +87,10 @@ type options struct {
 	// homeserverURL, if set, returns the homeserver_url the bridge uses,
 	// given Dendrite's real URL (to put a proxy in between).
 	homeserverURL func(t testing.TB, real string) string
+	// offlineGrace, if set, is xmpp.offline_grace and matrix.offline_grace:
+	// how long a server may be gone before the other side sees its users
+	// offline.
+	offlineGrace time.Duration
 }
 
 // env is one test's world: Prosody, Dendrite, the bridge process and a tap
@@ -102,6 +106,8 @@ type env struct {
 	natsURL  string
 	listen   string // the appservice listener
 	asToken  string
+	hsToken  string
+	opts     options
 	readyCli *prosodytest.Client // an XMPP client that only asks the component whether it is up
 
 	bridge *bridgeProc
@@ -112,7 +118,7 @@ type env struct {
 // bridge is ready.
 func newEnv(t testing.TB, opts options) *env {
 	t.Helper()
-	e := &env{t: t, dir: t.TempDir()}
+	e := &env{t: t, dir: t.TempDir(), opts: opts}
 	e.xmpp = prosodytest.Start(t, prosodytest.Options{}) // skips (or fails on CI) without Prosody
 	bin := bridgeBinary(t)
 	e.ns = mapping.Namespace{GhostPrefix: "_xmpp_", HomeserverDomain: "localhost", ComponentDomain: e.xmpp.ComponentDomain}
@@ -120,6 +126,7 @@ func newEnv(t testing.TB, opts options) *env {
 	e.natsURL = fmt.Sprintf("nats://127.0.0.1:%d", prosodytest.FreePort(t))
 	e.asToken = randomToken()
 	hsToken := randomToken()
+	e.hsToken = hsToken
 	policy := opts.policy
 	if policy == "" {
 		policy = "ask"
@@ -162,7 +169,17 @@ func newEnv(t testing.TB, opts options) *env {
 // writeConfig writes the bridge's config.yaml.
 func (e *env) writeConfig(policy, homeserverURL, hsToken string) {
 	e.t.Helper()
+	e.writeConfigSecret(policy, homeserverURL, hsToken, e.xmpp.ComponentSecret)
+}
+
+// writeConfigSecret is writeConfig with the component secret given.
+func (e *env) writeConfigSecret(policy, homeserverURL, hsToken, secret string) {
+	e.t.Helper()
 	_, port, _ := net.SplitHostPort(e.xmpp.ComponentAddr)
+	grace := ""
+	if e.opts.offlineGrace > 0 {
+		grace = e.opts.offlineGrace.String()
+	}
 	cfg := fmt.Sprintf(`xmpp:
   host: 127.0.0.1
   port: %s
@@ -172,6 +189,8 @@ func (e *env) writeConfig(policy, homeserverURL, hsToken string) {
   reconnect_min: 100ms
   reconnect_max: 2s
   shutdown_timeout: 5s
+  max_auth_failures: 2
+%s
 matrix:
   homeserver_url: %s
   homeserver_domain: %s
@@ -182,6 +201,7 @@ matrix:
   # poll_interval stays at its default (30s): Matrix presence must reach
   # the bridge through the bot's /sync, the bot being in every direct chat
   # a ghost opens, not by polling.
+%s
 nats:
   embedded:
     data_dir: %s
@@ -190,12 +210,19 @@ core:
   coalesce_window: %s
 logging:
   level: debug
-`, port, e.xmpp.ComponentDomain, e.xmpp.ComponentSecret, policy,
-		homeserverURL, e.ns.HomeserverDomain, e.asToken, hsToken, e.listen, e.ns.GhostPrefix,
+`, port, e.xmpp.ComponentDomain, secret, policy, graceLine(grace),
+		homeserverURL, e.ns.HomeserverDomain, e.asToken, hsToken, e.listen, e.ns.GhostPrefix, graceLine(grace),
 		filepath.Join(e.dir, "nats"), strings.TrimPrefix(e.natsURL, "nats://"), coalesceWindow)
 	if err := os.WriteFile(e.cfgPath, []byte(cfg), 0o600); err != nil {
 		e.t.Fatal(err)
 	}
+}
+
+func graceLine(grace string) string {
+	if grace == "" {
+		return ""
+	}
+	return "  offline_grace: " + grace
 }
 
 // startBridge starts the bridge process and waits until it is ready.

@@ -33,18 +33,14 @@ func (r *repeatReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// BenchmarkInboundPresence: raw presence XML from the stream to an event on
-// the embedded bus: decode, sender checks, per-resource aggregation,
-// publish. The show alternates so that every stanza changes the aggregate
-// and is published (none is suppressed as a repeat).
+// BenchmarkInboundPresence: raw presence XML from the stream to a report
+// to the core: decode, sender checks, per-resource aggregation, report (to
+// an in-memory observer). The show alternates so that every stanza changes
+// the aggregate and is reported (none is suppressed as a repeat).
 func BenchmarkInboundPresence(b *testing.B) {
-	c, _ := newTestComponent(b)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); c.presence.run(ctx) }()
-	defer func() { cancel(); <-done }()
-	puppetTyped, _ := c.ns.PuppetJID(mapping.UserID(bob))
-	puppet := string(puppetTyped)
+	c, obs := newTestComponent(b)
+	ctx := context.Background()
+	puppet := puppetOf(b, c, bob)
 	var body [][]byte
 	for _, show := range []string{"away", "dnd"} {
 		body = append(body, fmt.Appendf(nil, `<presence from='alice@example.com/phone' to='%s' id='p1'><show>%s</show>`+
@@ -69,8 +65,8 @@ func BenchmarkInboundPresence(b *testing.B) {
 		c.handle(ctx, d, w, start)
 	}
 	b.StopTimer()
-	if err := c.bus.Conn().Flush(); err != nil {
-		b.Fatal(err)
+	if n := obs.reports(); n < b.N {
+		b.Fatalf("%d reports for %d stanzas", n, b.N)
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "stanzas/s")
 }
@@ -81,17 +77,19 @@ func BenchmarkFanOut10k(b *testing.B) {
 	const contacts = 10000
 	c, _ := newTestComponent(b)
 	for i := 0; i < contacts; i++ {
-		c.subs.set(bob, fmt.Sprintf("user%d@example.com", i), bridge.Subscription{From: true, To: i%2 == 0})
+		c.subs.set(bob, mapping.BareJID(fmt.Sprintf("user%d@example.com", i)), bridge.Subscription{From: true, To: i%2 == 0})
 	}
-	puppetTyped, _ := c.ns.PuppetJID(mapping.UserID(bob))
-	puppet := string(puppetTyped)
-	rec := bridge.PresenceRecord{Presence: mapping.Presence{State: mapping.StateAway, Status: "in a meeting until 3"}}
+	puppet, err := c.ns.PuppetJID(bob)
+	if err != nil {
+		b.Fatal(err)
+	}
+	presence := mapping.Presence{State: mapping.StateAway, Status: "in a meeting until 3"}
 	w := xml.NewEncoder(io.Discard)
-	var to []string
+	var to []mapping.BareJID
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		p := c.outPresence(puppet, rec)
+		p := c.outPresence(puppet, presence)
 		to = c.subs.from(to[:0], bob)
 		n, err := c.fanOut(w, &p, to)
 		if err != nil || n != contacts {

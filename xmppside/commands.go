@@ -6,7 +6,6 @@ import (
 	"strings"
 
 	"mellium.im/xmlstream"
-	"mellium.im/xmpp/jid"
 
 	"github.com/presence-bridge/presence-bridge/bridge"
 	"github.com/presence-bridge/presence-bridge/mapping"
@@ -21,7 +20,7 @@ const commandHelp = `presence bridge commands:
 
 // handleCommand runs a command from a message to the component domain and
 // replies with what happened.
-func (c *Component) handleCommand(ctx context.Context, r xml.TokenReader, w xmlstream.TokenWriter, start xml.StartElement, h stanza.Header, from jid.JID) {
+func (c *Component) handleCommand(ctx context.Context, r xml.TokenReader, w xmlstream.TokenWriter, start xml.StartElement, h stanza.Header, from sender) {
 	var msg struct {
 		Body string `xml:"body"`
 	}
@@ -36,17 +35,22 @@ func (c *Component) handleCommand(ctx context.Context, r xml.TokenReader, w xmls
 	reply := commandHelp
 	switch cmd {
 	case "optout", "opt-out", "stop":
-		reply = c.setOptOut(ctx, from.Bare().String(), true)
+		reply = c.setOptOut(ctx, from.bare, true)
 	case "optin", "opt-in", "start":
-		reply = c.setOptOut(ctx, from.Bare().String(), false)
+		reply = c.setOptOut(ctx, from.bare, false)
 	}
-	c.writeChat(w, from.String(), reply)
+	c.writeChat(w, from.jid.String(), reply)
 }
 
-func (c *Component) setOptOut(ctx context.Context, bareJID string, enabled bool) string {
-	err := c.bus.Publish(ctx, bridge.In, &bridge.Event{Kind: bridge.KindOptOut, Origin: mapping.NetworkXMPP, User: bareJID, OptOut: &bridge.OptOutPayload{Enabled: enabled}})
-	if err != nil {
-		c.log.Error("publishing opt-out failed", "err", err)
+// setOptOut reports the choice and returns the answer to the user.
+func (c *Component) setOptOut(ctx context.Context, bare mapping.BareJID, enabled bool) string {
+	if bare == "" {
+		return "Your address cannot be bridged, so there is nothing to change."
+	}
+	rctx, cancel := context.WithTimeout(ctx, reportTimeout)
+	defer cancel()
+	if err := c.obs.XMPPOptOut(rctx, bridge.OptOut[mapping.BareJID]{User: bare, Enabled: enabled}); err != nil {
+		c.log.Error("reporting opt-out failed", "user", bare, "err", err)
 		return "Sorry, that did not work; please try again later."
 	}
 	if enabled {
@@ -63,7 +67,7 @@ func (c *Component) writeChat(w xmlstream.TokenWriter, to, text string) {
 			{Name: xml.Name{Local: "type"}, Value: "chat"},
 			{Name: xml.Name{Local: "from"}, Value: c.cfg.ComponentDomain},
 			{Name: xml.Name{Local: "to"}, Value: to},
-			{Name: xml.Name{Local: "id"}, Value: bridge.NewID()},
+			{Name: xml.Name{Local: "id"}, Value: c.nextID()},
 		}},
 	)
 	if _, err := xmlstream.Copy(w, msg); err != nil {

@@ -4,8 +4,6 @@ import (
 	"testing"
 
 	prosodytest "github.com/presence-bridge/presence-bridge/internal/testenv/prosody"
-
-	"github.com/presence-bridge/presence-bridge/bridge"
 )
 
 // TestOptOutCommand: an XMPP user turns the export of their presence off
@@ -14,10 +12,16 @@ import (
 func TestOptOutCommand(t *testing.T) {
 	r := startRig(t, PolicyAsk)
 	alice := r.login("alice", "laptop", 0, "", "")
-	optout := func(enabled bool) func(*bridge.Event) bool {
-		return func(ev *bridge.Event) bool {
-			return ev.Kind == bridge.KindOptOut && ev.User == "alice@localhost" && ev.OptOut.Enabled == enabled
+	optouts := func(enabled bool) int {
+		r.obs.mu.Lock()
+		defer r.obs.mu.Unlock()
+		n := 0
+		for _, o := range r.obs.optouts {
+			if o.User == "alice@localhost" && o.Enabled == enabled {
+				n++
+			}
 		}
+		return n
 	}
 	send := func(body string) {
 		t.Helper()
@@ -35,11 +39,15 @@ func TestOptOutCommand(t *testing.T) {
 
 	send("  OptOut ")
 	reply("no longer shown")
-	waitFor(t, waitLong, "opt-out event", func() bool { return len(r.in.matching(optout(true))) == 1 })
+	if n := optouts(true); n != 1 {
+		t.Fatalf("%d opt-out reports, want 1 before the reply", n)
+	}
 
 	send("optin")
 	reply("shown to the Matrix users you approved")
-	waitFor(t, waitLong, "opt-in event", func() bool { return len(r.in.matching(optout(false))) == 1 })
+	if n := optouts(false); n != 1 {
+		t.Fatalf("%d opt-in reports, want 1 before the reply", n)
+	}
 
 	send("what is this")
 	reply("optout - stop showing your presence")
@@ -51,9 +59,15 @@ func TestOptOutCommand(t *testing.T) {
 	alice.Wait(t, waitLong, "error from the puppet", func(s prosodytest.Stanza) bool {
 		return s.Name == "message" && s.Type == "error" && s.From == r.puppet(bob)
 	})
-	if n := len(r.in.matching(optout(true))); n != 1 {
-		t.Fatalf("a message to a puppet changed the opt-out (%d events)", n)
+	if n := optouts(true); n != 1 {
+		t.Fatalf("a message to a puppet changed the opt-out (%d reports)", n)
 	}
+
+	// When the core cannot record the choice, the user is told so.
+	r.obs.fail.Store(true)
+	send("optout")
+	reply("did not work")
+	r.obs.fail.Store(false)
 }
 
 func containsFold(s, sub string) bool { return contains(lower(s), lower(sub)) }

@@ -2,6 +2,7 @@ package xmppside
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -17,52 +18,64 @@ import (
 	"github.com/presence-bridge/presence-bridge/mapping"
 )
 
-// ConsumerName is the durable consumer through which the component reads
-// subscription commands from the core.
-const ConsumerName = "xmppside-subscriptions"
-
 // Component is the XEP-0114 component that gives every Matrix user a puppet
-// JID. Create it with [New] and run it with [Component.Run].
+// JID. Create it with [New] and run it with [Component.Run]; the core drives
+// it through the [bridge.XMPPActor] methods and hears from it through the
+// [bridge.XMPPObserver] given to New.
 type Component struct {
 	cfg    Config
 	ns     mapping.Namespace
 	tr     *mapping.Translator
-	bus    *bridge.Bus
 	store  *bridge.Store
+	obs    bridge.XMPPObserver
 	log    *slog.Logger
 	domain jid.JID
 	now    func() time.Time
 
-	subs     *contacts
-	subMu    sync.Mutex // serializes subscription transitions: bucket write + copy
-	puppets  *puppets
-	users    *users
-	presence *presenceWriter
-	inputs   gate // bus callbacks
+	subs    *contacts // derived from the subscriptions bucket; see subscription.go
+	pairs   *pairLocks
+	puppets *puppets // the last presence each puppet was asked to show
+	users   *users   // XMPP users' resources and what was reported
+	out     *outbox  // puppets whose presence must be fanned out
+	link    chan bool
 
 	sessMu   sync.Mutex
-	sess     *xmpp.Session // nil while disconnected
+	sess     *xmpp.Session  // nil while disconnected
+	sessGen  uint64         // counts sessions, so the sender knows when to announce
+	sessUsed sync.WaitGroup // writers holding sess; see acquireSession
 	running  atomic.Bool
-	connects atomic.Int64 // streams established, for tests and logs
+	connects atomic.Int64 // streams established, for logs and tests
 	ids      atomic.Uint64
 	idBase   string
 }
+
+var _ bridge.XMPPActor = (*Component)(nil)
 
 // stableSession is how long a stream must have lasted for the reconnect
 // backoff to start over.
 const stableSession = 5 * time.Second
 
+// storeTimeout bounds one bucket operation.
+const storeTimeout = 5 * time.Second
+
+// reportTimeout bounds one report to the observer, so that a stuck core
+// cannot stall the stream handler forever; a report that times out fails
+// like any other.
+const reportTimeout = 10 * time.Second
+
 // New checks the configuration and returns a component ready to Run. The
-// namespace's ComponentDomain must equal cfg.ComponentDomain. log may be nil.
-func New(cfg Config, ns mapping.Namespace, tr *mapping.Translator, bus *bridge.Bus, log *slog.Logger) (*Component, error) {
+// namespace's ComponentDomain must equal cfg.ComponentDomain. store holds the
+// subscriptions bucket, which the component alone writes, and the core's
+// presence bucket, which it reads. log may be nil.
+func New(cfg Config, ns mapping.Namespace, tr *mapping.Translator, store *bridge.Store, obs bridge.XMPPObserver, log *slog.Logger) (*Component, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	if ns.ComponentDomain != cfg.ComponentDomain {
 		return nil, fmt.Errorf("%w: namespace has %q, config %q", ErrNamespace, ns.ComponentDomain, cfg.ComponentDomain)
 	}
-	if tr == nil || bus == nil {
-		return nil, fmt.Errorf("%w: translator and bus are required", ErrConfig)
+	if tr == nil || store == nil || obs == nil {
+		return nil, fmt.Errorf("%w: translator, store and observer are required", ErrConfig)
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -71,31 +84,34 @@ func New(cfg Config, ns mapping.Namespace, tr *mapping.Translator, bus *bridge.B
 	if err != nil {
 		return nil, fmt.Errorf("%w: component_domain: %w", ErrConfig, err)
 	}
-	log = log.With("component", cfg.ComponentDomain)
-	c := &Component{
+	return &Component{
 		cfg:     cfg,
 		ns:      ns,
 		tr:      tr,
-		bus:     bus,
-		store:   bus.Store(),
-		log:     log,
+		store:   store,
+		obs:     obs,
+		log:     log.With("component", cfg.ComponentDomain),
 		domain:  domain,
 		now:     time.Now,
 		subs:    newContacts(),
+		pairs:   newPairLocks(),
 		puppets: newPuppets(),
 		users:   newUsers(),
+		out:     newOutbox(),
+		link:    make(chan bool, 1),
 		idBase:  "pb" + strconv.FormatInt(time.Now().UnixNano()%1e9, 36) + "-",
-	}
-	c.presence = newPresenceWriter(c.store, log)
-	return c, nil
+	}, nil
 }
 
 // Run connects to the XMPP server and serves until ctx ends, reconnecting
 // with capped exponential backoff whenever the stream ends. When ctx ends it
-// sends unavailable from every puppet to everyone who saw it available,
-// closes the stream (bounded by Config.ShutdownTimeout) and returns nil
-// after every goroutine it started has exited. It returns an error only if
-// it cannot start (bus unreachable, already running).
+// sends unavailable from every puppet to everyone who saw it available and
+// closes the stream (bounded by Config.ShutdownTimeout).
+//
+// It returns after every goroutine it started has exited: nil once ctx
+// ended, [ErrAuthentication] when the server refused the secret
+// Config.MaxAuthFailures times in a row, or an error when it cannot start
+// (the subscriptions bucket is unreadable, or it is already running).
 func (c *Component) Run(ctx context.Context) error {
 	if !c.running.CompareAndSwap(false, true) {
 		return ErrRunning
@@ -111,99 +127,101 @@ func (c *Component) Run(ctx context.Context) error {
 		return fmt.Errorf("xmppside: loading subscriptions: %w", err)
 	}
 
-	// work outlives ctx by the shutdown: handlers and bus callbacks still
-	// need the bucket while the component says goodbye.
-	work, stopWork := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopWork()
+	// The sender and the grace timer stop with ctx, or when the connect
+	// loop gives up.
+	rctx, stop := context.WithCancel(ctx)
+	defer stop()
 	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); c.presence.run(work) }()
+	wg.Add(2)
+	go func() { defer wg.Done(); c.sendLoop(rctx) }()
+	go func() { defer wg.Done(); c.graceLoop(rctx) }()
 
-	c.inputs = gate{}
-	sub, err := c.bus.Subscribe(work, bridge.SubjectFilter(bridge.Out, mapping.NetworkXMPP, bridge.KindPresence), c.onPresenceOut)
-	if err != nil {
-		stopWork()
-		wg.Wait()
-		return fmt.Errorf("xmppside: %w", err)
-	}
-	consumeCtx, stopConsume := context.WithCancel(work)
-	defer stopConsume()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			err := c.bus.Consume(consumeCtx, ConsumerName, bridge.SubjectFilter(bridge.Out, mapping.NetworkXMPP, bridge.KindSubscription), nil, c.onSubscriptionCommand)
-			if consumeCtx.Err() != nil {
-				return
-			}
-			c.log.Error("subscription command consumer stopped; restarting", "err", err)
-			select {
-			case <-consumeCtx.Done():
-				return
-			case <-time.After(time.Second):
-			}
-		}
-	}()
-
-	var once sync.Once
-	quiesce := func() {
-		// Once ctx has ended, before the goodbye: no new commands.
-		once.Do(func() {
-			_ = sub.Unsubscribe()
-			c.inputs.close()
-			stopConsume()
-		})
-	}
-	c.connectLoop(ctx, work, quiesce)
-	quiesce() // also when the stream died just as ctx ended
-	stopWork()
+	err = c.connectLoop(ctx)
+	stop()
 	wg.Wait()
 	c.log.Info("xmpp component stopped")
-	return nil
+	return err
 }
 
-// connectLoop connects, serves and reconnects until ctx ends; quiesce runs
-// once ctx has ended, before the clean shutdown.
-func (c *Component) connectLoop(ctx, work context.Context, quiesce func()) {
+// connectLoop connects, serves and reconnects until ctx ends (nil) or the
+// server refused the secret too often (ErrAuthentication).
+func (c *Component) connectLoop(ctx context.Context) error {
 	bo := backoff{min: c.cfg.ReconnectMin, max: c.cfg.ReconnectMax}
+	authFailures := 0
 	for {
 		conn, sess, err := c.connect(ctx)
-		if err == nil {
+		switch {
+		case err == nil:
+			authFailures = 0
 			start := c.now()
-			err = c.serve(ctx, work, conn, sess, quiesce)
+			err = c.serve(ctx, conn, sess)
 			if ctx.Err() != nil {
-				return
+				return nil
 			}
 			if c.now().Sub(start) > stableSession {
 				bo.reset()
 			}
+		case errors.Is(err, ErrAuthentication):
+			authFailures++
+			c.log.Error("xmpp component authentication failed; check xmpp.secret against the server's component_secret",
+				"server", c.addr(), "err", err, "failures", authFailures, "max_auth_failures", c.cfg.MaxAuthFailures)
+			if authFailures >= c.cfg.MaxAuthFailures {
+				return fmt.Errorf("%w: %d refused handshakes in a row with %s", ErrAuthentication, authFailures, c.addr())
+			}
 		}
 		if ctx.Err() != nil {
-			quiesce()
-			return
+			return nil
 		}
 		wait := bo.next()
-		c.log.Warn("xmpp stream down; reconnecting", "err", err, "retry_in", wait)
+		if !errors.Is(err, ErrAuthentication) {
+			c.log.Warn("xmpp stream down; reconnecting", "err", err, "retry_in", wait)
+		}
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
-			quiesce()
-			return
-		case <-time.After(wait):
+			t.Stop()
+			return nil
+		case <-t.C:
 		}
 	}
 }
 
-// session returns the current session, or nil while disconnected.
-func (c *Component) session() *xmpp.Session {
-	c.sessMu.Lock()
-	defer c.sessMu.Unlock()
-	return c.sess
-}
-
+// setSession makes s the session writers use (nil: disconnected).
 func (c *Component) setSession(s *xmpp.Session) {
 	c.sessMu.Lock()
 	c.sess = s
+	if s != nil {
+		c.sessGen++
+	}
 	c.sessMu.Unlock()
+}
+
+// acquireSession returns the current session, its generation and a release
+// func the caller must call when done writing; nil while disconnected.
+// detachSession waits for every holder, so that nothing is written after
+// the goodbye.
+func (c *Component) acquireSession() (*xmpp.Session, uint64, func()) {
+	c.sessMu.Lock()
+	defer c.sessMu.Unlock()
+	if c.sess == nil {
+		return nil, 0, func() {}
+	}
+	c.sessUsed.Add(1)
+	return c.sess, c.sessGen, c.sessUsed.Done
+}
+
+// detachSession makes the component disconnected for writers and waits
+// until every writer that held the session let go of it.
+func (c *Component) detachSession() {
+	c.setSession(nil)
+	c.sessUsed.Wait()
+}
+
+// connected reports whether the component has a stream.
+func (c *Component) connected() bool {
+	c.sessMu.Lock()
+	defer c.sessMu.Unlock()
+	return c.sess != nil
 }
 
 // nextID returns a stanza id unique for this process.

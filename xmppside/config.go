@@ -10,7 +10,9 @@ import (
 	"mellium.im/xmpp/jid"
 )
 
-// Policy says how the component answers a subscription request to a puppet.
+// Policy says how subscription requests from XMPP users to puppets are
+// answered. The core decides (cmd hands it Config.SubscriptionPolicy); the
+// component only reports the requests and carries out the answers.
 type Policy string
 
 // The policies.
@@ -19,8 +21,7 @@ const (
 	PolicyAccept Policy = "accept"
 	// PolicyReject denies every request.
 	PolicyReject Policy = "reject"
-	// PolicyAsk keeps the request pending and asks the Matrix user through
-	// the core (a durable subscription event).
+	// PolicyAsk asks the Matrix user (an invite from the XMPP user's ghost).
 	PolicyAsk Policy = "ask"
 )
 
@@ -35,7 +36,9 @@ type Config struct {
 	// Secret is the XEP-0114 shared secret. cmd may fill it from the
 	// environment; it is never logged.
 	Secret string `yaml:"secret"`
-	// SubscriptionPolicy is accept, reject or ask (the default).
+	// SubscriptionPolicy is accept, reject or ask (the default). It lives
+	// in this section for the users' sake; the core applies it and the
+	// component never reads it.
 	SubscriptionPolicy Policy `yaml:"subscription_policy"`
 	// MaxStatusBytes cuts longer status messages, in both directions.
 	MaxStatusBytes int `yaml:"max_status_bytes"`
@@ -48,6 +51,14 @@ type Config struct {
 	// ShutdownTimeout bounds the clean shutdown: unavailable presences and
 	// the closing of the stream.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	// OfflineGrace is how long the component may be without its stream
+	// before the XMPP users it saw online are reported offline: the server
+	// keeps nothing for a component that lost its stream, so their ghosts
+	// would otherwise show the last presence forever.
+	OfflineGrace time.Duration `yaml:"offline_grace"`
+	// MaxAuthFailures is how many handshakes in a row the server may refuse
+	// (a wrong secret) before Run gives up with ErrAuthentication.
+	MaxAuthFailures int `yaml:"max_auth_failures"`
 }
 
 // Default returns the defaults documented in config.yaml.
@@ -61,6 +72,8 @@ func Default() Config {
 		ReconnectMax:       30 * time.Second,
 		ConnectTimeout:     10 * time.Second,
 		ShutdownTimeout:    10 * time.Second,
+		OfflineGrace:       30 * time.Second,
+		MaxAuthFailures:    3,
 	}
 }
 
@@ -76,6 +89,7 @@ func (c Config) LogValue() slog.Value {
 		slog.String("subscription_policy", string(c.SubscriptionPolicy)), slog.Int("max_status_bytes", c.MaxStatusBytes),
 		slog.Duration("reconnect_min", c.ReconnectMin), slog.Duration("reconnect_max", c.ReconnectMax),
 		slog.Duration("connect_timeout", c.ConnectTimeout), slog.Duration("shutdown_timeout", c.ShutdownTimeout),
+		slog.Duration("offline_grace", c.OfflineGrace), slog.Int("max_auth_failures", c.MaxAuthFailures),
 	)
 }
 
@@ -123,6 +137,12 @@ func (c Config) Validate() error {
 	}
 	if c.ShutdownTimeout <= 0 {
 		add("shutdown_timeout", "must be positive")
+	}
+	if c.OfflineGrace <= 0 {
+		add("offline_grace", "must be positive")
+	}
+	if c.MaxAuthFailures < 1 {
+		add("max_auth_failures", "must be at least 1")
 	}
 	return errors.Join(errs...)
 }

@@ -22,19 +22,21 @@ func TestDefaultsValidateOnceRequiredFieldsSet(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := Default()
-	if d.SubscriptionPolicy != PolicyAsk || d.MaxStatusBytes != 1024 || d.ReconnectMin.String() != "500ms" || d.ReconnectMax.String() != "30s" {
+	if d.SubscriptionPolicy != PolicyAsk || d.MaxStatusBytes != 1024 || d.ReconnectMin.String() != "500ms" || d.ReconnectMax.String() != "30s" ||
+		d.OfflineGrace.String() != "30s" || d.MaxAuthFailures != 3 {
 		t.Fatalf("defaults: %+v", d)
 	}
 }
 
 func TestValidateReportsEveryProblemWithItsKey(t *testing.T) {
-	c := Config{Port: 70000, ComponentDomain: "Bob@Matrix", SubscriptionPolicy: "maybe", ReconnectMin: 2e9, ReconnectMax: 1e9}
+	c := Config{Port: 70000, ComponentDomain: "Bob@Matrix", SubscriptionPolicy: "maybe", ReconnectMin: 2e9, ReconnectMax: 1e9, OfflineGrace: -1}
 	err := c.Validate()
 	if err == nil {
 		t.Fatal("no error")
 	}
 	for _, want := range []string{"host: required", "port: must be 1-65535", "component_domain: ", "secret: required",
-		"subscription_policy: \"maybe\"", "max_status_bytes: ", "reconnect_max: ", "connect_timeout: ", "shutdown_timeout: "} {
+		"subscription_policy: \"maybe\"", "max_status_bytes: ", "reconnect_max: ", "connect_timeout: ", "shutdown_timeout: ",
+		"offline_grace: must be positive", "max_auth_failures: must be at least 1"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("missing %q in:\n%v", want, err)
 		}
@@ -56,6 +58,8 @@ reconnect_min: 1s
 reconnect_max: 1m
 connect_timeout: 5s
 shutdown_timeout: 3s
+offline_grace: 1m
+max_auth_failures: 5
 `
 	c := Default()
 	dec := yaml.NewDecoder(strings.NewReader(src))
@@ -66,20 +70,25 @@ shutdown_timeout: 3s
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	if c.Port != 5275 || c.SubscriptionPolicy != PolicyAccept || c.ReconnectMax.Minutes() != 1 || c.MaxStatusBytes != 200 {
+	if c.Port != 5275 || c.SubscriptionPolicy != PolicyAccept || c.ReconnectMax.Minutes() != 1 || c.MaxStatusBytes != 200 ||
+		c.OfflineGrace.Minutes() != 1 || c.MaxAuthFailures != 5 {
 		t.Fatalf("decoded %+v", c)
 	}
 }
 
 func TestNewRefusesMismatchedNamespace(t *testing.T) {
-	_, err := New(validConfig(), testNamespace("other.example.net"), nil, nil, nil)
+	_, err := New(validConfig(), testNamespace("other.example.net"), nil, nil, nil, nil)
 	if !errors.Is(err, ErrNamespace) {
 		t.Fatalf("err = %v", err)
 	}
 	bad := validConfig()
 	bad.Port = 0
-	if _, err := New(bad, testNamespace(bad.ComponentDomain), nil, nil, nil); !errors.Is(err, ErrConfig) {
+	if _, err := New(bad, testNamespace(bad.ComponentDomain), nil, nil, nil, nil); !errors.Is(err, ErrConfig) {
 		t.Fatalf("err = %v", err)
+	}
+	good := validConfig()
+	if _, err := New(good, testNamespace(good.ComponentDomain), nil, nil, nil, nil); !errors.Is(err, ErrConfig) {
+		t.Fatalf("without translator, store and observer: err = %v", err)
 	}
 }
 

@@ -22,6 +22,9 @@ import (
 // A handler that returns an error ends the stream, so this one never does:
 // bad stanzas are logged and dropped or answered with a stanza error, and a
 // panic is recovered and logged.
+//
+// The handler is where addresses are validated: everything past it works
+// with a [sender] and a [dest].
 func (c *Component) handler(ctx context.Context) xmpp.Handler {
 	return xmpp.HandlerFunc(func(t xmlstream.TokenReadEncoder, start *xml.StartElement) (err error) {
 		defer func() {
@@ -37,6 +40,10 @@ func (c *Component) handler(ctx context.Context) xmpp.Handler {
 
 // handle dispatches one top-level element read from r (positioned after
 // start); replies go to w.
+//
+// Reports to the observer are made before anything is written to w: the
+// handler holds the stream's write lock from its first write on, and an
+// observer may answer at once through SendSubscription, which writes.
 func (c *Component) handle(ctx context.Context, r xml.TokenReader, w xmlstream.TokenWriter, start xml.StartElement) {
 	if !stanza.IsStanza(start.Name) {
 		c.log.Warn("ignoring unknown top-level element", "name", start.Name.Local, "ns", start.Name.Space)
@@ -52,24 +59,51 @@ func (c *Component) handle(ctx context.Context, r xml.TokenReader, w xmlstream.T
 	}
 }
 
+// sender is the validated from of a stanza.
+type sender struct {
+	jid jid.JID // as sent, with its resource
+	// bare is the sender's bare JID when it can have a ghost (see
+	// mapping.NewBareJID), else empty: such senders get answers to IQs but
+	// their presence and subscriptions are ignored.
+	bare mapping.BareJID
+}
+
 // checkFrom refuses a stanza whose from is missing, invalid or on the
 // component's own domain (only the component speaks for it: anything else
 // is spoofed or a loop).
-func (c *Component) checkFrom(h stanza.Header) (jid.JID, bool) {
+func (c *Component) checkFrom(h stanza.Header) (sender, bool) {
 	if h.From == "" {
 		c.log.Warn("refusing stanza without from", "stanza", h.Name, "type", h.Type)
-		return jid.JID{}, false
+		return sender{}, false
 	}
 	from, err := jid.Parse(h.From)
 	if err != nil {
 		c.log.Warn("refusing stanza with invalid from", "stanza", h.Name, "from", clip(h.From), "err", err)
-		return jid.JID{}, false
+		return sender{}, false
 	}
-	if d := from.Domainpart(); d == c.cfg.ComponentDomain || strings.HasSuffix(d, "."+c.cfg.ComponentDomain) {
+	if c.ownDomain(from.Domainpart()) {
 		c.log.Warn("refusing stanza from the component's own domain", "stanza", h.Name, "from", clip(h.From))
-		return jid.JID{}, false
+		return sender{}, false
 	}
-	return from, true
+	s := sender{jid: from}
+	if bare, err := mapping.NewBareJID(from.Bare().String()); err == nil {
+		s.bare = bare
+	}
+	return s, true
+}
+
+// ownDomain reports whether domain is the component domain or one of its
+// subdomains.
+func (c *Component) ownDomain(domain string) bool {
+	return domain == c.cfg.ComponentDomain || strings.HasSuffix(domain, "."+c.cfg.ComponentDomain)
+}
+
+// dest is the validated to of a stanza: the component domain (user empty)
+// or a puppet.
+type dest struct {
+	jid    jid.JID         // as sent, with its resource
+	user   mapping.UserID  // the Matrix user of the puppet; empty for the domain
+	puppet mapping.BareJID // the puppet's bare JID; empty for the domain
 }
 
 // toProblem says which stanza error answers a bad destination.
@@ -79,27 +113,27 @@ type toProblem struct {
 
 // checkTo decodes the destination: the component domain or a puppet. A
 // problem says which stanza error to reply with.
-func (c *Component) checkTo(h stanza.Header) (to jid.JID, mxid string, problem *toProblem) {
+func (c *Component) checkTo(h stanza.Header) (dest, *toProblem) {
 	to, err := jid.Parse(h.To)
 	if err != nil {
 		c.log.Warn("stanza to an invalid JID", "stanza", h.Name, "to", clip(h.To), "err", err)
-		return to, "", &toProblem{xstanza.JIDMalformed}
+		return dest{}, &toProblem{xstanza.JIDMalformed}
 	}
 	if to.Domainpart() != c.cfg.ComponentDomain {
 		c.log.Warn("stanza addressed outside the component domain", "stanza", h.Name, "to", clip(h.To))
-		return to, "", &toProblem{xstanza.BadRequest}
+		return dest{jid: to}, &toProblem{xstanza.BadRequest}
 	}
 	if to.Localpart() == "" {
-		return to, "", nil
+		return dest{jid: to}, nil
 	}
-	var id mapping.UserID
-	id, err = c.ns.ParsePuppetJID(to.Bare().String())
-	mxid = string(id)
+	bare := to.Bare().String()
+	id, err := c.ns.ParsePuppetJID(bare)
 	if err != nil {
 		c.log.Info("stanza to a JID that is no puppet", "stanza", h.Name, "to", clip(h.To), "err", err)
-		return to, "", &toProblem{xstanza.ItemNotFound}
+		return dest{jid: to}, &toProblem{xstanza.ItemNotFound}
 	}
-	return to, mxid, nil
+	// ParsePuppetJID accepts only the canonical puppet JID.
+	return dest{jid: to, user: id, puppet: mapping.BareJID(bare)}, nil
 }
 
 // replyError writes a stanza error in reply to h, unless h is itself an
@@ -107,7 +141,7 @@ func (c *Component) checkTo(h stanza.Header) (to jid.JID, mxid string, problem *
 // addressed outside our domain comes from the component domain, since
 // anything else ends the stream.
 func (c *Component) replyError(w xmlstream.TokenWriter, h stanza.Header, typ xstanza.ErrorType, cond xstanza.Condition) {
-	if h.Type == "error" || (h.Name == "iq" && h.Type == "result") {
+	if h.Type == "error" || (h.Name == "iq" && stanza.ParseIQType(h.Type) == stanza.IQResult) {
 		return
 	}
 	from := ""
@@ -132,12 +166,12 @@ func (c *Component) handleMessage(ctx context.Context, r xml.TokenReader, w xmls
 	if !ok {
 		return
 	}
-	to, mxid, p := c.checkTo(h)
+	to, p := c.checkTo(h)
 	if p != nil {
 		c.replyError(w, h, xstanza.Cancel, p.cond)
 		return
 	}
-	if mxid == "" && to.Resourcepart() == "" {
+	if to.user == "" && to.jid.Resourcepart() == "" {
 		c.handleCommand(ctx, r, w, start, h, from)
 		return
 	}

@@ -8,29 +8,21 @@ import (
 	"testing"
 	"time"
 
-	"github.com/presence-bridge/presence-bridge/bridge"
 	"github.com/presence-bridge/presence-bridge/mapping"
 )
 
 const testDomain = "matrix.example.net"
 
-// newTestComponent returns a component that is not connected, on an
-// embedded bus, with the events it publishes recorded.
-func newTestComponent(t testing.TB) (*Component, *recorder) {
+// newTestComponent returns a component that is not connected, on a KV
+// store of its own, reporting to a fake core.
+func newTestComponent(t testing.TB) (*Component, *fakeObserver) {
 	t.Helper()
-	bus := openTestBus(t)
-	cfg := validConfig()
-	c, err := New(cfg, testNamespace(testDomain), mapping.NewTranslator(mapping.DefaultTable(), false), bus, nil)
+	obs := &fakeObserver{}
+	c, err := New(validConfig(), testNamespace(testDomain), mapping.NewTranslator(mapping.DefaultTable(), false), openTestStore(t), obs, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec := &recorder{}
-	sub, err := bus.Subscribe(context.Background(), bridge.SubjectFilter(bridge.In, mapping.NetworkXMPP, ""), rec.add)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sub.Unsubscribe() })
-	return c, rec
+	return c, obs
 }
 
 // feed runs the handler on one raw element and returns what it wrote.
@@ -61,9 +53,8 @@ func feed(t testing.TB, c *Component, raw string) string {
 }
 
 func TestSpoofedSendersRefused(t *testing.T) {
-	c, rec := newTestComponent(t)
-	puppetTyped, _ := c.ns.PuppetJID(mapping.UserID(bob))
-	puppet := string(puppetTyped)
+	c, obs := newTestComponent(t)
+	puppet := puppetOf(t, c, bob)
 	tests := []struct{ name, from string }{
 		{"component domain", testDomain},
 		{"a puppet", puppet},
@@ -89,18 +80,14 @@ func TestSpoofedSendersRefused(t *testing.T) {
 			}
 		})
 	}
-	if err := c.bus.Conn().Flush(); err != nil {
-		t.Fatal(err)
-	}
-	if evs := rec.matching(func(*bridge.Event) bool { return true }); len(evs) != 0 {
-		t.Fatalf("spoofed stanzas published %d events", len(evs))
+	if n := obs.reports(); n != 0 {
+		t.Fatalf("spoofed stanzas made %d reports", n)
 	}
 }
 
 func TestHandlerAddressing(t *testing.T) {
-	c, rec := newTestComponent(t)
-	puppetTyped, _ := c.ns.PuppetJID(mapping.UserID(bob))
-	puppet := string(puppetTyped)
+	c, obs := newTestComponent(t)
+	puppet := puppetOf(t, c, bob)
 	tests := []struct {
 		name, raw string
 		want      []string // substrings of the reply; nil means no reply
@@ -140,9 +127,8 @@ func TestHandlerAddressing(t *testing.T) {
 	feed(t, c, `<presence type='unavailable' from='u@x.org' to='`+puppet+`'/>`)
 	// Directed presence from a full JID is.
 	feed(t, c, `<presence from='u@x.org/r' to='`+puppet+`'><show>dnd</show></presence>`)
-	waitFor(t, waitShort, "directed presence published", func() bool { return len(rec.matching(presenceOf("u@x.org"))) == 1 })
-	if p := rec.matching(presenceOf("u@x.org"))[0].Presence; p.State != mapping.StateBusy {
-		t.Fatalf("published %+v", p)
+	if ps := obs.presenceOf("u@x.org"); len(ps) != 1 || ps[0].State != mapping.StateBusy {
+		t.Fatalf("reported %+v, want one busy", ps)
 	}
 }
 
@@ -167,7 +153,6 @@ func TestLastActiveSeconds(t *testing.T) {
 
 func TestBackoff(t *testing.T) {
 	b := backoff{min: 100 * time.Millisecond, max: time.Second}
-	prev := time.Duration(0)
 	for i := 0; i < 10; i++ {
 		d := b.next()
 		if d > time.Second || d < 50*time.Millisecond {
@@ -176,9 +161,7 @@ func TestBackoff(t *testing.T) {
 		if i > 5 && d < 500*time.Millisecond {
 			t.Fatalf("attempt %d: %v, want capped near max", i, d)
 		}
-		prev = d
 	}
-	_ = prev
 	b.reset()
 	if d := b.next(); d > 100*time.Millisecond {
 		t.Fatalf("after reset: %v", d)
@@ -194,6 +177,10 @@ func FuzzHandle(f *testing.F) {
 		`<iq type='set' id='1' from='a@b/c' to='matrix.example.net'><query xmlns='jabber:iq:gateway'><prompt>@x:y</prompt></query></iq>`,
 		`<iq type='get' id='1' from='a@b/c' to='bob\40example.org@matrix.example.net'><query xmlns='jabber:iq:last'/></iq>`,
 		`<message from='a@b/c' to='x@matrix.example.net'><body>x</body></message>`,
+		`<presence type='unavailable' from='a@b/c' to='bob\40example.org@matrix.example.net'><status>Disconnected: Received SIGTERM</status></presence>`,
+		`<presence type='unsubscribe' from='a@b' to='bob\40example.org@matrix.example.net'/>`,
+		`<message type='chat' from='a@b/c' to='matrix.example.net'><body>optout</body></message>`,
+		`<iq type='bogus' id='1' from='a@b/c' to='matrix.example.net'/>`,
 	} {
 		f.Add(s)
 	}
@@ -201,4 +188,14 @@ func FuzzHandle(f *testing.F) {
 	f.Fuzz(func(t *testing.T, raw string) {
 		feed(t, c, raw)
 	})
+}
+
+// puppetOf returns the puppet JID of id.
+func puppetOf(t testing.TB, c *Component, id mapping.UserID) string {
+	t.Helper()
+	j, err := c.ns.PuppetJID(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(j)
 }

@@ -2,89 +2,201 @@ package xmppside
 
 import (
 	"context"
-	"github.com/presence-bridge/presence-bridge/internal/testenv/bustest"
+	"errors"
+	"log/slog"
 	"net"
 	"os"
 	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/presence-bridge/presence-bridge/bridge"
+	"github.com/presence-bridge/presence-bridge/internal/testenv/bustest"
 	prosodytest "github.com/presence-bridge/presence-bridge/internal/testenv/prosody"
 	"github.com/presence-bridge/presence-bridge/mapping"
 )
 
+// TestMain fails the package's tests if any goroutine outlives them.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
 const (
-	bob       = "@bob:example.org"
-	carol     = "@carol:example.org"
-	waitLong  = 15 * time.Second
-	waitShort = 5 * time.Second
+	bob       mapping.UserID = "@bob:example.org"
+	carol     mapping.UserID = "@carol:example.org"
+	waitLong                 = 15 * time.Second
+	waitShort                = 5 * time.Second
 )
 
 func testNamespace(domain string) mapping.Namespace {
 	return mapping.Namespace{GhostPrefix: "_xmpp_", HomeserverDomain: "example.org", ComponentDomain: domain}
 }
 
-func openTestBus(t testing.TB) *bridge.Bus { return bustest.Open(t, "") }
+// openTestStore returns the KV store of an embedded bus that lives as long
+// as the test.
+func openTestStore(t testing.TB) *bridge.Store { return bustest.Open(t, "").Store() }
 
 var waitFor = bustest.WaitFor
 
 var testLogger = bustest.Logger
 
-// recorder keeps every event the component publishes on bridge.In.
-type recorder struct {
-	mu     sync.Mutex
-	events []*bridge.Event
+// fakeObserver is the core as the component sees it: it records every
+// report, may refuse the durable ones, and may answer subscription requests
+// at once (synchronously, from within the report, as a core wired in the
+// same process may do).
+type fakeObserver struct {
+	mu        sync.Mutex
+	presences []bridge.XMPPPresence
+	reportAt  []time.Time // when each of presences was reported
+	subs      []bridge.XMPPSubscription
+	optouts   []bridge.OptOut[mapping.BareJID]
+
+	// fail makes every report fail (after recording nothing).
+	fail atomic.Bool
+	// answer, if set, is called with every subscription report that was
+	// recorded.
+	answer func(context.Context, bridge.XMPPSubscription)
 }
 
-func (r *recorder) add(_ context.Context, ev *bridge.Event) {
-	r.mu.Lock()
-	r.events = append(r.events, ev)
-	r.mu.Unlock()
+var errRefused = errors.New("fake observer: refused")
+
+func (f *fakeObserver) XMPPPresence(_ context.Context, r bridge.XMPPPresence) error {
+	if f.fail.Load() {
+		return errRefused
+	}
+	f.mu.Lock()
+	f.presences = append(f.presences, r)
+	f.reportAt = append(f.reportAt, time.Now())
+	f.mu.Unlock()
+	return nil
 }
 
-// matching returns the recorded events for which pred holds.
-func (r *recorder) matching(pred func(*bridge.Event) bool) []*bridge.Event {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var out []*bridge.Event
-	for _, ev := range r.events {
-		if pred(ev) {
-			out = append(out, ev)
+func (f *fakeObserver) XMPPSubscription(ctx context.Context, r bridge.XMPPSubscription) error {
+	if f.fail.Load() {
+		return errRefused
+	}
+	f.mu.Lock()
+	f.subs = append(f.subs, r)
+	answer := f.answer
+	f.mu.Unlock()
+	if answer != nil {
+		answer(ctx, r)
+	}
+	return nil
+}
+
+func (f *fakeObserver) XMPPOptOut(_ context.Context, r bridge.OptOut[mapping.BareJID]) error {
+	if f.fail.Load() {
+		return errRefused
+	}
+	f.mu.Lock()
+	f.optouts = append(f.optouts, r)
+	f.mu.Unlock()
+	return nil
+}
+
+// presenceOf returns the presences reported for user, oldest first.
+func (f *fakeObserver) presenceOf(user mapping.BareJID) []mapping.Presence {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []mapping.Presence
+	for _, r := range f.presences {
+		if r.User == user {
+			out = append(out, r.Presence)
 		}
 	}
 	return out
 }
 
-func presenceOf(user string) func(*bridge.Event) bool {
-	return func(ev *bridge.Event) bool { return ev.Kind == bridge.KindPresence && ev.User == user }
+// presenceReports returns the presences reported for user with the time of
+// each report, oldest first.
+func (f *fakeObserver) presenceReports(user mapping.BareJID) ([]mapping.Presence, []time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var ps []mapping.Presence
+	var at []time.Time
+	for i, r := range f.presences {
+		if r.User == user {
+			ps, at = append(ps, r.Presence), append(at, f.reportAt[i])
+		}
+	}
+	return ps, at
 }
 
-func subscriptionOf(user, peer string, typ bridge.SubscriptionType) func(*bridge.Event) bool {
-	return func(ev *bridge.Event) bool {
-		return ev.Kind == bridge.KindSubscription && ev.User == user && ev.Peer == peer && ev.Subscription.Type == typ
+// lastPresence returns the last presence reported for user (zero if none).
+func (f *fakeObserver) lastPresence(user mapping.BareJID) mapping.Presence {
+	ps := f.presenceOf(user)
+	if len(ps) == 0 {
+		return mapping.Presence{}
+	}
+	return ps[len(ps)-1]
+}
+
+// subscriptions counts the subscription reports of contact to puppet of
+// type typ.
+func (f *fakeObserver) subscriptions(contact mapping.BareJID, puppet mapping.UserID, typ bridge.SubscriptionType) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for _, r := range f.subs {
+		if r.Contact == contact && r.Puppet == puppet && r.Type == typ {
+			n++
+		}
+	}
+	return n
+}
+
+// reports counts every report of any kind.
+func (f *fakeObserver) reports() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.presences) + len(f.subs) + len(f.optouts)
+}
+
+// policyAnswer returns the core's answer to subscription requests under
+// policy: accept approves and subscribes back, reject denies, ask waits for
+// the Matrix user (the test sends the answer).
+func policyAnswer(t testing.TB, comp func() *Component, policy Policy) func(context.Context, bridge.XMPPSubscription) {
+	return func(ctx context.Context, r bridge.XMPPSubscription) {
+		if r.Type != bridge.Subscribe {
+			return
+		}
+		var answers []bridge.SubscriptionType
+		switch policy {
+		case PolicyAccept:
+			answers = []bridge.SubscriptionType{bridge.Subscribed, bridge.Subscribe}
+		case PolicyReject:
+			answers = []bridge.SubscriptionType{bridge.Unsubscribed}
+		}
+		for _, a := range answers {
+			if err := comp().SendSubscription(ctx, bridge.PuppetSubscription{Puppet: r.Puppet, Contact: r.Contact, Type: a}); err != nil {
+				t.Errorf("answering %s with %s: %v", r.Type, a, err)
+			}
+		}
 	}
 }
 
-// rig is a real Prosody, an embedded bus and a running component.
+// rig is a real Prosody, a KV store, a fake core and a running component.
 type rig struct {
 	t      *testing.T
 	srv    *prosodytest.Server
-	bus    *bridge.Bus
+	store  *bridge.Store
 	comp   *Component
 	ns     mapping.Namespace
-	in     *recorder
+	obs    *fakeObserver
+	logs   *logRecorder
 	cancel context.CancelFunc
 	done   chan error
 }
 
-func startRig(t *testing.T, policy Policy, mutate ...func(*Config)) *rig {
-	t.Helper()
-	srv := prosodytest.Start(t, prosodytest.Options{ComponentDomain: "matrix.localhost", ComponentSecret: "test-secret"})
-	bus := openTestBus(t)
+// rigConfig returns a component configuration for srv.
+func rigConfig(t testing.TB, srv *prosodytest.Server) Config {
 	host, port, err := net.SplitHostPort(srv.ComponentAddr)
 	if err != nil {
 		t.Fatal(err)
@@ -94,28 +206,32 @@ func startRig(t *testing.T, policy Policy, mutate ...func(*Config)) *rig {
 	cfg.Port, _ = strconv.Atoi(port)
 	cfg.ComponentDomain = srv.ComponentDomain
 	cfg.Secret = srv.ComponentSecret
-	cfg.SubscriptionPolicy = policy
 	cfg.ReconnectMin, cfg.ReconnectMax = 50*time.Millisecond, time.Second
 	cfg.ShutdownTimeout = 5 * time.Second
+	return cfg
+}
+
+// startRig starts Prosody and a component whose fake core answers
+// subscription requests under policy.
+func startRig(t *testing.T, policy Policy, mutate ...func(*Config)) *rig {
+	t.Helper()
+	srv := prosodytest.Start(t, prosodytest.Options{ComponentDomain: "matrix.localhost", ComponentSecret: "test-secret"})
+	cfg := rigConfig(t, srv)
 	for _, m := range mutate {
 		m(&cfg)
 	}
-	ns := testNamespace(srv.ComponentDomain)
-	comp, err := New(cfg, ns, mapping.NewTranslator(mapping.DefaultTable(), false), bus, testLogger(t))
+	r := &rig{t: t, srv: srv, store: openTestStore(t), ns: testNamespace(srv.ComponentDomain), obs: &fakeObserver{}, logs: newLogRecorder(t), done: make(chan error, 1)}
+	r.obs.answer = policyAnswer(t, func() *Component { return r.comp }, policy)
+	comp, err := New(cfg, r.ns, mapping.NewTranslator(mapping.DefaultTable(), false), r.store, r.obs, slog.New(r.logs))
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &rig{t: t, srv: srv, bus: bus, comp: comp, ns: ns, in: &recorder{}, done: make(chan error, 1)}
-	sub, err := bus.Subscribe(context.Background(), bridge.SubjectFilter(bridge.In, mapping.NetworkXMPP, ""), r.in.add)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	r.comp = comp
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
 	go func() { r.done <- comp.Run(ctx) }()
 	t.Cleanup(r.stop)
-	waitFor(t, waitLong, "component connected", func() bool { return comp.connects.Load() >= 1 && comp.session() != nil })
+	waitFor(t, waitLong, "component connected", func() bool { return comp.connects.Load() >= 1 && comp.connected() })
 	return r
 }
 
@@ -138,13 +254,12 @@ func (r *rig) stop() {
 	}
 }
 
-func (r *rig) puppet(mxid string) string {
-	jTyped, err := r.ns.PuppetJID(mapping.UserID(mxid))
-	j := string(jTyped)
+func (r *rig) puppet(id mapping.UserID) string {
+	j, err := r.ns.PuppetJID(id)
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	return j
+	return string(j)
 }
 
 func (r *rig) ctx() context.Context {
@@ -170,20 +285,22 @@ func (r *rig) login(user, resource string, prio int, show, status string) *proso
 	return c
 }
 
-// sub returns the stored subscription of (mxid, contact).
-func (r *rig) sub(mxid, contact string) bridge.Subscription {
-	s, _, err := r.bus.Store().Subscriptions.Get(r.ctx(), bridge.PairKey(mxid, contact))
-	if err != nil && err != bridge.ErrNotFound {
+// sub returns the stored subscription of (id, contact).
+func (r *rig) sub(id mapping.UserID, contact mapping.BareJID) bridge.Subscription {
+	s, _, err := r.store.Subscriptions.Get(r.ctx(), pairKey(id, contact))
+	if err != nil && !errors.Is(err, bridge.ErrNotFound) {
 		r.t.Fatal(err)
 	}
 	return s
 }
 
-func (r *rig) waitSub(mxid, contact string, want bridge.Subscription) {
+// waitSub waits until the bucket holds want for the pair, and checks that
+// the index agrees.
+func (r *rig) waitSub(id mapping.UserID, contact mapping.BareJID, want bridge.Subscription) {
 	r.t.Helper()
-	waitFor(r.t, waitLong, "subscription "+StateName(want)+" for "+contact, func() bool { return SameState(r.sub(mxid, contact), want) })
-	if got := r.comp.subs.get(mxid, contact); !SameState(got, want) {
-		r.t.Fatalf("in-memory state %s, stored %s", StateName(got), StateName(want))
+	waitFor(r.t, waitLong, "subscription "+StateName(want)+" for "+string(contact), func() bool { return SameState(r.sub(id, contact), want) })
+	if got := r.comp.subs.get(id, contact); !SameState(got, want) {
+		r.t.Fatalf("index has %s, bucket %s", StateName(got), StateName(want))
 	}
 }
 
@@ -196,18 +313,19 @@ func (r *rig) roster(c *prosodytest.Client, puppet string) string {
 	return ros[puppet]
 }
 
-// presenceOut asks the puppet of mxid to show p.
-func (r *rig) presenceOut(mxid string, p mapping.Presence, peer string) {
+// show asks the puppet of id to show p, as the core does.
+func (r *rig) show(id mapping.UserID, p mapping.Presence) {
 	r.t.Helper()
-	if err := r.bus.Publish(r.ctx(), bridge.Out, &bridge.Event{Kind: bridge.KindPresence, Origin: mapping.NetworkMatrix, User: mxid, Peer: peer, Presence: &p}); err != nil {
+	if err := r.comp.ShowPuppet(r.ctx(), bridge.PuppetPresence{User: id, Presence: p}); err != nil {
 		r.t.Fatal(err)
 	}
 }
 
-// command asks the puppet of mxid to send a subscription stanza to contact.
-func (r *rig) command(mxid, contact string, typ bridge.SubscriptionType) {
+// command asks the puppet of id to send a subscription stanza to contact,
+// as the core does.
+func (r *rig) command(id mapping.UserID, contact mapping.BareJID, typ bridge.SubscriptionType) {
 	r.t.Helper()
-	if err := r.bus.Publish(r.ctx(), bridge.Out, &bridge.Event{Kind: bridge.KindSubscription, Origin: mapping.NetworkMatrix, User: mxid, Peer: contact, Subscription: &bridge.SubscriptionPayload{Type: typ}}); err != nil {
+	if err := r.comp.SendSubscription(r.ctx(), bridge.PuppetSubscription{Puppet: id, Contact: contact, Type: typ}); err != nil {
 		r.t.Fatal(err)
 	}
 }
@@ -223,13 +341,14 @@ func from(name, typ, jid string) func(prosodytest.Stanza) bool {
 	}
 }
 
-// befriend makes (mxid, contact) Both under the accept policy: the contact
-// subscribes, the component approves and subscribes back, the contact
-// approves.
-func (r *rig) befriend(c *prosodytest.Client, mxid string) {
+// bareOf returns the bare JID of a logged-in client.
+func bareOf(c *prosodytest.Client) mapping.BareJID { return mapping.BareJID(c.JID.Bare().String()) }
+
+// befriend makes (id, contact) Both under the accept policy: the contact
+// subscribes, the core approves and subscribes back, the contact approves.
+func (r *rig) befriend(c *prosodytest.Client, id mapping.UserID) {
 	r.t.Helper()
-	puppet := r.puppet(mxid)
-	contact := c.JID.Bare().String()
+	puppet := r.puppet(id)
 	if err := c.SendPresence(r.ctx(), "subscribe", puppet, "", "", 0); err != nil {
 		r.t.Fatal(err)
 	}
@@ -238,7 +357,91 @@ func (r *rig) befriend(c *prosodytest.Client, mxid string) {
 	if err := c.SendPresence(r.ctx(), "subscribed", puppet, "", "", 0); err != nil {
 		r.t.Fatal(err)
 	}
-	r.waitSub(mxid, contact, sBoth)
+	r.waitSub(id, bareOf(c), sBoth)
+}
+
+// ping sends an XEP-0199 ping from c to jid and waits for the result.
+func (r *rig) ping(c *prosodytest.Client, jid string) {
+	r.t.Helper()
+	id := "ping-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	if err := c.Send(r.ctx(), `<iq type='get' id='`+id+`' to='`+jid+`'><ping xmlns='urn:xmpp:ping'/></iq>`); err != nil {
+		r.t.Fatal(err)
+	}
+	res := c.Wait(r.t, waitLong, "ping result from "+jid, func(s prosodytest.Stanza) bool { return s.Name == "iq" && s.ID == id })
+	if res.Type != "result" || res.From != jid {
+		r.t.Fatalf("ping %s: %s", jid, res.Raw)
+	}
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+// logRecorder is a slog handler that keeps every record (level and
+// message, then the attributes as text) and passes it on to next.
+type logRecorder struct {
+	next  slog.Handler
+	mu    *sync.Mutex
+	lines *[]loggedLine
+	attrs []slog.Attr
+}
+
+type loggedLine struct {
+	level slog.Level
+	msg   string
+	text  string // the attributes, key=value
+}
+
+func newLogRecorder(t testing.TB) *logRecorder {
+	return &logRecorder{next: testLogger(t).Handler(), mu: &sync.Mutex{}, lines: new([]loggedLine)}
+}
+
+func (h *logRecorder) Enabled(context.Context, slog.Level) bool { return true }
+
+func (h *logRecorder) Handle(ctx context.Context, r slog.Record) error {
+	var b strings.Builder
+	add := func(a slog.Attr) bool { b.WriteString(a.String() + " "); return true }
+	for _, a := range h.attrs {
+		add(a)
+	}
+	r.Attrs(add)
+	h.mu.Lock()
+	*h.lines = append(*h.lines, loggedLine{level: r.Level, msg: r.Message, text: b.String()})
+	h.mu.Unlock()
+	return h.next.Handle(ctx, r)
+}
+
+func (h *logRecorder) WithAttrs(as []slog.Attr) slog.Handler {
+	c := *h
+	c.attrs = append(append([]slog.Attr(nil), h.attrs...), as...)
+	c.next = h.next.WithAttrs(as)
+	return &c
+}
+
+func (h *logRecorder) WithGroup(name string) slog.Handler {
+	c := *h
+	c.next = h.next.WithGroup(name)
+	return &c
+}
+
+// matching returns the records at level whose message contains msg.
+func (h *logRecorder) matching(level slog.Level, msg string) []loggedLine {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []loggedLine
+	for _, l := range *h.lines {
+		if l.level == level && strings.Contains(l.msg, msg) {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// all returns every record as one text.
+func (h *logRecorder) all() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var b strings.Builder
+	for _, l := range *h.lines {
+		b.WriteString(l.level.String() + " " + l.msg + " " + l.text + "\n")
+	}
+	return b.String()
+}

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"mellium.im/xmlstream"
-	"mellium.im/xmpp/jid"
 	xstanza "mellium.im/xmpp/stanza"
 
 	"github.com/presence-bridge/presence-bridge/mapping"
@@ -35,12 +34,12 @@ var (
 // and with an unparsable from it would end the stream.
 func (c *Component) handleIQ(ctx context.Context, r xml.TokenReader, w xmlstream.TokenWriter, start xml.StartElement) {
 	h := stanza.ParseHeader(start)
-	switch h.Type {
-	case "result", "error":
+	typ := stanza.ParseIQType(h.Type)
+	switch typ {
+	case stanza.IQResult, stanza.IQError:
 		c.log.Debug("ignoring iq response", "type", h.Type, "from", clip(h.From), "id", clip(h.ID))
 		return
-	case "get", "set":
-	default:
+	case stanza.IQInvalid:
 		c.log.Warn("iq of unknown type", "type", clip(h.Type), "from", clip(h.From))
 		c.replyError(w, h, xstanza.Modify, xstanza.BadRequest)
 		return
@@ -49,11 +48,11 @@ func (c *Component) handleIQ(ctx context.Context, r xml.TokenReader, w xmlstream
 	if !ok {
 		// Refused, but answered so that mellium does not: with no to, the
 		// server drops the error instead of routing it anywhere.
-		reply := stanza.Header{Name: "iq", ID: h.ID, Type: "error", From: c.cfg.ComponentDomain}
+		reply := stanza.Header{Name: "iq", ID: h.ID, Type: stanza.IQError.String(), From: c.cfg.ComponentDomain}
 		_, _ = xmlstream.Copy(w, stanza.Wrap(reply, xstanza.Error{Type: xstanza.Cancel, Condition: xstanza.Forbidden}.TokenReader()))
 		return
 	}
-	_, mxid, prob := c.checkTo(h)
+	to, prob := c.checkTo(h)
 	if prob != nil {
 		c.replyError(w, h, xstanza.Cancel, prob.cond)
 		return
@@ -63,17 +62,17 @@ func (c *Component) handleIQ(ctx context.Context, r xml.TokenReader, w xmlstream
 		c.replyError(w, h, xstanza.Modify, xstanza.BadRequest)
 		return
 	}
-	q := iqQuery{h: h, from: from, payload: payload, r: r, w: w, mxid: mxid}
-	switch {
-	case payload.Name.Space == NSPing && payload.Name.Local == "ping" && h.Type == "get":
+	q := iqQuery{h: h, typ: typ, from: from, to: to, payload: payload, r: r, w: w}
+	switch name := payload.Name; {
+	case name.Space == NSPing && name.Local == "ping" && typ == stanza.IQGet:
 		c.result(w, h, nil)
-	case payload.Name.Space == NSDiscoInfo && payload.Name.Local == "query" && h.Type == "get":
+	case name.Space == NSDiscoInfo && name.Local == "query" && typ == stanza.IQGet:
 		c.discoInfo(q)
-	case payload.Name.Space == NSDiscoItems && payload.Name.Local == "query" && h.Type == "get":
+	case name.Space == NSDiscoItems && name.Local == "query" && typ == stanza.IQGet:
 		c.result(w, h, &tokens{})
-	case mxid == "" && payload.Name.Space == NSGateway && payload.Name.Local == "query":
+	case to.user == "" && name.Space == NSGateway && name.Local == "query":
 		c.gateway(q)
-	case mxid != "" && payload.Name.Space == NSLast && payload.Name.Local == "query" && h.Type == "get":
+	case to.user != "" && name.Space == NSLast && name.Local == "query" && typ == stanza.IQGet:
 		c.lastActivity(ctx, q)
 	default:
 		c.replyError(w, h, xstanza.Cancel, xstanza.ServiceUnavailable)
@@ -83,11 +82,12 @@ func (c *Component) handleIQ(ctx context.Context, r xml.TokenReader, w xmlstream
 // iqQuery is one IQ being answered.
 type iqQuery struct {
 	h       stanza.Header
-	from    jid.JID
+	typ     stanza.IQType
+	from    sender
+	to      dest
 	payload xml.StartElement
 	r       xml.TokenReader // positioned inside payload
 	w       xmlstream.TokenWriter
-	mxid    string // "" for the component domain
 }
 
 // discoInfo answers XEP-0030 disco#info: the domain is a gateway to Matrix,
@@ -99,13 +99,13 @@ func (c *Component) discoInfo(q iqQuery) {
 	}
 	var t tokens
 	t.start(NSDiscoInfo, "query")
-	if q.mxid == "" {
+	if q.to.user == "" {
 		t.empty("", "identity", "category", "gateway", "type", "matrix", "name", "Matrix")
 		for _, f := range gatewayFeatures {
 			t.empty("", "feature", "var", f)
 		}
 	} else {
-		t.empty("", "identity", "category", "client", "type", "pc", "name", q.mxid)
+		t.empty("", "identity", "category", "client", "type", "pc", "name", string(q.to.user))
 		for _, f := range puppetFeatures {
 			t.empty("", "feature", "var", f)
 		}
@@ -119,19 +119,22 @@ func (c *Component) discoInfo(q iqQuery) {
 func (c *Component) gateway(q iqQuery) {
 	var t tokens
 	t.start(NSGateway, "query")
-	if q.h.Type == "get" {
+	if q.typ == stanza.IQGet {
 		t.elem("", "desc", "Enter the Matrix user ID of the contact, e.g. @bob:example.org")
 		t.elem("", "prompt", "Matrix user ID")
 	} else {
 		prompt := strings.TrimSpace(childText(q.r, "prompt"))
-		puppetTyped, err := c.ns.PuppetJID(mapping.UserID(prompt))
-		puppet := string(puppetTyped)
+		id, err := mapping.NewUserID(prompt)
+		var puppet mapping.BareJID
+		if err == nil {
+			puppet, err = c.ns.PuppetJID(id)
+		}
 		if err != nil {
-			c.log.Info("gateway prompt is no Matrix user ID", "from", q.from.String(), "prompt", clip(prompt))
+			c.log.Info("gateway prompt is no Matrix user ID", "from", q.from.jid.String(), "prompt", clip(prompt))
 			c.replyError(q.w, q.h, xstanza.Modify, xstanza.NotAcceptable)
 			return
 		}
-		t.elem("", "jid", puppet)
+		t.elem("", "jid", string(puppet))
 	}
 	t.end(NSGateway, "query")
 	c.result(q.w, q.h, &t)
@@ -140,19 +143,19 @@ func (c *Component) gateway(q iqQuery) {
 // lastActivity answers XEP-0012 for a puppet from its last presence. Only
 // contacts that may see the puppet's presence learn it.
 func (c *Component) lastActivity(ctx context.Context, q iqQuery) {
-	if !c.subs.get(q.mxid, q.from.Bare().String()).From {
+	if q.from.bare == "" || !c.subs.get(q.to.user, q.from.bare).From {
 		c.replyError(q.w, q.h, xstanza.Auth, xstanza.Forbidden)
 		return
 	}
-	rec, ok := c.currentPresence(ctx, q.mxid, false)
+	cur, ok := c.currentPresence(ctx, q.to.user)
 	if !ok {
 		c.replyError(q.w, q.h, xstanza.Cancel, xstanza.ServiceUnavailable)
 		return
 	}
-	seconds := lastActiveSeconds(rec.Presence, rec.UpdatedAt, c.now())
+	seconds := lastActiveSeconds(cur.presence, cur.at, c.now())
 	var t tokens
 	t.start(NSLast, "query", "seconds", strconv.FormatInt(seconds, 10))
-	if s := mapping.TruncateStatus(rec.Presence.Status, c.cfg.MaxStatusBytes); s != "" {
+	if s := mapping.TruncateStatus(cur.presence.Status, c.cfg.MaxStatusBytes); s != "" {
 		t.text(s)
 	}
 	t.end(NSLast, "query")
@@ -183,7 +186,7 @@ func lastActiveSeconds(p mapping.Presence, updated, now time.Time) int64 {
 
 // result writes an IQ result with an optional payload.
 func (c *Component) result(w xmlstream.TokenWriter, h stanza.Header, payload xml.TokenReader) {
-	if _, err := xmlstream.Copy(w, stanza.Wrap(h.Reply("result"), payload)); err != nil {
+	if _, err := xmlstream.Copy(w, stanza.Wrap(h.Reply(stanza.IQResult.String()), payload)); err != nil {
 		c.log.Warn("writing iq result failed", "err", err)
 	}
 }

@@ -44,20 +44,20 @@ func BenchmarkMemoryPerPair(b *testing.B) {
 	const puppets, perPuppet = 1000, 100
 	const pairs = puppets * perPuppet
 	for b.Loop() {
-		bus := openTestBus(b)
+		store := openTestStore(b)
 		ctx := context.Background()
 		heap0, rss0 := heapInUse(), rss()
 		now := time.Now().UTC()
 		for p := range puppets {
 			for c := range perPuppet {
 				key := bridge.PairKey(fmt.Sprintf("@user%d:example.org", p), fmt.Sprintf("contact%d@xmpp%d.example", c, p%50))
-				if _, err := bus.Store().Subscriptions.Put(ctx, key, bridge.Subscription{To: true, From: true, UpdatedAt: now}); err != nil {
+				if _, err := store.Subscriptions.Put(ctx, key, bridge.Subscription{To: true, From: true, UpdatedAt: now}); err != nil {
 					b.Fatal(err)
 				}
 			}
 		}
 		cs := newContacts()
-		if err := cs.load(ctx, bus.Store().Subscriptions, func(string, error) {}); err != nil {
+		if err := cs.load(ctx, store.Subscriptions, func(string, error) {}); err != nil {
 			b.Fatal(err)
 		}
 		heap1, rss1 := heapInUse(), rss()

@@ -5,11 +5,9 @@ import (
 	"encoding/xml"
 
 	"mellium.im/xmlstream"
-	"mellium.im/xmpp/jid"
 	xstanza "mellium.im/xmpp/stanza"
 
 	"github.com/presence-bridge/presence-bridge/bridge"
-	"github.com/presence-bridge/presence-bridge/mapping"
 	"github.com/presence-bridge/presence-bridge/xmppside/stanza"
 )
 
@@ -37,7 +35,7 @@ func (c *Component) handlePresence(ctx context.Context, r xml.TokenReader, w xml
 	if p.Problems != nil {
 		c.log.Info("presence with bad content, using defaults", "from", clip(p.From), "problems", p.Problems.Error())
 	}
-	_, mxid, prob := c.checkTo(p.Header)
+	to, prob := c.checkTo(p.Header)
 	if prob != nil {
 		if prob.cond == xstanza.BadRequest {
 			return // not ours to answer for
@@ -45,54 +43,53 @@ func (c *Component) handlePresence(ctx context.Context, r xml.TokenReader, w xml
 		c.replyError(w, p.Header, xstanza.Cancel, prob.cond)
 		return
 	}
-	if mxid == "" {
+	if to.user == "" {
 		c.log.Debug("ignoring presence to the component domain", "from", clip(p.From), "type", string(p.Type))
 		return
 	}
-	bare := from.Bare().String()
-	if _, _, err := mapping.ParseBareJID(bare); err != nil {
-		c.log.Info("ignoring presence from a JID that cannot have a ghost", "from", clip(p.From), "err", err)
+	if from.bare == "" {
+		c.log.Info("ignoring presence from a JID that cannot have a ghost", "from", clip(p.From))
 		return
 	}
 	switch {
 	case p.Type == stanza.Available || p.Type == stanza.Unavailable:
-		if from.Resourcepart() == "" && !c.subs.get(mxid, bare).To {
+		if from.jid.Resourcepart() == "" && !c.subs.get(to.user, from.bare).To {
 			// Prosody acknowledges a subscription request with unavailable
 			// from the bare JID: it says nothing about the user. Presence
 			// from the bare JID only counts from a contact the puppet is
 			// subscribed to (a probe answer); directed presence comes from a
 			// full JID.
-			c.log.Debug("ignoring bare-JID presence from a non-contact", "from", bare, "to", p.To, "type", string(p.Type))
+			c.log.Debug("ignoring bare-JID presence from a non-contact", "from", from.bare, "to", p.To, "type", string(p.Type))
 			return
 		}
 		c.presenceIn(ctx, from, &p)
 	case p.Type.IsSubscription():
-		c.subscriptionIn(ctx, w, bare, mxid, &p)
+		c.subscriptionIn(ctx, w, from.bare, to, &p)
 	case p.Type == stanza.Probe:
-		c.probeIn(ctx, w, from, mxid, &p)
+		c.probeIn(ctx, w, from, to)
 	}
 }
 
 // presenceIn aggregates an available or unavailable presence of one
-// resource and publishes the user's aggregate if it changed.
-func (c *Component) presenceIn(ctx context.Context, from jid.JID, p *stanza.Presence) {
+// resource and reports the user's aggregate if it changed. When the last
+// resource goes, the aggregate is offline with the status the person last
+// set while available (see users.update).
+func (c *Component) presenceIn(ctx context.Context, from sender, p *stanza.Presence) {
 	now := c.now()
 	x := p.XMPP()
 	if x.IdleSince.After(now) {
 		x.IdleSince = now // a clock ahead of ours; idle cannot start in the future
 	}
 	np := c.tr.FromXMPP(x)
-	bare := from.Bare().String()
-	agg, changed := c.users.update(bare, from.Resourcepart(), np, now)
-	c.log.Debug("presence received", "from", from.String(), "to", p.To, "state", np.State.String(), "aggregate", agg.State.String(), "changed", changed)
+	agg, changed := c.users.update(from.bare, from.jid.Resourcepart(), np, now)
+	c.log.Debug("presence received", "from", from.jid.String(), "to", p.To, "state", np.State.String(), "aggregate", agg.State.String(), "changed", changed)
 	if !changed {
 		return
 	}
-	ev := &bridge.Event{Kind: bridge.KindPresence, Origin: mapping.NetworkXMPP, User: bare, Presence: &agg}
-	if err := c.bus.Publish(ctx, bridge.In, ev); err != nil {
-		c.log.Error("publishing presence failed", "user", bare, "err", err)
-		c.users.unpublish(bare)
-		return
+	rctx, cancel := context.WithTimeout(ctx, reportTimeout)
+	defer cancel()
+	if err := c.obs.XMPPPresence(rctx, bridge.XMPPPresence{User: from.bare, Presence: agg}); err != nil {
+		c.log.Error("reporting presence failed", "user", from.bare, "err", err)
+		c.users.unreport(from.bare)
 	}
-	c.presence.put(mapping.NetworkXMPP, bare, bridge.PresenceRecord{Presence: agg, Seq: ev.Seq, UpdatedAt: ev.ObservedAt})
 }

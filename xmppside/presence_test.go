@@ -1,7 +1,6 @@
 package xmppside
 
 import (
-	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -20,7 +19,7 @@ func TestProbeAnswered(t *testing.T) {
 	puppet := r.puppet(bob)
 	r.befriend(alice, bob)
 	idle := time.Now().Add(-10 * time.Minute).UTC().Truncate(time.Second)
-	r.presenceOut(bob, mapping.Presence{State: mapping.StateAway, Status: "afk", LastActive: idle}, "")
+	r.show(bob, mapping.Presence{State: mapping.StateAway, Status: "afk", LastActive: idle})
 	alice.Wait(t, waitLong, "bob away", func(s prosodytest.Stanza) bool { return from("presence", "", puppet)(s) && s.Show == "away" })
 
 	phone := r.srv.Login(t, "alice", "alice-pw", "phone")
@@ -50,15 +49,15 @@ func TestProbeAnswered(t *testing.T) {
 // loss of the bridge's state: mallory was approved, then the bridge forgot.
 func TestProbeNonSubscriber(t *testing.T) {
 	r := startRig(t, PolicyAccept)
-	const malloryJID = "mallory@localhost"
+	const malloryJID mapping.BareJID = "mallory@localhost"
 	puppet := r.puppet(bob)
 	mallory := r.login("mallory", "laptop", 0, "", "")
 	r.befriend(mallory, bob)
-	r.presenceOut(bob, mapping.Presence{State: mapping.StateAvailable, Status: "private"}, "")
+	r.show(bob, mapping.Presence{State: mapping.StateAvailable, Status: "private"})
 	mallory.Wait(t, waitLong, "bob's presence while approved", from("presence", "", puppet))
 
 	// The bridge forgets the subscription.
-	if err := r.bus.Store().Subscriptions.Delete(r.ctx(), bridge.PairKey(bob, malloryJID)); err != nil {
+	if _, err := r.store.Subscriptions.Put(r.ctx(), pairKey(bob, malloryJID), bridge.Subscription{}); err != nil {
 		t.Fatal(err)
 	}
 	r.comp.subs.set(bob, malloryJID, bridge.Subscription{})
@@ -84,25 +83,12 @@ func TestProbeNonSubscriber(t *testing.T) {
 	}
 }
 
-// ping sends an XEP-0199 ping from c to jid and waits for the result.
-func (r *rig) ping(c *prosodytest.Client, jid string) {
-	r.t.Helper()
-	id := fmt.Sprintf("ping-%d", time.Now().UnixNano())
-	if err := c.Send(r.ctx(), fmt.Sprintf(`<iq type='get' id='%s' to='%s'><ping xmlns='urn:xmpp:ping'/></iq>`, id, jid)); err != nil {
-		r.t.Fatal(err)
-	}
-	res := c.Wait(r.t, waitLong, "ping result from "+jid, func(s prosodytest.Stanza) bool { return s.Name == "iq" && s.ID == id })
-	if res.Type != "result" || res.From != jid {
-		r.t.Fatalf("ping %s: %s", jid, res.Raw)
-	}
-}
-
 // TestTwoResourcesAggregate: the highest priority resource wins; when it
-// goes offline the other one shows; each change is published once although
+// goes offline the other one shows; each change is reported once although
 // Prosody delivers it to two puppets.
 func TestTwoResourcesAggregate(t *testing.T) {
 	r := startRig(t, PolicyAccept)
-	const aliceJID = "alice@localhost"
+	const aliceJID mapping.BareJID = "alice@localhost"
 	laptop := r.login("alice", "laptop", 5, "away", "at lunch")
 	r.befriend(laptop, bob)
 	r.befriend(laptop, carol)
@@ -110,17 +96,11 @@ func TestTwoResourcesAggregate(t *testing.T) {
 	if err := phone.SendPresence(r.ctx(), "", "", "", "on the go", 1); err != nil {
 		t.Fatal(err)
 	}
-	last := func() mapping.Presence {
-		evs := r.in.matching(presenceOf(aliceJID))
-		if len(evs) == 0 {
-			return mapping.Presence{}
-		}
-		return *evs[len(evs)-1].Presence
-	}
+	last := func() mapping.Presence { return r.obs.lastPresence(aliceJID) }
 	count := func(pred func(mapping.Presence) bool) int {
 		n := 0
-		for _, ev := range r.in.matching(presenceOf(aliceJID)) {
-			if pred(*ev.Presence) {
+		for _, p := range r.obs.presenceOf(aliceJID) {
+			if pred(p) {
 				n++
 			}
 		}
@@ -133,13 +113,13 @@ func TestTwoResourcesAggregate(t *testing.T) {
 	}
 	waitFor(t, waitLong, "marker 1", func() bool { return last().Status == "marker 1" })
 	if n := count(func(p mapping.Presence) bool { return p.Status == "marker 1" }); n != 1 {
-		t.Errorf("marker 1 published %d times, want once", n)
+		t.Errorf("marker 1 reported %d times, want once", n)
 	}
 	if p := last(); p.State != mapping.StateAway || p.Priority != 5 {
 		t.Errorf("aggregate with both resources: %+v, want the laptop's", p)
 	}
 	if n := count(func(p mapping.Presence) bool { return p.Status == "on the go" }); n != 0 {
-		t.Errorf("the lower-priority phone was published %d times", n)
+		t.Errorf("the lower-priority phone was reported %d times", n)
 	}
 
 	// The laptop goes offline: the phone's presence is the aggregate now.
@@ -155,21 +135,23 @@ func TestTwoResourcesAggregate(t *testing.T) {
 	}
 	waitFor(t, waitLong, "marker 2", func() bool { return last().Status == "marker 2" })
 	if n := count(func(p mapping.Presence) bool { return p.Status == "on the go" }); n != 1 {
-		t.Errorf("the change to the phone was published %d times, want once", n)
+		t.Errorf("the change to the phone was reported %d times, want once", n)
 	}
-	// And the phone going offline makes alice offline, once.
+	// And the phone going offline makes alice offline, once; the status is
+	// the one she set while available, not the unavailable's text.
 	if err := phone.SendPresence(r.ctx(), "unavailable", "", "", "bye", 0); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, waitLong, "offline", func() bool { return last().State == mapping.StateOffline })
-	if err := r.bus.Conn().Flush(); err != nil {
-		t.Fatal(err)
-	}
+	r.ping(phone, r.puppet(bob)) // the unavailable was handled before the ping
 	if n := count(func(p mapping.Presence) bool { return p.State == mapping.StateOffline }); n != 1 {
-		t.Errorf("offline published %d times, want once", n)
-		for _, ev := range r.in.matching(presenceOf(aliceJID)) {
-			t.Logf("event %+v", *ev.Presence)
+		t.Errorf("offline reported %d times, want once", n)
+		for _, p := range r.obs.presenceOf(aliceJID) {
+			t.Logf("report %+v", p)
 		}
+	}
+	if p := last(); p.Status != "marker 2" {
+		t.Errorf("offline with status %q, want the last one set while available (marker 2)", p.Status)
 	}
 }
 
@@ -178,11 +160,11 @@ func TestTwoResourcesAggregate(t *testing.T) {
 func TestProsodyRestart(t *testing.T) {
 	// A slow first retry, so that alice is back before the component is.
 	r := startRig(t, PolicyAccept, func(c *Config) { c.ReconnectMin, c.ReconnectMax = 3*time.Second, 3*time.Second })
-	const aliceJID = "alice@localhost"
+	const aliceJID mapping.BareJID = "alice@localhost"
 	alice := r.login("alice", "laptop", 0, "", "")
 	puppet := r.puppet(bob)
 	r.befriend(alice, bob)
-	r.presenceOut(bob, mapping.Presence{State: mapping.StateBusy, Status: "deep work"}, "")
+	r.show(bob, mapping.Presence{State: mapping.StateBusy, Status: "deep work"})
 	alice.Wait(t, waitLong, "bob busy", func(s prosodytest.Stanza) bool { return from("presence", "", puppet)(s) && s.Show == "dnd" })
 
 	r.srv.Restart(t)
@@ -194,7 +176,7 @@ func TestProsodyRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := r.comp.connects.Load()
-	waitFor(t, waitLong, "reconnect", func() bool { return r.comp.connects.Load() >= 2 && r.comp.session() != nil })
+	waitFor(t, waitLong, "reconnect", func() bool { return r.comp.connects.Load() >= 2 && r.comp.connected() })
 	p := alice.Wait(t, waitLong, "bob's presence after the restart", func(s prosodytest.Stanza) bool {
 		return from("presence", "", puppet)(s) && s.Show == "dnd"
 	})
@@ -205,10 +187,7 @@ func TestProsodyRestart(t *testing.T) {
 		t.Log("alice was back before the component: the presence came from the re-announce")
 	}
 	// The component probed alice again.
-	waitFor(t, waitLong, "alice's presence after the restart", func() bool {
-		evs := r.in.matching(presenceOf(aliceJID))
-		return len(evs) > 0 && evs[len(evs)-1].Presence.Status == "back"
-	})
+	waitFor(t, waitLong, "alice's presence after the restart", func() bool { return r.obs.lastPresence(aliceJID).Status == "back" })
 	if s := r.sub(bob, aliceJID); !SameState(s, sBoth) {
 		t.Errorf("state after restart: %s", StateName(s))
 	}
@@ -218,9 +197,8 @@ func TestProsodyRestart(t *testing.T) {
 	r.ping(alice, puppet)
 }
 
-// TestCleanShutdown: every contact that may see a puppet, and every
-// recipient of directed presence, gets unavailable from it before the
-// stream closes.
+// TestCleanShutdown: every contact that may see a puppet gets unavailable
+// from it before the stream closes; nobody else hears from the puppets.
 func TestCleanShutdown(t *testing.T) {
 	r := startRig(t, PolicyAccept)
 	alice := r.login("alice", "laptop", 0, "", "")
@@ -230,31 +208,79 @@ func TestCleanShutdown(t *testing.T) {
 		r.befriend(c, bob)
 		r.befriend(c, carol)
 	}
-	for _, mxid := range []string{bob, carol} {
-		r.presenceOut(mxid, mapping.Presence{State: mapping.StateAvailable, Status: "here"}, "")
+	for _, id := range []mapping.UserID{bob, carol} {
+		r.show(id, mapping.Presence{State: mapping.StateAvailable, Status: "here"})
 	}
 	for _, c := range []*prosodytest.Client{alice, dave} {
-		for _, mxid := range []string{bob, carol} {
-			c.Wait(t, waitLong, "available", func(s prosodytest.Stanza) bool { return from("presence", "", r.puppet(mxid))(s) && s.Status == "here" })
+		for _, id := range []mapping.UserID{bob, carol} {
+			c.Wait(t, waitLong, "available", func(s prosodytest.Stanza) bool { return from("presence", "", r.puppet(id))(s) && s.Status == "here" })
 		}
 	}
-	// Directed presence to erin, who is no contact.
-	r.presenceOut(bob, mapping.Presence{State: mapping.StateAway, Status: "just for erin"}, erin.JID.String())
-	erin.Wait(t, waitLong, "directed presence", from("presence", "", r.puppet(bob)))
 
 	r.stop()
 	for _, c := range []*prosodytest.Client{alice, dave} {
-		for _, mxid := range []string{bob, carol} {
-			c.Wait(t, waitLong, "unavailable from "+mxid, from("presence", "unavailable", r.puppet(mxid)))
+		for _, id := range []mapping.UserID{bob, carol} {
+			c.Wait(t, waitLong, "unavailable from "+string(id), from("presence", "unavailable", r.puppet(id)))
 		}
 	}
-	erin.Wait(t, waitLong, "unavailable after directed presence", from("presence", "unavailable", r.puppet(bob)))
 	waitFor(t, waitLong, "component gone from Prosody", func() bool {
-		return r.srv.Log() != "" && contains(r.srv.Log(), "component disconnected: matrix.localhost")
+		return contains(r.srv.Log(), "component disconnected: matrix.localhost")
 	})
 	for _, s := range erin.Received() {
-		if s.From == r.puppet(carol) {
-			t.Errorf("erin got presence from a puppet she never saw: %s", s.Raw)
+		if s.From == r.puppet(bob) || s.From == r.puppet(carol) {
+			t.Errorf("erin, no contact, got presence from a puppet: %s", s.Raw)
 		}
+	}
+}
+
+// TestUnavailableTextIsNotStatus: the text of an unavailable presence is
+// not the person's status (servers fill it with their own reasons, such as
+// Prosody's "Disconnected: Received SIGTERM"): going offline keeps the
+// status the person last set while available.
+func TestUnavailableTextIsNotStatus(t *testing.T) {
+	r := startRig(t, PolicyAccept)
+	const aliceJID mapping.BareJID = "alice@localhost"
+	alice := r.login("alice", "laptop", 0, "", "")
+	r.befriend(alice, bob)
+	if err := alice.SendPresence(r.ctx(), "", "", "away", "working on it", 0); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, waitLong, "alice away", func() bool { return r.obs.lastPresence(aliceJID).Status == "working on it" })
+	if err := alice.SendPresence(r.ctx(), "unavailable", "", "", "Disconnected: Received SIGTERM", 0); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, waitLong, "alice offline", func() bool { return r.obs.lastPresence(aliceJID).State == mapping.StateOffline })
+	if p := r.obs.lastPresence(aliceJID); p.Status != "working on it" {
+		t.Errorf("offline with status %q, want the status set while available", p.Status)
+	}
+
+	// An empty status set while available is kept as empty.
+	if err := alice.SendPresence(r.ctx(), "", "", "", "", 0); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, waitLong, "alice back", func() bool { return r.obs.lastPresence(aliceJID).State == mapping.StateAvailable })
+	if err := alice.SendPresence(r.ctx(), "unavailable", "", "", "gone", 0); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, waitLong, "alice offline again", func() bool { return r.obs.lastPresence(aliceJID).State == mapping.StateOffline })
+	if p := r.obs.lastPresence(aliceJID); p.Status != "" {
+		t.Errorf("offline with status %q, want none", p.Status)
+	}
+
+	// Prosody's own shutdown: whatever it tells the component about alice,
+	// her status is not its text.
+	if err := alice.SendPresence(r.ctx(), "", "", "", "before the restart", 0); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, waitLong, "alice's new status", func() bool { return r.obs.lastPresence(aliceJID).Status == "before the restart" })
+	r.srv.Restart(t)
+	waitFor(t, waitLong, "reconnect", func() bool { return r.comp.connects.Load() >= 2 && r.comp.connected() })
+	for _, p := range r.obs.presenceOf(aliceJID) {
+		if strings.Contains(p.Status, "SIGTERM") || p.State == mapping.StateOffline && p.Status == "Disconnected: Received SIGTERM" {
+			t.Errorf("the server's shutdown text became alice's status: %+v", p)
+		}
+	}
+	if p := r.obs.lastPresence(aliceJID); p.State == mapping.StateOffline && p.Status != "before the restart" {
+		t.Errorf("offline after the server's shutdown with status %q", p.Status)
 	}
 }

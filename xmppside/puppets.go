@@ -2,102 +2,66 @@ package xmppside
 
 import (
 	"sync"
+	"time"
 
-	"github.com/presence-bridge/presence-bridge/bridge"
+	"github.com/presence-bridge/presence-bridge/mapping"
 )
 
-// puppets remembers, per Matrix user, the last presence the puppet showed
-// and where it sent directed presence (RFC 6121 §4.6), so that probes,
-// reconnects and shutdown can answer without asking the bus. Safe for
-// concurrent use.
+// shown is a presence a puppet was asked to show.
+type shown struct {
+	presence mapping.Presence
+	seq      uint64    // the command's sequence; 0 if not stamped
+	at       time.Time // when it was observed on Matrix (UTC)
+}
+
+// puppets remembers, per Matrix user, the last presence the core asked the
+// puppet to show, so that probes, reconnects and subscription approvals
+// answer without a bucket read. After a restart it is filled lazily from
+// the core's presence bucket (see currentPresence). Safe for concurrent use.
 type puppets struct {
 	mu sync.Mutex
-	m  map[string]*puppetState
+	m  map[mapping.UserID]shown
 }
 
-type puppetState struct {
-	rec      bridge.PresenceRecord
-	known    bool
-	directed map[string]struct{} // JIDs that got directed presence and no unavailable since
-}
+func newPuppets() *puppets { return &puppets{m: make(map[mapping.UserID]shown)} }
 
-func newPuppets() *puppets { return &puppets{m: make(map[string]*puppetState)} }
-
-func (p *puppets) stateLocked(mxid string) *puppetState {
-	s := p.m[mxid]
-	if s == nil {
-		s = &puppetState{}
-		p.m[mxid] = s
-	}
-	return s
-}
-
-// setIfNewer records rec unless a record with a larger sequence is known; it
-// reports whether rec is now the current one.
-func (p *puppets) setIfNewer(mxid string, rec bridge.PresenceRecord) bool {
+// set records s and reports whether the puppet's presence changed. A
+// command older than the known one (both stamped, smaller sequence) and a
+// repeated one change nothing.
+func (p *puppets) set(id mapping.UserID, s shown) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	s := p.stateLocked(mxid)
-	if s.known && s.rec.Seq > rec.Seq {
+	cur, ok := p.m[id]
+	switch {
+	case !ok:
+	case cur.seq != 0 && s.seq != 0 && s.seq < cur.seq:
+		return false
+	case cur.presence.Equal(s.presence):
+		cur.seq = max(cur.seq, s.seq)
+		p.m[id] = cur
 		return false
 	}
-	s.rec, s.known = rec, true
+	p.m[id] = s
 	return true
 }
 
-// get returns the last known presence of the puppet.
-func (p *puppets) get(mxid string) (bridge.PresenceRecord, bool) {
+// setIfUnknown records s only when nothing is known of the puppet yet, so
+// that a bucket read racing with a command never replaces the command's
+// presence. It returns what is known afterwards.
+func (p *puppets) setIfUnknown(id mapping.UserID, s shown) shown {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	s := p.m[mxid]
-	if s == nil || !s.known {
-		return bridge.PresenceRecord{}, false
+	if cur, ok := p.m[id]; ok {
+		return cur
 	}
-	return s.rec, true
+	p.m[id] = s
+	return s
 }
 
-// directed adds (available) or removes (unavailable) a directed-presence
-// recipient.
-func (p *puppets) directed(mxid, to string, available bool) {
+// get returns the last presence shown by the puppet.
+func (p *puppets) get(id mapping.UserID) (shown, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	s := p.stateLocked(mxid)
-	if !available {
-		delete(s.directed, to)
-		return
-	}
-	if s.directed == nil {
-		s.directed = make(map[string]struct{})
-	}
-	s.directed[to] = struct{}{}
-}
-
-// takeDirected returns and forgets the directed-presence recipients of a
-// puppet.
-func (p *puppets) takeDirected(mxid string) []string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	s := p.m[mxid]
-	if s == nil {
-		return nil
-	}
-	out := make([]string, 0, len(s.directed))
-	for to := range s.directed {
-		out = append(out, to)
-	}
-	s.directed = nil
-	return out
-}
-
-// allDirected returns every puppet with directed-presence recipients.
-func (p *puppets) allDirected() map[string][]string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	out := make(map[string][]string)
-	for mxid, s := range p.m {
-		for to := range s.directed {
-			out[mxid] = append(out[mxid], to)
-		}
-	}
-	return out
+	s, ok := p.m[id]
+	return s, ok
 }

@@ -179,37 +179,3 @@ func TestNormalizeIllegal(t *testing.T) {
 }
 
 func legal(s bridge.Subscription) bool { return !(s.To && s.PendingOut) && !(s.From && s.PendingIn) }
-
-func TestPlanInboundPolicies(t *testing.T) {
-	tests := []struct {
-		name    string
-		s       bridge.Subscription
-		policy  Policy
-		next    bridge.Subscription
-		publish bool
-		replies string
-	}{
-		{"ask holds the request", sNone, PolicyAsk, sNonePI, true, ""},
-		{"ask re-sent at login is silent", sNonePI, PolicyAsk, sNonePI, false, ""},
-		{"accept approves and subscribes back", sNone, PolicyAccept, sFromPO, true, "subscribed,subscribe"},
-		{"accept when already To", sTo, PolicyAccept, sBoth, true, "subscribed"},
-		{"reject denies", sNone, PolicyReject, sNone, false, "unsubscribed"},
-		{"approved before: auto-reply", sFrom, PolicyReject, sFrom, false, "subscribed"},
-		{"accept pending request held by ask", sNonePI, PolicyAccept, sFromPO, false, "subscribed,subscribe"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			pl := planInbound(tt.s, bridge.Subscribe, tt.policy)
-			replies := ""
-			for i, r := range pl.replies {
-				if i > 0 {
-					replies += ","
-				}
-				replies += string(r)
-			}
-			if !SameState(pl.next, tt.next) || pl.publish != tt.publish || replies != tt.replies {
-				t.Errorf("got %s publish=%v replies=%q; want %s publish=%v replies=%q", StateName(pl.next), pl.publish, replies, StateName(tt.next), tt.publish, tt.replies)
-			}
-		})
-	}
-}

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"sync"
 	"time"
 
 	"mellium.im/xmlstream"
@@ -14,7 +13,6 @@ import (
 	"mellium.im/xmpp/component"
 	"mellium.im/xmpp/stream"
 
-	"github.com/presence-bridge/presence-bridge/bridge"
 	"github.com/presence-bridge/presence-bridge/mapping"
 	"github.com/presence-bridge/presence-bridge/xmppside/stanza"
 )
@@ -26,9 +24,15 @@ const writeTimeout = 10 * time.Second
 // write lock, so that replies from the handler are not starved.
 const batchSize = 256
 
-// connect dials the server and performs the XEP-0114 handshake.
+// keepAlive makes the kernel notice a server that vanished without closing
+// the connection (a network cut) within about 30 s of silence, so that the
+// stream ends and Config.OfflineGrace starts counting.
+var keepAlive = net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 5 * time.Second, Count: 3}
+
+// connect dials the server and performs the XEP-0114 handshake. A refused
+// secret is an ErrAuthentication.
 func (c *Component) connect(ctx context.Context) (net.Conn, *xmpp.Session, error) {
-	d := net.Dialer{Timeout: c.cfg.ConnectTimeout}
+	d := net.Dialer{Timeout: c.cfg.ConnectTimeout, KeepAliveConfig: keepAlive}
 	conn, err := d.DialContext(ctx, "tcp", c.addr())
 	if err != nil {
 		return nil, nil, fmt.Errorf("xmppside: dial %s: %w", c.addr(), err)
@@ -40,6 +44,9 @@ func (c *Component) connect(ctx context.Context) (net.Conn, *xmpp.Session, error
 		conn.Close()
 		var se stream.Error
 		if errors.As(err, &se) {
+			if se.Err == stream.NotAuthorized.Err {
+				return nil, nil, fmt.Errorf("%w: %s answered %s", ErrAuthentication, c.addr(), se.Err)
+			}
 			return nil, nil, fmt.Errorf("xmppside: handshake with %s refused (%s): %w", c.addr(), se.Err, err)
 		}
 		return nil, nil, fmt.Errorf("xmppside: handshake with %s: %w", c.addr(), err)
@@ -47,27 +54,29 @@ func (c *Component) connect(ctx context.Context) (net.Conn, *xmpp.Session, error
 	return conn, sess, nil
 }
 
-// serve runs one session until it ends or ctx ends. After the handshake it
-// re-announces every puppet's presence and probes every contact the puppets
-// are subscribed to, since the server kept none of that for the component.
-// When ctx ends it performs the clean shutdown and returns nil.
-func (c *Component) serve(ctx, work context.Context, conn net.Conn, sess *xmpp.Session, quiesce func()) error {
+// serve runs one session until it ends or ctx ends. Once the session is
+// installed, the sender (outbox.go) re-announces every puppet's presence
+// and probes every contact the puppets are subscribed to, since the server
+// kept none of that for the component. When ctx ends serve performs the
+// clean shutdown and returns nil.
+func (c *Component) serve(ctx context.Context, conn net.Conn, sess *xmpp.Session) error {
 	c.log.Info("xmpp component connected", "server", c.addr(), "connection", c.connects.Add(1))
 	c.users.resetResources()
 	c.setSession(sess)
-	defer c.setSession(nil)
+	c.setLink(true)
+	c.out.kick()
+	defer c.setLink(false)
 
+	// The handler outlives ctx by the goodbye: it still answers the server
+	// and may report what it hears until the stream is closed.
+	hctx, stopHandler := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopHandler()
 	served := make(chan error, 1)
-	go func() { served <- sess.Serve(c.handler(work)) }()
-
-	actx, stopAnnounce := context.WithCancel(work)
-	var announced sync.WaitGroup
-	announced.Add(1)
-	go func() { defer announced.Done(); c.announce(actx, sess) }()
-	defer func() { stopAnnounce(); announced.Wait() }()
+	go func() { served <- sess.Serve(c.handler(hctx)) }()
 
 	select {
 	case err := <-served:
+		c.detachSession()
 		conn.Close()
 		if err == nil {
 			err = errors.New("xmppside: server closed the stream")
@@ -75,14 +84,11 @@ func (c *Component) serve(ctx, work context.Context, conn net.Conn, sess *xmpp.S
 		return err
 	case <-ctx.Done():
 	}
-	quiesce()
-	stopAnnounce()
-	announced.Wait()
+	c.detachSession()
 
-	sctx, cancel := context.WithTimeout(work, c.cfg.ShutdownTimeout)
+	sctx, cancel := context.WithTimeout(hctx, c.cfg.ShutdownTimeout)
 	defer cancel()
 	n := c.goodbye(sctx, sess)
-	c.setSession(nil)
 	if err := sess.Close(); err != nil {
 		c.log.Warn("closing xmpp stream failed", "err", err)
 	}
@@ -106,14 +112,13 @@ func (c *Component) announce(ctx context.Context, sess *xmpp.Session) {
 		if ctx.Err() != nil {
 			return
 		}
-		puppetTyped, err := c.ns.PuppetJID(mapping.UserID(mxid))
-		puppet := string(puppetTyped)
+		puppet, err := c.ns.PuppetJID(mxid)
 		if err != nil {
 			c.log.Warn("no puppet for stored subscription", "mxid", mxid, "err", err)
 			continue
 		}
-		if rec, ok := c.currentPresence(ctx, mxid, true); ok {
-			p := c.outPresence(puppet, rec)
+		if cur, ok := c.currentPresence(ctx, mxid); ok {
+			p := c.outPresence(puppet, cur.presence)
 			to := c.subs.from(nil, mxid)
 			if err := c.writeFanOut(ctx, sess, &p, to); err != nil {
 				c.log.Warn("re-announcing presence failed", "puppet", puppet, "err", err)
@@ -122,7 +127,7 @@ func (c *Component) announce(ctx context.Context, sess *xmpp.Session) {
 			sent += len(to)
 		}
 		to := c.subs.to(mxid)
-		probe := stanza.Presence{Header: stanza.Header{From: puppet}, Type: stanza.Probe}
+		probe := stanza.Presence{Header: stanza.Header{From: string(puppet)}, Type: stanza.Probe}
 		if err := c.writeFanOut(ctx, sess, &probe, to); err != nil {
 			c.log.Warn("probing contacts failed", "puppet", puppet, "err", err)
 			return
@@ -133,39 +138,27 @@ func (c *Component) announce(ctx context.Context, sess *xmpp.Session) {
 }
 
 // goodbye sends unavailable from every puppet to every contact that may see
-// it and every directed-presence recipient. It returns the number sent.
+// it. It returns the number sent.
 func (c *Component) goodbye(ctx context.Context, sess *xmpp.Session) int {
 	n := 0
-	directed := c.puppets.allDirected()
-	seen := make(map[string]bool)
-	send := func(mxid string, extra []string) {
-		puppetTyped, err := c.ns.PuppetJID(mapping.UserID(mxid))
-		puppet := string(puppetTyped)
+	for _, mxid := range c.subs.puppets() {
+		puppet, err := c.ns.PuppetJID(mxid)
 		if err != nil {
-			return
+			continue
 		}
-		to := append(c.subs.from(nil, mxid), extra...)
-		p := stanza.Presence{Header: stanza.Header{From: puppet}, Type: stanza.Unavailable}
+		to := c.subs.from(nil, mxid)
+		p := stanza.Presence{Header: stanza.Header{From: string(puppet)}, Type: stanza.Unavailable}
 		if err := c.writeFanOut(ctx, sess, &p, to); err != nil {
 			c.log.Warn("sending unavailable failed", "puppet", puppet, "err", err)
-			return
+			return n
 		}
 		n += len(to)
-	}
-	for _, mxid := range c.subs.puppets() {
-		seen[mxid] = true
-		send(mxid, directed[mxid])
-	}
-	for mxid, to := range directed {
-		if !seen[mxid] {
-			send(mxid, to)
-		}
 	}
 	return n
 }
 
 // writeFanOut sends p to every JID in to, in batches.
-func (c *Component) writeFanOut(ctx context.Context, sess *xmpp.Session, p *stanza.Presence, to []string) error {
+func (c *Component) writeFanOut(ctx context.Context, sess *xmpp.Session, p *stanza.Presence, to []mapping.BareJID) error {
 	for len(to) > 0 {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -184,10 +177,10 @@ func (c *Component) writeFanOut(ctx context.Context, sess *xmpp.Session, p *stan
 }
 
 // fanOut encodes p once per recipient, each with its own to and id.
-func (c *Component) fanOut(w xmlstream.TokenWriter, p *stanza.Presence, to []string) (int, error) {
+func (c *Component) fanOut(w xmlstream.TokenWriter, p *stanza.Presence, to []mapping.BareJID) (int, error) {
 	q := *p
-	for i, jid := range to {
-		q.To, q.ID = jid, c.nextID()
+	for i, j := range to {
+		q.To, q.ID = string(j), c.nextID()
 		if _, err := q.WriteXML(w); err != nil {
 			return i, err
 		}
@@ -195,13 +188,10 @@ func (c *Component) fanOut(w xmlstream.TokenWriter, p *stanza.Presence, to []str
 	return len(to), nil
 }
 
-// send writes stanzas to the current session; ErrNotConnected if none.
-// Never call it from the stream handler: write to its token writer.
-func (c *Component) send(toks ...xml.TokenReader) error {
-	sess := c.session()
-	if sess == nil {
-		return ErrNotConnected
-	}
+// writeStanzas writes stanzas to sess. Never call it from the stream
+// handler after the handler wrote to its own token writer (the handler
+// holds the write lock from its first write until it returns).
+func (c *Component) writeStanzas(sess *xmpp.Session, toks ...xml.TokenReader) error {
 	return c.writeLocked(sess, func(w xmlstream.TokenWriter) error {
 		for _, t := range toks {
 			if _, err := xmlstream.Copy(w, t); err != nil {
@@ -227,29 +217,4 @@ func (c *Component) writeLocked(sess *xmpp.Session, fn func(w xmlstream.TokenWri
 		err = cerr
 	}
 	return err
-}
-
-// currentPresence returns the puppet's last presence: the newer of what the
-// component remembers and, when fresh is set or nothing is remembered, the
-// presence bucket (the core may write it).
-func (c *Component) currentPresence(ctx context.Context, mxid string, fresh bool) (bridge.PresenceRecord, bool) {
-	rec, ok := c.puppets.get(mxid)
-	if ok && !fresh {
-		return rec, true
-	}
-	gctx, cancel := context.WithTimeout(ctx, storeTimeout)
-	defer cancel()
-	stored, _, err := c.store.Presence.Get(gctx, bridge.PresenceKey(mapping.NetworkMatrix, mxid))
-	switch {
-	case errors.Is(err, bridge.ErrNotFound):
-		return rec, ok
-	case err != nil:
-		c.log.Warn("reading puppet presence failed", "mxid", mxid, "err", err)
-		return rec, ok
-	}
-	if !ok || stored.Seq > rec.Seq {
-		c.puppets.setIfNewer(mxid, stored)
-		return stored, true
-	}
-	return rec, true
 }

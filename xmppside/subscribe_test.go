@@ -1,6 +1,7 @@
 package xmppside
 
 import (
+	"errors"
 	"testing"
 
 	prosodytest "github.com/presence-bridge/presence-bridge/internal/testenv/prosody"
@@ -10,27 +11,27 @@ import (
 )
 
 // TestSubscribeApprovePresenceFlows walks the "ask" flow against Prosody:
-// request held and published, approval by the core, the puppet's presence at
-// once, subscription back, presence both ways.
+// request held and reported, approval by the core, the puppet's presence at
+// once, subscription back, presence both ways. The component writes the
+// subscriptions bucket and nothing else.
 func TestSubscribeApprovePresenceFlows(t *testing.T) {
 	r := startRig(t, PolicyAsk)
 	alice := r.login("alice", "laptop", 0, "", "")
-	const aliceJID = "alice@localhost"
+	const aliceJID mapping.BareJID = "alice@localhost"
 	puppet := r.puppet(bob)
-	r.presenceOut(bob, mapping.Presence{State: mapping.StateAway, Status: "lunch"}, "")
-	waitFor(t, waitLong, "bob's presence remembered", func() bool { _, ok := r.comp.puppets.get(bob); return ok })
+	r.show(bob, mapping.Presence{State: mapping.StateAway, Status: "lunch"})
 
-	// 1. Request: held as None + Pending In, published once.
+	// 1. Request: held as None + Pending In, reported once.
 	if err := alice.SendPresence(r.ctx(), "subscribe", puppet, "", "", 0); err != nil {
 		t.Fatal(err)
 	}
 	r.waitSub(bob, aliceJID, sNonePI)
-	waitFor(t, waitLong, "subscribe event", func() bool { return len(r.in.matching(subscriptionOf(aliceJID, bob, bridge.Subscribe))) == 1 })
+	waitFor(t, waitLong, "subscribe report", func() bool { return r.obs.subscriptions(aliceJID, bob, bridge.Subscribe) == 1 })
 	if got := r.roster(alice, puppet); got != "none" {
 		t.Errorf("alice's roster: puppet is %q, want none (pending)", got)
 	}
 	// A repeated request (the server re-sends it at every login) is not
-	// news: no second event.
+	// news: no second report.
 	alice2 := r.login("alice", "phone", 0, "", "")
 	if err := alice.SendPresence(r.ctx(), "subscribe", puppet, "", "", 0); err != nil {
 		t.Fatal(err)
@@ -47,12 +48,14 @@ func TestSubscribeApprovePresenceFlows(t *testing.T) {
 	if got := r.roster(alice, puppet); got != "to" {
 		t.Errorf("alice's roster: puppet is %q, want to", got)
 	}
-	if n := len(r.in.matching(subscriptionOf(aliceJID, bob, bridge.Subscribe))); n != 1 {
-		t.Errorf("%d subscribe events, want 1 (re-sent requests are not news)", n)
+	if n := r.obs.subscriptions(aliceJID, bob, bridge.Subscribe); n != 1 {
+		t.Errorf("%d subscribe reports, want 1 (re-sent requests are not news)", n)
 	}
+	// The command comes again (redelivery): nothing is sent twice.
+	r.command(bob, aliceJID, bridge.Subscribed)
 
 	// 3. The puppet subscribes back; alice approves: Both, and her presence
-	// flows to the bus.
+	// is reported.
 	r.command(bob, aliceJID, bridge.Subscribe)
 	alice.Wait(t, waitLong, "subscribe from puppet", from("presence", "subscribe", puppet))
 	r.waitSub(bob, aliceJID, sFromPO)
@@ -60,17 +63,23 @@ func TestSubscribeApprovePresenceFlows(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.waitSub(bob, aliceJID, sBoth)
-	waitFor(t, waitLong, "subscribed event", func() bool { return len(r.in.matching(subscriptionOf(aliceJID, bob, bridge.Subscribed))) == 1 })
-	waitFor(t, waitLong, "alice's presence on the bus", func() bool {
-		evs := r.in.matching(presenceOf(aliceJID))
-		return len(evs) > 0 && evs[len(evs)-1].Presence.State == mapping.StateAvailable
-	})
+	waitFor(t, waitLong, "subscribed report", func() bool { return r.obs.subscriptions(aliceJID, bob, bridge.Subscribed) == 1 })
+	waitFor(t, waitLong, "alice's presence reported", func() bool { return r.obs.lastPresence(aliceJID).State == mapping.StateAvailable })
 	if got := r.roster(alice, puppet); got != "both" {
 		t.Errorf("alice's roster: puppet is %q, want both", got)
 	}
+	n := 0
+	for _, s := range alice.Received() {
+		if from("presence", "subscribed", puppet)(s) {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("alice got subscribed %d times, want once", n)
+	}
 
 	// 4. Presence changes flow both ways.
-	r.presenceOut(bob, mapping.Presence{State: mapping.StateBusy, Status: "meeting"}, "")
+	r.show(bob, mapping.Presence{State: mapping.StateBusy, Status: "meeting"})
 	p = alice.Wait(t, waitLong, "bob busy", func(s prosodytest.Stanza) bool { return from("presence", "", puppet)(s) && s.Show == "dnd" })
 	if p.Status != "meeting" {
 		t.Errorf("bob busy: %s", p.Raw)
@@ -78,24 +87,23 @@ func TestSubscribeApprovePresenceFlows(t *testing.T) {
 	if err := alice2.SendPresence(r.ctx(), "", "", "xa", "gone fishing", 10); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, waitLong, "alice xa on the bus", func() bool {
-		evs := r.in.matching(presenceOf(aliceJID))
-		last := evs[len(evs)-1].Presence
+	waitFor(t, waitLong, "alice xa reported", func() bool {
+		last := r.obs.lastPresence(aliceJID)
 		return last.State == mapping.StateExtendedAway && last.Status == "gone fishing" && last.Priority == 10
 	})
-	waitFor(t, waitLong, "alice's aggregate stored", func() bool {
-		rec, _, err := r.bus.Store().Presence.Get(r.ctx(), bridge.PresenceKey(mapping.NetworkXMPP, aliceJID))
-		return err == nil && rec.Presence.State == mapping.StateExtendedAway
-	})
-	waitFor(t, waitLong, "bob's presence stored", func() bool {
-		rec, _, err := r.bus.Store().Presence.Get(r.ctx(), bridge.PresenceKey(mapping.NetworkMatrix, bob))
-		return err == nil && rec.Presence.State == mapping.StateBusy
-	})
+
+	// The presence bucket is the core's: the component never wrote it.
+	for _, key := range []string{bridge.PresenceKey(mapping.NetworkXMPP, string(aliceJID)), bridge.PresenceKey(mapping.NetworkMatrix, string(bob))} {
+		if _, _, err := r.store.Presence.Get(r.ctx(), key); !errors.Is(err, bridge.ErrNotFound) {
+			t.Errorf("presence bucket holds %s (err %v): the component wrote the core's state", key, err)
+		}
+	}
 }
 
-// TestSubscribeDeny: under "ask" the core denies a request; under "reject"
-// the component denies it by itself and tells nobody.
+// TestSubscribeDeny: the core denies a request, later ("ask": the Matrix
+// user said no) or at once ("reject", from within the report).
 func TestSubscribeDeny(t *testing.T) {
+	const aliceJID mapping.BareJID = "alice@localhost"
 	t.Run("ask", func(t *testing.T) {
 		r := startRig(t, PolicyAsk)
 		alice := r.login("alice", "laptop", 0, "", "")
@@ -103,10 +111,10 @@ func TestSubscribeDeny(t *testing.T) {
 		if err := alice.SendPresence(r.ctx(), "subscribe", puppet, "", "", 0); err != nil {
 			t.Fatal(err)
 		}
-		r.waitSub(bob, "alice@localhost", sNonePI)
-		r.command(bob, "alice@localhost", bridge.Unsubscribed)
+		r.waitSub(bob, aliceJID, sNonePI)
+		r.command(bob, aliceJID, bridge.Unsubscribed)
 		alice.Wait(t, waitLong, "unsubscribed", from("presence", "unsubscribed", puppet))
-		r.waitSub(bob, "alice@localhost", sNone)
+		r.waitSub(bob, aliceJID, sNone)
 		if got := r.roster(alice, puppet); got == "to" || got == "both" {
 			t.Errorf("alice's roster: puppet is %q after denial", got)
 		}
@@ -114,10 +122,8 @@ func TestSubscribeDeny(t *testing.T) {
 		if err := alice.SendPresence(r.ctx(), "subscribe", puppet, "", "", 0); err != nil {
 			t.Fatal(err)
 		}
-		r.waitSub(bob, "alice@localhost", sNonePI)
-		waitFor(t, waitLong, "second subscribe event", func() bool {
-			return len(r.in.matching(subscriptionOf("alice@localhost", bob, bridge.Subscribe))) == 2
-		})
+		r.waitSub(bob, aliceJID, sNonePI)
+		waitFor(t, waitLong, "second subscribe report", func() bool { return r.obs.subscriptions(aliceJID, bob, bridge.Subscribe) == 2 })
 	})
 	t.Run("reject", func(t *testing.T) {
 		r := startRig(t, PolicyReject)
@@ -127,14 +133,13 @@ func TestSubscribeDeny(t *testing.T) {
 			t.Fatal(err)
 		}
 		alice.Wait(t, waitLong, "unsubscribed", from("presence", "unsubscribed", puppet))
-		if s := r.sub(bob, "alice@localhost"); !SameState(s, sNone) {
-			t.Errorf("state %s, want None", StateName(s))
-		}
+		r.waitSub(bob, aliceJID, sNone)
 		if got := r.roster(alice, puppet); got == "to" || got == "both" {
 			t.Errorf("alice's roster: puppet is %q after rejection", got)
 		}
-		if evs := r.in.matching(func(ev *bridge.Event) bool { return ev.Kind == bridge.KindSubscription }); len(evs) != 0 {
-			t.Errorf("rejected request published: %+v", evs[0])
+		// The component reported the request and let the core decide.
+		if n := r.obs.subscriptions(aliceJID, bob, bridge.Subscribe); n != 1 {
+			t.Errorf("%d subscribe reports, want 1", n)
 		}
 	})
 }
@@ -144,7 +149,7 @@ func TestSubscribeDeny(t *testing.T) {
 func TestUnsubscribeBothSides(t *testing.T) {
 	r := startRig(t, PolicyAccept)
 	alice := r.login("alice", "laptop", 0, "", "")
-	const aliceJID = "alice@localhost"
+	const aliceJID mapping.BareJID = "alice@localhost"
 	puppet := r.puppet(bob)
 	r.befriend(alice, bob)
 	if got := r.roster(alice, puppet); got != "both" {
@@ -158,17 +163,17 @@ func TestUnsubscribeBothSides(t *testing.T) {
 	}
 	r.waitSub(bob, aliceJID, sTo)
 	alice.Wait(t, waitLong, "unavailable after unsubscribe", from("presence", "unavailable", puppet))
-	waitFor(t, waitLong, "unsubscribe event", func() bool { return len(r.in.matching(subscriptionOf(aliceJID, bob, bridge.Unsubscribe))) == 1 })
+	waitFor(t, waitLong, "unsubscribe report", func() bool { return r.obs.subscriptions(aliceJID, bob, bridge.Unsubscribe) == 1 })
 	if err := alice.SendPresence(r.ctx(), "unsubscribed", puppet, "", "", 0); err != nil {
 		t.Fatal(err)
 	}
 	r.waitSub(bob, aliceJID, sNone)
-	waitFor(t, waitLong, "unsubscribed event", func() bool { return len(r.in.matching(subscriptionOf(aliceJID, bob, bridge.Unsubscribed))) == 1 })
+	waitFor(t, waitLong, "unsubscribed report", func() bool { return r.obs.subscriptions(aliceJID, bob, bridge.Unsubscribed) == 1 })
 	if got := r.roster(alice, puppet); got == "to" || got == "from" || got == "both" {
 		t.Errorf("alice's roster: puppet is %q, want none", got)
 	}
 	// Presence no longer flows to alice.
-	r.presenceOut(bob, mapping.Presence{State: mapping.StateAway, Status: "secret"}, "")
+	r.show(bob, mapping.Presence{State: mapping.StateAway, Status: "secret"})
 
 	// Puppet side, via the core: carol's puppet befriends alice again, then
 	// stops watching her (Both → From) and revokes her view (From → None).
@@ -187,6 +192,8 @@ func TestUnsubscribeBothSides(t *testing.T) {
 	if got := r.roster(alice, cpuppet); got == "to" || got == "from" || got == "both" {
 		t.Errorf("alice's roster: carol's puppet is %q, want none", got)
 	}
+	// Ping bob's puppet: everything sent before the ping has arrived.
+	r.ping(alice, puppet)
 	for _, s := range alice.Received() {
 		if s.From == puppet && s.Status == "secret" {
 			t.Errorf("presence sent to a former contact: %s", s.Raw)

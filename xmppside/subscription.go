@@ -2,6 +2,7 @@ package xmppside
 
 import (
 	"context"
+	"encoding/xml"
 	"errors"
 	"fmt"
 
@@ -12,148 +13,108 @@ import (
 	"github.com/presence-bridge/presence-bridge/xmppside/stanza"
 )
 
-// inboundPlan is what the component does about one inbound subscription
-// stanza: the state to store, whether to tell the core, and what the puppet
-// answers.
-type inboundPlan struct {
-	next        bridge.Subscription
-	publish     bool
-	replies     []stanza.Type // subscription stanzas from the puppet, in order
-	presence    bool          // send the puppet's current presence
-	unavailable bool          // send unavailable
-}
-
-// planInbound applies RFC 6121 A.2 and the policy. It is pure.
-func planInbound(s bridge.Subscription, t bridge.SubscriptionType, policy Policy) inboundPlan {
-	next, deliver := Inbound(s, t)
-	pl := inboundPlan{next: next, publish: deliver}
-	switch t {
-	case bridge.Subscribe:
-		switch {
-		case next.From:
-			// Already approved: the server re-sends subscribe at every
-			// login, and RFC 6121 §3.1.3 wants an auto-reply.
-			pl.replies = []stanza.Type{stanza.Subscribed}
-			pl.presence = true
-		case policy == PolicyAccept:
-			pl.next, _ = Outbound(pl.next, bridge.Subscribed)
-			pl.replies = append(pl.replies, stanza.Subscribed)
-			pl.presence = true
-			if !pl.next.To && !pl.next.PendingOut {
-				pl.next, _ = Outbound(pl.next, bridge.Subscribe)
-				pl.replies = append(pl.replies, stanza.Subscribe)
-			}
-		case policy == PolicyReject:
-			pl.next, _ = Outbound(pl.next, bridge.Unsubscribed)
-			pl.replies = []stanza.Type{stanza.Unsubscribed}
-			pl.publish = false
-		}
-	case bridge.Unsubscribe:
-		pl.unavailable = s.From && !next.From
-	}
-	return pl
-}
+// The component applies RFC 6121 (roster.go) and nothing else: whether a
+// request is approved is the core's decision (the subscription policy),
+// which comes back as SendSubscription commands.
+//
+// The subscriptions bucket is the truth about every pair, and the
+// component its only writer. Every transition is a compare-and-set
+// (Bucket.Update) computed on the state it replaces; the index in contacts
+// is then set from the stored result.
 
 // subscriptionIn handles a subscription stanza from contact to the puppet
-// of mxid. The stored state changes only after the core has been told
-// (durably): if telling fails, nothing changes and the server's re-send at
-// the contact's next login tries again.
-func (c *Component) subscriptionIn(ctx context.Context, w xmlstream.TokenWriter, contact, mxid string, p *stanza.Presence) {
+// of to.user. The transition is stored first, then reported: an observer
+// that answers at once (SendSubscription) finds the state it answers. If
+// the report fails, the transition is undone, so that the server's re-send
+// at the contact's next login is news again.
+func (c *Component) subscriptionIn(ctx context.Context, w xmlstream.TokenWriter, contact mapping.BareJID, to dest, p *stanza.Presence) {
 	t := bridge.SubscriptionType(p.Type)
-	puppetTyped, err := c.ns.PuppetJID(mapping.UserID(mxid))
-	puppet := string(puppetTyped)
+	prev, next, err := c.transition(ctx, to.user, contact, func(s bridge.Subscription) bridge.Subscription {
+		n, _ := Inbound(s, t)
+		return n
+	})
 	if err != nil {
-		return // checkTo decoded it, so this cannot fail
-	}
-	key := bridge.PairKey(mxid, contact)
-	c.subMu.Lock()
-	defer c.subMu.Unlock()
-	cur, err := c.getSubscription(ctx, key)
-	if err != nil {
-		c.log.Error("reading subscription failed", "puppet", puppet, "contact", contact, "err", err)
+		c.log.Error("storing subscription failed", "puppet", to.puppet, "contact", contact, "err", err)
 		return
 	}
-	pl := planInbound(cur, t, c.cfg.SubscriptionPolicy)
-	c.log.Info("subscription stanza received", "puppet", puppet, "contact", contact, "type", string(t),
-		"state", StateName(cur), "next", StateName(pl.next), "policy", string(c.cfg.SubscriptionPolicy))
-	if pl.publish {
-		ev := &bridge.Event{Kind: bridge.KindSubscription, Origin: mapping.NetworkXMPP, User: contact, Peer: mxid,
-			Subscription: &bridge.SubscriptionPayload{Type: t, Status: p.Status}}
-		if err := c.bus.Publish(ctx, bridge.In, ev); err != nil {
-			c.log.Error("publishing subscription failed; state unchanged", "puppet", puppet, "contact", contact, "err", err)
+	changed := !SameState(prev, next)
+	c.log.Info("subscription stanza received", "puppet", to.puppet, "contact", contact, "type", string(t),
+		"state", StateName(prev), "next", StateName(next))
+	if changed {
+		rctx, cancel := context.WithTimeout(ctx, reportTimeout)
+		err := c.obs.XMPPSubscription(rctx, bridge.XMPPSubscription{Contact: contact, Puppet: to.user, Type: t, Status: p.Status})
+		cancel()
+		if err != nil {
+			c.log.Error("reporting subscription failed; transition undone", "puppet", to.puppet, "contact", contact, "err", err)
+			c.undo(ctx, to.user, contact, prev, next)
 			return
 		}
 	}
-	if !SameState(cur, pl.next) {
-		if err := c.storeSubscription(ctx, mxid, contact, func(s bridge.Subscription) bridge.Subscription {
-			return planInbound(s, t, c.cfg.SubscriptionPolicy).next
-		}); err != nil {
-			c.log.Error("storing subscription failed", "puppet", puppet, "contact", contact, "err", err)
-			return
-		}
-	}
-	// Look everything up before writing: the first write takes the
-	// stream's write lock until the handler returns.
-	var after *stanza.Presence
+	var out []stanza.Presence
 	switch {
-	case pl.unavailable:
-		after = &stanza.Presence{Header: stanza.Header{From: puppet}, Type: stanza.Unavailable}
-	case pl.presence:
-		if rec, ok := c.currentPresence(ctx, mxid, false); ok {
-			p := c.outPresence(puppet, rec)
-			after = &p
+	case t == bridge.Subscribe && next.From:
+		// Approved before: the server re-sends subscribe at every login,
+		// and RFC 6121 §3.1.3 wants an auto-reply.
+		out = append(out, stanza.Presence{Header: stanza.Header{From: string(to.puppet)}, Type: stanza.Subscribed})
+		if cur, ok := c.currentPresence(ctx, to.user); ok {
+			out = append(out, c.outPresence(to.puppet, cur.presence))
 		}
+	case t == bridge.Unsubscribe && prev.From && !next.From:
+		out = append(out, stanza.Presence{Header: stanza.Header{From: string(to.puppet)}, Type: stanza.Unavailable})
 	}
-	for _, typ := range pl.replies {
-		r := stanza.Presence{Header: stanza.Header{ID: c.nextID(), From: puppet, To: contact}, Type: typ}
-		if _, err := r.WriteXML(w); err != nil {
+	for i := range out {
+		out[i].To, out[i].ID = string(contact), c.nextID()
+		if _, err := out[i].WriteXML(w); err != nil {
 			c.log.Warn("answering subscription failed", "err", err)
 			return
 		}
 	}
-	if after != nil {
-		after.To, after.ID = contact, c.nextID()
-		if _, err := after.WriteXML(w); err != nil {
-			c.log.Warn("sending presence after subscription failed", "err", err)
-		}
-	}
 }
 
-// onSubscriptionCommand is the durable consumer of subscription commands
-// from the core: the puppet of ev.User sends ev.Subscription.Type to the
-// contact ev.Peer (RFC 6121 A.3). The stanza is sent before the state is
-// stored, so a failure redelivers the command and at worst repeats a
-// stanza. Malformed commands are logged and acknowledged.
-func (c *Component) onSubscriptionCommand(ctx context.Context, ev *bridge.Event) error {
-	if ev.Origin != mapping.NetworkMatrix || ev.Subscription == nil {
-		c.log.Warn("dropping subscription command not from matrix", "id", ev.ID, "origin", ev.Origin.String())
-		return nil
-	}
-	t := ev.Subscription.Type
+// SendSubscription makes the puppet of cmd.Puppet send cmd.Type to
+// cmd.Contact, applying RFC 6121 A.3. subscribed is followed by the
+// puppet's current presence when it approves a pending request, and
+// unsubscribed by unavailable when it revokes an approval. The stanzas are
+// sent before the state is stored, so a failure makes the command come
+// again and at worst repeats a stanza; a command that changes nothing sends
+// nothing (subscribe and unsubscribe excepted: repeating a request is
+// harmless and lets a lost one through).
+//
+// It returns [ErrNotConnected] while the component has no stream, and
+// other errors when the stanzas could not be written or the state stored:
+// the command must come again. A malformed command is logged and dropped
+// (nil), since it would never succeed. It may be called from within an
+// XMPPObserver method.
+func (c *Component) SendSubscription(ctx context.Context, cmd bridge.PuppetSubscription) error {
+	t := cmd.Type
 	switch t {
 	case bridge.Subscribe, bridge.Subscribed, bridge.Unsubscribe, bridge.Unsubscribed:
 	default:
-		c.log.Warn("dropping subscription command of unknown type", "id", ev.ID, "type", string(t))
+		c.log.Warn("dropping subscription command of unknown type", "id", cmd.ID, "type", string(t))
 		return nil
 	}
-	mxid, contact := ev.User, ev.Peer
-	puppetTyped, err := c.ns.PuppetJID(mapping.UserID(mxid))
-	puppet := string(puppetTyped)
+	puppet, err := c.ns.PuppetJID(cmd.Puppet)
 	if err != nil {
-		c.log.Warn("dropping subscription command for a user without puppet", "id", ev.ID, "mxid", mxid, "err", err)
+		c.log.Warn("dropping subscription command for a user without puppet", "id", cmd.ID, "mxid", cmd.Puppet, "err", err)
 		return nil
 	}
-	if _, domain, err := mapping.ParseBareJID(contact); err != nil || domain == c.cfg.ComponentDomain {
-		c.log.Warn("dropping subscription command to a bad contact", "id", ev.ID, "peer", clip(contact), "err", err)
+	contact, err := mapping.NewBareJID(string(cmd.Contact))
+	if err == nil && c.ownDomain(contact.Domain()) {
+		err = errors.New("a JID on the component domain")
+	}
+	if err != nil {
+		c.log.Warn("dropping subscription command to a bad contact", "id", cmd.ID, "contact", clip(string(cmd.Contact)), "err", err)
 		return nil
 	}
-	if c.session() == nil {
+	sess, _, release := c.acquireSession()
+	defer release()
+	if sess == nil {
 		return ErrNotConnected
 	}
-	key := bridge.PairKey(mxid, contact)
-	c.subMu.Lock()
-	defer c.subMu.Unlock()
-	cur, err := c.getSubscription(ctx, key)
+
+	unlock := c.pairs.lock(cmd.Puppet, contact)
+	defer unlock()
+	cur, err := c.getSubscription(ctx, cmd.Puppet, contact)
 	if err != nil {
 		return err
 	}
@@ -162,61 +123,87 @@ func (c *Component) onSubscriptionCommand(ctx context.Context, ev *bridge.Event)
 		"state", StateName(cur), "next", StateName(next), "send", send)
 	var out []stanza.Presence
 	if send {
-		out = append(out, stanza.Presence{Header: stanza.Header{From: puppet, To: contact}, Type: stanza.Type(t)})
+		out = append(out, stanza.Presence{Header: stanza.Header{From: string(puppet)}, Type: stanza.Type(t)})
 	}
 	switch {
 	case t == bridge.Subscribed && next.From && !cur.From:
-		if rec, ok := c.currentPresence(ctx, mxid, false); ok {
-			p := c.outPresence(puppet, rec)
-			p.To = contact
-			out = append(out, p)
+		if p, ok := c.currentPresence(ctx, cmd.Puppet); ok {
+			out = append(out, c.outPresence(puppet, p.presence))
 		}
 	case t == bridge.Unsubscribed && cur.From && !next.From:
-		out = append(out, stanza.Presence{Header: stanza.Header{From: puppet, To: contact}, Type: stanza.Unavailable})
+		out = append(out, stanza.Presence{Header: stanza.Header{From: string(puppet)}, Type: stanza.Unavailable})
 	}
+	toks := make([]xml.TokenReader, len(out))
 	for i := range out {
-		out[i].ID = c.nextID()
-		if err := c.send(out[i].TokenReader()); err != nil {
-			return fmt.Errorf("xmppside: sending %s from %s: %w", t, puppet, err)
-		}
+		out[i].To, out[i].ID = string(contact), c.nextID()
+		toks[i] = out[i].TokenReader()
+	}
+	if err := c.writeStanzas(sess, toks...); err != nil {
+		return fmt.Errorf("xmppside: sending %s from %s: %w", t, puppet, err)
 	}
 	if SameState(cur, next) {
 		return nil
 	}
-	return c.storeSubscription(ctx, mxid, contact, func(s bridge.Subscription) bridge.Subscription {
+	_, _, err = c.storeLocked(ctx, cmd.Puppet, contact, func(s bridge.Subscription) bridge.Subscription {
 		n, _ := Outbound(s, t)
 		return n
 	})
+	return err
 }
 
-// getSubscription reads a pair's state; None when nothing is stored.
-func (c *Component) getSubscription(ctx context.Context, key string) (bridge.Subscription, error) {
-	gctx, cancel := context.WithTimeout(ctx, storeTimeout)
-	defer cancel()
-	s, _, err := c.store.Subscriptions.Get(gctx, key)
-	if errors.Is(err, bridge.ErrNotFound) {
-		return bridge.Subscription{}, nil
+// transition applies step to the stored state of a pair with
+// compare-and-set, under the pair's lock, and returns the state it replaced
+// and the state stored.
+func (c *Component) transition(ctx context.Context, id mapping.UserID, contact mapping.BareJID, step func(bridge.Subscription) bridge.Subscription) (prev, next bridge.Subscription, err error) {
+	unlock := c.pairs.lock(id, contact)
+	defer unlock()
+	return c.storeLocked(ctx, id, contact, step)
+}
+
+// undo puts prev back if the pair is still in the state next, after a
+// transition that could not be reported.
+func (c *Component) undo(ctx context.Context, id mapping.UserID, contact mapping.BareJID, prev, next bridge.Subscription) {
+	_, _, err := c.transition(ctx, id, contact, func(s bridge.Subscription) bridge.Subscription {
+		if SameState(s, next) {
+			return prev
+		}
+		return s
+	})
+	if err != nil {
+		c.log.Error("undoing subscription transition failed", "mxid", id, "contact", contact, "err", err)
 	}
-	return Normalize(s), err
 }
 
-// storeSubscription applies step to the stored state with compare-and-set
-// and updates the in-memory copy with the result. Call with subMu held.
-func (c *Component) storeSubscription(ctx context.Context, mxid, contact string, step func(bridge.Subscription) bridge.Subscription) error {
+// storeLocked is transition with the pair's lock held. The state written
+// is step applied to the state read by the successful compare-and-set, so
+// a concurrent writer (another instance) is never overwritten; nothing is
+// written when step changes nothing.
+func (c *Component) storeLocked(ctx context.Context, id mapping.UserID, contact mapping.BareJID, step func(bridge.Subscription) bridge.Subscription) (prev, next bridge.Subscription, err error) {
 	uctx, cancel := context.WithTimeout(ctx, storeTimeout)
 	defer cancel()
-	stored, err := c.store.Subscriptions.Update(uctx, bridge.PairKey(mxid, contact), func(cur bridge.Subscription, exists bool) (bridge.Subscription, bool, error) {
+	stored, err := c.store.Subscriptions.Update(uctx, pairKey(id, contact), func(cur bridge.Subscription, _ bool) (bridge.Subscription, bool, error) {
 		cur = Normalize(cur)
-		next := step(cur)
-		if exists && SameState(cur, next) {
+		prev, next = cur, Normalize(step(cur))
+		if SameState(cur, next) {
 			return cur, false, nil
 		}
 		next.UpdatedAt = c.now().UTC()
 		return next, true, nil
 	})
 	if err != nil {
-		return err
+		return prev, prev, err
 	}
-	c.subs.set(mxid, contact, Normalize(stored))
-	return nil
+	c.subs.set(id, contact, Normalize(stored))
+	return prev, next, nil
+}
+
+// getSubscription reads a pair's state; None when nothing is stored.
+func (c *Component) getSubscription(ctx context.Context, id mapping.UserID, contact mapping.BareJID) (bridge.Subscription, error) {
+	gctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	defer cancel()
+	s, _, err := c.store.Subscriptions.Get(gctx, pairKey(id, contact))
+	if errors.Is(err, bridge.ErrNotFound) {
+		return bridge.Subscription{}, nil
+	}
+	return Normalize(s), err
 }

@@ -1,6 +1,7 @@
 package xmppside
 
 import (
+	"context"
 	"sync"
 	"time"
 
@@ -13,26 +14,31 @@ import (
 const maxTrackedUsers = 1 << 16
 
 // users aggregates the resources of every XMPP user that sends presence to
-// a puppet and remembers what was last published for them, so that one
-// change is published once even though the XMPP server delivers it to every
+// a puppet and remembers what was last reported for them, so that one
+// change is reported once even though the XMPP server delivers it to every
 // puppet the user shares presence with. Safe for concurrent use.
 type users struct {
 	mu sync.Mutex
-	m  map[string]*userPresence
+	m  map[mapping.BareJID]*userPresence
 }
 
 type userPresence struct {
-	res       mapping.Resources
-	published mapping.Presence
-	havePub   bool
+	res          mapping.Resources
+	reported     mapping.Presence
+	haveReported bool
+	// status is the status of the user's last online aggregate: what the
+	// person set while available. An offline aggregate carries it, never
+	// the text of an unavailable stanza, which servers fill with their own
+	// reasons ("Disconnected: Received SIGTERM").
+	status string
 }
 
-func newUsers() *users { return &users{m: make(map[string]*userPresence)} }
+func newUsers() *users { return &users{m: make(map[mapping.BareJID]*userPresence)} }
 
 // update records one resource's presence and returns the new aggregate and
-// whether it differs from what was last published; if so it is recorded as
-// published.
-func (u *users) update(bare, resource string, p mapping.Presence, at time.Time) (mapping.Presence, bool) {
+// whether it differs from what was last reported; if so it is recorded as
+// reported.
+func (u *users) update(bare mapping.BareJID, resource string, p mapping.Presence, at time.Time) (mapping.Presence, bool) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	e := u.m[bare]
@@ -43,17 +49,25 @@ func (u *users) update(bare, resource string, p mapping.Presence, at time.Time) 
 		e = &userPresence{}
 		u.m[bare] = e
 	}
+	if !p.State.Online() {
+		p.Status = ""
+	}
 	agg := e.res.Update(resource, p, at)
-	if e.havePub && e.published.Equal(agg) {
+	if agg.State.Online() {
+		e.status = agg.Status
+	} else {
+		agg.Status = e.status
+	}
+	if e.haveReported && e.reported.Equal(agg) {
 		return agg, false
 	}
-	e.published, e.havePub = agg, true
+	e.reported, e.haveReported = agg, true
 	return agg, true
 }
 
-// resetResources forgets every resource but keeps what was published: after
+// resetResources forgets every resource but keeps what was reported: after
 // a reconnect the server's probe answers rebuild the resources, and only a
-// real difference is published again.
+// real difference is reported again.
 func (u *users) resetResources() {
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -70,12 +84,41 @@ func (u *users) pruneLocked() {
 	}
 }
 
-// unpublish forgets what was published for bare, after a failed publish, so
-// that the next presence is published whatever it is.
-func (u *users) unpublish(bare string) {
+// unreport forgets what was reported for bare, after a failed report, so
+// that the next presence is reported whatever it is.
+func (u *users) unreport(bare mapping.BareJID) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if e := u.m[bare]; e != nil {
-		e.havePub = false
+		e.haveReported = false
 	}
+}
+
+// allOffline forgets every resource and calls report, with the users lock
+// held, for every user last reported online, with an offline presence that
+// keeps their status; a report that fails is forgotten (see unreport). The
+// lock keeps a presence received meanwhile from being reported before the
+// offline one. unless is checked under the lock too: when it holds,
+// nothing happens. allOffline returns how many users were reported.
+func (u *users) allOffline(ctx context.Context, unless func() bool, report func(context.Context, mapping.BareJID, mapping.Presence) error) int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if unless() {
+		return 0
+	}
+	n := 0
+	for bare, e := range u.m {
+		e.res = mapping.Resources{}
+		if !e.haveReported || !e.reported.State.Online() {
+			continue
+		}
+		off := mapping.Presence{State: mapping.StateOffline, Status: e.status}
+		if err := report(ctx, bare, off); err != nil {
+			e.haveReported = false
+			continue
+		}
+		e.reported = off
+		n++
+	}
+	return n
 }

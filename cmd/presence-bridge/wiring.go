@@ -59,7 +59,7 @@ func runBridge(ctx context.Context, cfg *File) error {
 	if err != nil {
 		return err
 	}
-	xs, err := xmppside.New(cfg.XMPP, ns, tr, bus, log.With("part", "xmpp"))
+	xs, err := xmppside.New(cfg.XMPP, ns, tr, bus.Store(), pub, log.With("part", "xmpp"))
 	if err != nil {
 		return err
 	}
@@ -87,6 +87,7 @@ func runBridge(ctx context.Context, cfg *File) error {
 	defer stopSides()
 	sides := newGroup(sidesCtx, stopSides)
 	sides.run("xmpp side", xs.Run)
+	sides.run("xmpp transport", transport.ServeXMPP(bus, xs, log.With("part", "transport")).Run)
 	sides.run("matrix side", ms.Run)
 	sides.run("matrix transport", transport.ServeMatrix(bus, ms, log.With("part", "transport")).Run)
 	log.Info("bridge running")

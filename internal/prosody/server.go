@@ -299,6 +299,19 @@ func (s *Server) stopLocked() {
 	s.p = nil
 }
 
+// Kill ends Prosody without a goodbye (SIGKILL), as a crash or a cut
+// network would: nobody connected to it is told anything. Start or
+// Restart brings it back.
+func (s *Server) Kill() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.p == nil {
+		return
+	}
+	_ = s.p.Stop(syscall.SIGKILL, stopTimeout)
+	s.p = nil
+}
+
 // Restart stops Prosody and starts it again with the same ports, config and
 // data directory, waiting until the ports accept connections again.
 // Existing client connections are dropped by the restart.

@@ -26,12 +26,10 @@ const (
 type Header struct {
 	// Name is the local name: presence, message or iq.
 	Name string
-	// Space is the namespace of the stanza element.
-	Space string
-	ID    string
-	Type  string
-	From  string
-	To    string
+	ID   string
+	Type string
+	From string
+	To   string
 }
 
 // IsStanza reports whether name is a top-level stanza of a client, server
@@ -52,7 +50,7 @@ func IsStanza(name xml.Name) bool {
 // ParseHeader reads the header attributes of a stanza start element.
 // Attributes in a namespace other than none are ignored.
 func ParseHeader(start xml.StartElement) Header {
-	h := Header{Name: start.Name.Local, Space: start.Name.Space}
+	h := Header{Name: start.Name.Local}
 	for _, a := range start.Attr {
 		if a.Name.Space != "" {
 			continue

@@ -42,67 +42,67 @@ func TestDecodePresence(t *testing.T) {
 			raw: `<presence from='alice@example.com/phone' to='bob\40example.org@matrix.example.net' id='p1'>` +
 				`<show>away</show><status>lunch &amp; more</status><priority>5</priority>` +
 				`<idle xmlns='urn:xmpp:idle:1' since='2024-01-02T03:04:05Z'/><x xmlns='vcard-temp:x:update'><photo/></x></presence>`,
-			want: Presence{Header: Header{Name: "presence", Space: NSComponent, ID: "p1", From: "alice@example.com/phone", To: `bob\40example.org@matrix.example.net`},
+			want: Presence{Header: Header{Name: "presence", ID: "p1", From: "alice@example.com/phone", To: `bob\40example.org@matrix.example.net`},
 				Show: mapping.ShowAway, Status: "lunch & more", Priority: 5, IdleSince: idle},
 		},
 		{
 			name: "unavailable",
 			raw:  `<presence type='unavailable' from='a@b/c' to='x@y'><status>bye</status></presence>`,
-			want: Presence{Header: Header{Name: "presence", Space: NSComponent, Type: "unavailable", From: "a@b/c", To: "x@y"}, Type: Unavailable, Status: "bye"},
+			want: Presence{Header: Header{Name: "presence", Type: "unavailable", From: "a@b/c", To: "x@y"}, Type: Unavailable, Status: "bye"},
 		},
 		{
 			name:     "unknown show is available",
 			raw:      `<presence from='a@b'><show>sleeping</show></presence>`,
-			want:     Presence{Header: Header{Name: "presence", Space: NSComponent, From: "a@b"}},
+			want:     Presence{Header: Header{Name: "presence", From: "a@b"}},
 			problems: true,
 		},
 		{
 			name:     "priority out of range",
 			raw:      `<presence><priority>300</priority></presence>`,
-			want:     Presence{Header: Header{Name: "presence", Space: NSComponent}},
+			want:     Presence{Header: Header{Name: "presence"}},
 			problems: true,
 		},
 		{
 			name: "negative priority with spaces",
 			raw:  `<presence><priority> -1 </priority></presence>`,
-			want: Presence{Header: Header{Name: "presence", Space: NSComponent}, Priority: -1},
+			want: Presence{Header: Header{Name: "presence"}, Priority: -1},
 		},
 		{
 			name:     "bad idle",
 			raw:      `<presence><idle xmlns='urn:xmpp:idle:1' since='yesterday'/></presence>`,
-			want:     Presence{Header: Header{Name: "presence", Space: NSComponent}},
+			want:     Presence{Header: Header{Name: "presence"}},
 			problems: true,
 		},
 		{
 			name: "status without lang preferred",
 			raw:  `<presence><status xml:lang='de'>Mittag</status><status>lunch</status><status>second</status></presence>`,
-			want: Presence{Header: Header{Name: "presence", Space: NSComponent}, Status: "lunch"},
+			want: Presence{Header: Header{Name: "presence"}, Status: "lunch"},
 		},
 		{
 			name: "status truncated to limit",
 			raw:  `<presence><status>ééééé</status></presence>`,
-			want: Presence{Header: Header{Name: "presence", Space: NSComponent}, Status: "éé"},
+			want: Presence{Header: Header{Name: "presence"}, Status: "éé"},
 		},
 		{
 			name: "error presence",
 			raw:  `<presence type='error' from='a@b'><error type='wait'><remote-server-timeout xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></presence>`,
-			want: Presence{Header: Header{Name: "presence", Space: NSComponent, Type: "error", From: "a@b"}, Type: Error, ErrorType: "wait", ErrorCondition: "remote-server-timeout"},
+			want: Presence{Header: Header{Name: "presence", Type: "error", From: "a@b"}, Type: Error, ErrorType: "wait", ErrorCondition: "remote-server-timeout"},
 		},
 		{
 			name:     "unknown type kept",
 			raw:      `<presence type='bogus'/>`,
-			want:     Presence{Header: Header{Name: "presence", Space: NSComponent, Type: "bogus"}, Type: "bogus"},
+			want:     Presence{Header: Header{Name: "presence", Type: "bogus"}, Type: "bogus"},
 			problems: true,
 		},
 		{
 			name: "show in a foreign namespace ignored",
 			raw:  `<presence><show xmlns='urn:example'>dnd</show></presence>`,
-			want: Presence{Header: Header{Name: "presence", Space: NSComponent}},
+			want: Presence{Header: Header{Name: "presence"}},
 		},
 		{
 			name:     "two shows: first wins",
 			raw:      `<presence><show>dnd</show><show>chat</show></presence>`,
-			want:     Presence{Header: Header{Name: "presence", Space: NSComponent}, Show: mapping.ShowDND},
+			want:     Presence{Header: Header{Name: "presence"}, Show: mapping.ShowDND},
 			problems: true,
 		},
 	}
@@ -227,7 +227,7 @@ func TestParseHeaderAndReply(t *testing.T) {
 		{Name: xml.Name{Space: NSXML, Local: "lang"}, Value: "en"},
 	}}
 	h := ParseHeader(start)
-	if h != (Header{Name: "iq", Space: NSComponent, ID: "42", Type: "get", From: "a@b/c", To: "x@y"}) {
+	if h != (Header{Name: "iq", ID: "42", Type: "get", From: "a@b/c", To: "x@y"}) {
 		t.Fatalf("header %+v", h)
 	}
 	r := h.Reply("result")
@@ -236,5 +236,23 @@ func TestParseHeaderAndReply(t *testing.T) {
 	}
 	if !IsStanza(start.Name) || IsStanza(xml.Name{Local: "handshake"}) || IsStanza(xml.Name{Space: "urn:x", Local: "iq"}) {
 		t.Fatal("IsStanza")
+	}
+}
+
+func TestParseIQType(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want IQType
+	}{
+		{"get", IQGet}, {"set", IQSet}, {"result", IQResult},
+		{"error", IQError}, {"", IQInvalid}, {"GET", IQInvalid}, {"bogus", IQInvalid},
+	} {
+		got := ParseIQType(tt.in)
+		if got != tt.want {
+			t.Errorf("ParseIQType(%q) = %v, want %v", tt.in, got, tt.want)
+		}
+		if tt.want != IQInvalid && got.String() != tt.in {
+			t.Errorf("%v.String() = %q", got, got.String())
+		}
 	}
 }

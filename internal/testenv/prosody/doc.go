@@ -7,6 +7,8 @@
 // client-to-server connections, one for XEP-0114 external components) and
 // waits until both ports accept connections. The server is stopped
 // automatically when the test ends; on test failure its log is printed.
+// Server.Restart restarts it cleanly on the same ports and data, and
+// Server.Kill takes it down with SIGKILL, as a crash would.
 //
 // Users are created with Server.Register (prosodyctl register), and
 // Server.Login returns a Client: a logged-in mellium.im/xmpp session over plain

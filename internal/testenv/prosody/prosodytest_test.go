@@ -119,6 +119,34 @@ func TestRestart(t *testing.T) {
 	}
 }
 
+// TestKill: Kill takes Prosody down without a goodbye, and Restart brings
+// it back on the same ports and data, stale pid file and all.
+func TestKill(t *testing.T) {
+	s := Start(t, Options{})
+	s.Register(t, "alice", "pw")
+	c := s.Login(t, "alice", "pw", "")
+
+	s.Kill()
+	select {
+	case <-c.Done():
+	case <-time.After(waitTimeout):
+		t.Fatal("the client's stream outlived the killed server")
+	}
+	if log := s.Log(); strings.Contains(log, "SIGTERM") || strings.Contains(log, "Shutting down") {
+		t.Errorf("a killed Prosody shut down cleanly:\n%s", log)
+	}
+	s.Kill() // no-op when not running
+
+	s.Restart(t)
+	c = s.Login(t, "alice", "pw", "")
+	if err := c.SendPresence(testContext(t), "", "", "", "back", 0); err != nil {
+		t.Fatal(err)
+	}
+	c.Wait(t, waitTimeout, "own presence echo", func(st Stanza) bool {
+		return st.Name == "presence" && st.Status == "back"
+	})
+}
+
 // TestComponentPort checks that the XEP-0114 port answers with a stream
 // header and accepts the configured secret.
 func TestComponentPort(t *testing.T) {

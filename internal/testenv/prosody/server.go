@@ -98,9 +98,16 @@ func logOf(dir string) string {
 // running, so it is safe to call more than once.
 func (s *Server) Stop() { s.srv.Stop() }
 
-// Restart stops Prosody and starts it again with the same ports, config and
-// data directory, waiting until the ports accept connections again.
-// Existing client connections are dropped by the restart.
+// Kill stops Prosody with SIGKILL, as a crash or the OOM killer would: it
+// says goodbye to nobody, and the kernel drops its connections. It returns
+// once the process has exited; Restart starts it again on the same data.
+// Kill is a no-op if the server is not running.
+func (s *Server) Kill() { s.srv.Kill() }
+
+// Restart stops Prosody (unless it is stopped or killed already) and starts
+// it again with the same ports, config and data directory, waiting until the
+// ports accept connections again. Existing client connections are dropped by
+// the restart.
 func (s *Server) Restart(t testing.TB) {
 	t.Helper()
 	if err := s.srv.Restart(); err != nil {
