@@ -1,11 +1,6 @@
 package matrixside
 
 import (
-	"go/parser"
-	"go/token"
-	"os"
-	"path/filepath"
-	"strings"
 	"testing"
 
 	"maunium.net/go/mautrix/event"
@@ -56,27 +51,6 @@ func TestMembershipReports(t *testing.T) {
 		}
 		if len(got) != len(st.want) || (len(got) > 0 && got[0] != st.want[0]) {
 			t.Errorf("step %d %s: got %+v, want %+v", i, st.name, got, st.want)
-		}
-	}
-}
-
-// TestImports: matrixside never imports the XMPP side (STYLE: sides never
-// import each other), nor cmd, nor the bus transport.
-func TestImports(t *testing.T) {
-	files, _ := filepath.Glob("*.go")
-	for _, f := range files {
-		src, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		af, err := parser.ParseFile(token.NewFileSet(), f, src, parser.ImportsOnly)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, imp := range af.Imports {
-			if strings.Contains(imp.Path.Value, "xmppside") || strings.Contains(imp.Path.Value, "/cmd") || strings.Contains(imp.Path.Value, "bridge/transport") {
-				t.Errorf("%s imports %s", f, imp.Path.Value)
-			}
 		}
 	}
 }

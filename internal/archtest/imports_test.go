@@ -16,6 +16,7 @@ const module = "github.com/presence-bridge/presence-bridge"
 
 type pkg struct {
 	ImportPath string
+	Imports    []string
 	Deps       []string
 	Standard   bool
 }
@@ -61,6 +62,27 @@ func TestSidesNeverImportEachOther(t *testing.T) {
 						continue
 					}
 					t.Errorf("%s reaches %s", from, p.ImportPath)
+				}
+			}
+		}
+	}
+}
+
+// TestSidesSpeakOnlyThroughThePorts: of the project's packages, a side
+// imports only mapping, bridge (the ports and the state) and its own
+// subpackages.
+func TestSidesSpeakOnlyThroughThePorts(t *testing.T) {
+	for _, side := range []string{"xmppside", "matrixside"} {
+		for _, p := range deps(t, module+"/"+side+"/...") {
+			if !strings.HasPrefix(p.ImportPath, module+"/"+side) {
+				continue
+			}
+			for _, imp := range p.Imports {
+				if !strings.HasPrefix(imp, module+"/") || strings.HasPrefix(imp, module+"/"+side) {
+					continue
+				}
+				if imp != module+"/mapping" && imp != module+"/bridge" {
+					t.Errorf("%s imports %s", p.ImportPath, imp)
 				}
 			}
 		}
