@@ -11,8 +11,8 @@ import (
 
 func sampleEvent() *Event {
 	return &Event{V: SchemaVersion, ID: NewID(), Kind: KindPresence, Origin: mapping.NetworkXMPP, User: "alice@example.com", Seq: 1763700000000000000,
-		ObservedAt: time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC), OriginState: mapping.StateBusy,
-		Presence: &mapping.Presence{State: mapping.StateBusy, Status: "in a meeting", LastActive: time.Date(2026, 11, 21, 11, 58, 0, 0, time.UTC), Priority: 5}}
+		ObservedAt: time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC),
+		Presence:   &mapping.Presence{State: mapping.StateBusy, Status: "in a meeting", LastActive: time.Date(2026, 11, 21, 11, 58, 0, 0, time.UTC), Priority: 5}}
 }
 
 // BenchmarkEnvelopeRoundTrip: one encode plus one decode (target ≤ 2 µs).

@@ -159,29 +159,6 @@ func TestBucketUpdateCompareAndSet(t *testing.T) {
 	}
 }
 
-func TestPresenceNeverOverwrittenByOlder(t *testing.T) {
-	b := openTestBus(t, "")
-	ctx := context.Background()
-	s := b.Store()
-	newer := PresenceRecord{Presence: mapping.Presence{State: mapping.StateAway}, Seq: 20}
-	older := PresenceRecord{Presence: mapping.Presence{State: mapping.StateAvailable}, Seq: 10}
-	if ok, err := s.PutPresenceIfNewer(ctx, mapping.NetworkXMPP, "alice@example.com", newer); !ok || err != nil {
-		t.Fatalf("first write: %v %v", ok, err)
-	}
-	if ok, err := s.PutPresenceIfNewer(ctx, mapping.NetworkXMPP, "alice@example.com", older); ok || err != nil {
-		t.Fatalf("older write: %v %v", ok, err)
-	}
-	got, _, _ := s.Presence.Get(ctx, PresenceKey(mapping.NetworkXMPP, "alice@example.com"))
-	if got.Presence.State != mapping.StateAway {
-		t.Fatalf("stored %v, want the newer away", got.Presence.State)
-	}
-	var keys []string
-	_ = s.Presence.Range(ctx, func(k string, _ PresenceRecord) error { keys = append(keys, k); return nil })
-	if len(keys) != 1 || keys[0] != "xmpp.alice=40example=2Ecom" {
-		t.Fatalf("keys %v", keys)
-	}
-}
-
 func TestRetryDelayBackOff(t *testing.T) {
 	for n, want := range map[uint64]time.Duration{0: time.Second, 1: time.Second, 2: 2 * time.Second, 4: 8 * time.Second, 1000: 5 * time.Minute} {
 		if got := retryDelay(n); got != want {

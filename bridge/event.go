@@ -97,7 +97,6 @@ type Event struct {
 	ObservedAt time.Time       `json:"observed_at"`
 
 	Presence     *mapping.Presence    `json:"presence,omitempty"`
-	OriginState  mapping.State        `json:"origin_state,omitzero"`
 	Subscription *SubscriptionPayload `json:"subscription,omitempty"`
 	Membership   *MembershipPayload   `json:"membership,omitempty"`
 	OptOut       *OptOutPayload       `json:"optout,omitempty"`

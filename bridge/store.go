@@ -26,10 +26,9 @@ const (
 
 // PresenceRecord is the last presence of one user on one side.
 type PresenceRecord struct {
-	Presence    mapping.Presence `json:"presence"`
-	OriginState mapping.State    `json:"origin_state,omitzero"`
-	Seq         uint64           `json:"seq"`
-	UpdatedAt   time.Time        `json:"updated_at"`
+	Presence  mapping.Presence `json:"presence"`
+	Seq       uint64           `json:"seq"`
+	UpdatedAt time.Time        `json:"updated_at"`
 }
 
 // Subscription is the RFC 6121 subscription state between a puppet and an
@@ -59,10 +58,10 @@ const (
 // Link is the consent between a Matrix user and an XMPP user, and the room
 // that carries it on Matrix.
 type Link struct {
-	MatrixUser string    `json:"matrix_user"`
-	XMPPUser   string    `json:"xmpp_user"`
-	RoomID     string    `json:"room_id,omitempty"`
-	State      LinkState `json:"state"`
+	MatrixUser mapping.UserID  `json:"matrix_user"`
+	XMPPUser   mapping.BareJID `json:"xmpp_user"`
+	RoomID     string          `json:"room_id,omitempty"`
+	State      LinkState       `json:"state"`
 	// Initiator is the network of the person who asked first.
 	Initiator mapping.Network `json:"initiator,omitzero"`
 	UpdatedAt time.Time       `json:"updated_at"`
@@ -135,21 +134,6 @@ func openStore(ctx context.Context, js jetstream.JetStream, replicas int) (*Stor
 		return nil, err
 	}
 	return s, nil
-}
-
-// PutPresenceIfNewer stores rec for (net, user) unless a record with a
-// sequence at least as large is already there. It reports whether it wrote.
-func (s *Store) PutPresenceIfNewer(ctx context.Context, net mapping.Network, user string, rec PresenceRecord) (bool, error) {
-	wrote := false
-	_, err := s.Presence.Update(ctx, PresenceKey(net, user), func(cur PresenceRecord, exists bool) (PresenceRecord, bool, error) {
-		if exists && cur.Seq >= rec.Seq {
-			wrote = false
-			return cur, false, nil
-		}
-		wrote = true
-		return rec, true, nil
-	})
-	return wrote, err
 }
 
 // Bucket is a typed key-value bucket holding JSON values: a JetStream KV

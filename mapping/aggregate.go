@@ -9,9 +9,14 @@ import "time"
 // concurrent use.
 type Resources struct {
 	byName map[string]resourceEntry
-	// last is what an unavailable presence said, kept so that "offline" can
-	// still carry the last status message.
-	last Presence
+	// status is the aggregate's status the last time it was available:
+	// offline carries it. The text of an unavailable stanza is not kept:
+	// servers write their own there ("Disconnected: Received SIGTERM"),
+	// and it is not what the person said.
+	status string
+	// lastActive is what the last unavailable said of the user's last
+	// activity (XEP-0319 idle), if anything.
+	lastActive time.Time
 }
 
 type resourceEntry struct {
@@ -21,7 +26,9 @@ type resourceEntry struct {
 
 // Update records the presence of one resource, observed at at, and returns
 // the new aggregate. An offline presence removes the resource; an offline
-// presence from the bare JID (resource "") removes all of them.
+// presence from the bare JID (resource "") removes all of them. When no
+// resource is left the aggregate is offline with the status the person
+// last showed while available.
 func (r *Resources) Update(resource string, p Presence, at time.Time) Presence {
 	if p.State == StateOffline || p.State == StateUnset {
 		if resource == "" {
@@ -29,22 +36,24 @@ func (r *Resources) Update(resource string, p Presence, at time.Time) Presence {
 		} else {
 			delete(r.byName, resource)
 		}
-		r.last = p
-		r.last.State = StateOffline
-		if r.last.Status == "" {
-			r.last.Status = r.lastStatus()
+		r.lastActive = p.LastActive
+	} else {
+		if r.byName == nil {
+			r.byName = make(map[string]resourceEntry, 2)
 		}
-		return r.Aggregate()
+		r.byName[resource] = resourceEntry{p: p, at: at}
 	}
-	if r.byName == nil {
-		r.byName = make(map[string]resourceEntry, 2)
+	agg := r.Aggregate()
+	if agg.State.Online() {
+		r.status = agg.Status
 	}
-	r.byName[resource] = resourceEntry{p: p, at: at}
-	r.last.Status = p.Status
-	return r.Aggregate()
+	return agg
 }
 
-func (r *Resources) lastStatus() string { return r.last.Status }
+// Forget drops every resource but keeps the last status, for when the
+// resources are about to be learnt again (after a reconnect, the server's
+// probe answers).
+func (r *Resources) Forget() { clear(r.byName) }
 
 // Aggregate returns the current aggregate: offline when no resource is
 // available.
@@ -57,7 +66,7 @@ func (r *Resources) Aggregate() Presence {
 		}
 	}
 	if !found {
-		return Presence{State: StateOffline, Status: r.last.Status, LastActive: r.last.LastActive}
+		return Presence{State: StateOffline, Status: r.status, LastActive: r.lastActive}
 	}
 	return best.p
 }

@@ -34,12 +34,14 @@ func TestResourcesAggregate(t *testing.T) {
 			{"desk", Presence{State: StateAvailable, Priority: 5, Status: "desk"}, StateAvailable, "desk"},
 			{"phone", Presence{State: StateAway, Priority: 1, Status: "phone"}, StateAvailable, "desk"},
 			{"desk", Presence{State: StateOffline}, StateAway, "phone"},
-			{"phone", Presence{State: StateOffline, Status: "bye"}, StateOffline, "bye"},
+			// The unavailable's own text ("bye", or a server's "Disconnected:
+			// …") is not the status: the last one shown while available is.
+			{"phone", Presence{State: StateOffline, Status: "bye"}, StateOffline, "phone"},
 		}},
 		{"bare unavailable clears all, last status kept", []step{
 			{"a", Presence{State: StateAvailable, Status: "x"}, StateAvailable, "x"},
 			{"b", Presence{State: StateAway}, StateAvailable, "x"},
-			{"", Presence{State: StateOffline}, StateOffline, ""},
+			{"", Presence{State: StateOffline, Status: "Disconnected: Received SIGTERM"}, StateOffline, "x"},
 		}},
 		{"negative priority still counts for presence", []step{
 			{"bot", Presence{State: StateAway, Priority: -1}, StateAway, ""},
@@ -55,5 +57,17 @@ func TestResourcesAggregate(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestResourcesForgetKeepsStatus(t *testing.T) {
+	var r Resources
+	r.Update("a", Presence{State: StateAway, Status: "lunch"}, now)
+	r.Forget()
+	if got := r.Aggregate(); got.State != StateOffline || got.Status != "lunch" {
+		t.Fatalf("after Forget: %v %q, want offline keeping %q", got.State, got.Status, "lunch")
+	}
+	if r.Len() != 0 {
+		t.Fatalf("%d resources after Forget", r.Len())
 	}
 }

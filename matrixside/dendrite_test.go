@@ -190,7 +190,7 @@ func TestMatrixPresenceViaPoll(t *testing.T) {
 	bob := e.srv.CreateUser(t, "bob", "bob-password")
 	// The core links bob with an XMPP user: the side polls linked users.
 	if _, err := e.store.Links.Put(t.Context(), bridge.PairKey(bob.UserID, "alice@example.com"),
-		bridge.Link{MatrixUser: bob.UserID, XMPPUser: "alice@example.com", State: bridge.LinkApproved}); err != nil {
+		bridge.Link{MatrixUser: mapping.UserID(bob.UserID), XMPPUser: "alice@example.com", State: bridge.LinkApproved}); err != nil {
 		t.Fatal(err)
 	}
 	if err := bob.SetPresence(t.Context(), "unavailable", "gone fishing"); err != nil {

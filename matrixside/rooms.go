@@ -7,7 +7,6 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/presence-bridge/presence-bridge/bridge"
-	"github.com/presence-bridge/presence-bridge/mapping"
 )
 
 // rooms remembers which ghosts and which Matrix users share which rooms,
@@ -145,7 +144,7 @@ func (s *Side) loadLinks(ctx context.Context) {
 		if l.RoomID == "" {
 			return nil
 		}
-		ghost, err := s.ghostOf(mapping.BareJID(l.XMPPUser))
+		ghost, err := s.ghostOf(l.XMPPUser)
 		if err != nil {
 			return nil
 		}

@@ -26,11 +26,6 @@ type userPresence struct {
 	res          mapping.Resources
 	reported     mapping.Presence
 	haveReported bool
-	// status is the status of the user's last online aggregate: what the
-	// person set while available. An offline aggregate carries it, never
-	// the text of an unavailable stanza, which servers fill with their own
-	// reasons ("Disconnected: Received SIGTERM").
-	status string
 }
 
 func newUsers() *users { return &users{m: make(map[mapping.BareJID]*userPresence)} }
@@ -49,15 +44,7 @@ func (u *users) update(bare mapping.BareJID, resource string, p mapping.Presence
 		e = &userPresence{}
 		u.m[bare] = e
 	}
-	if !p.State.Online() {
-		p.Status = ""
-	}
 	agg := e.res.Update(resource, p, at)
-	if agg.State.Online() {
-		e.status = agg.Status
-	} else {
-		agg.Status = e.status
-	}
 	if e.haveReported && e.reported.Equal(agg) {
 		return agg, false
 	}
@@ -72,7 +59,7 @@ func (u *users) resetResources() {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	for _, e := range u.m {
-		e.res = mapping.Resources{}
+		e.res.Forget()
 	}
 }
 
@@ -108,11 +95,11 @@ func (u *users) allOffline(ctx context.Context, unless func() bool, report func(
 	}
 	n := 0
 	for bare, e := range u.m {
-		e.res = mapping.Resources{}
+		e.res.Forget()
 		if !e.haveReported || !e.reported.State.Online() {
 			continue
 		}
-		off := mapping.Presence{State: mapping.StateOffline, Status: e.status}
+		off := mapping.Presence{State: mapping.StateOffline, Status: e.reported.Status}
 		if err := report(ctx, bare, off); err != nil {
 			e.haveReported = false
 			continue

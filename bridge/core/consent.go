@@ -40,7 +40,7 @@ func (c *Core) toMatrix(ctx context.Context, p pair, m bridge.Membership, roomID
 func (c *Core) setLink(ctx context.Context, p pair, change func(*bridge.Link)) func() error {
 	return func() error {
 		_, err := c.store.Links.Update(ctx, p.key(), func(cur bridge.Link, _ bool) (bridge.Link, bool, error) {
-			cur.MatrixUser, cur.XMPPUser = string(p.mxid), string(p.jid)
+			cur.MatrixUser, cur.XMPPUser = p.mxid, p.jid
 			change(&cur)
 			cur.UpdatedAt = now()
 			return cur, true, nil
