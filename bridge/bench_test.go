@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"context"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -52,4 +53,46 @@ func BenchmarkPublishReceive(b *testing.B) {
 	}
 	waitFor(b, time.Minute, "all events received", func() bool { return got.Load() == int64(b.N) })
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "events/s")
+}
+
+// BenchmarkPresenceRecordWrite: what storing one presence record costs, as
+// it was before the redesign (the XMPP side and the core each read the
+// record and wrote it with compare-and-set) and as it is now (the core
+// alone, order checked in memory, a plain put). CPU per event is what a
+// presence workload pays for state.
+func BenchmarkPresenceRecordWrite(b *testing.B) {
+	rec := PresenceRecord{Presence: mapping.Presence{State: mapping.StateAway, Status: "lunch"}, UpdatedAt: time.Now().UTC()}
+	ctx := context.Background()
+	keys := make([]string, 1000)
+	for i := range keys {
+		keys[i] = PresenceKey(mapping.NetworkMatrix, fmt.Sprintf("@user%d:example.org", i))
+	}
+	b.Run("two writers, get and compare-and-set", func(b *testing.B) {
+		s := openTestBus(b, "").Store()
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			rec.Seq = uint64(i + 1)
+			for range 2 {
+				if _, err := s.Presence.Update(ctx, keys[i%len(keys)], func(cur PresenceRecord, exists bool) (PresenceRecord, bool, error) {
+					return rec, !exists || cur.Seq < rec.Seq, nil
+				}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			i++
+		}
+	})
+	b.Run("one writer, put", func(b *testing.B) {
+		s := openTestBus(b, "").Store()
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			rec.Seq = uint64(i + 1)
+			if _, err := s.Presence.Put(ctx, keys[i%len(keys)], rec); err != nil {
+				b.Fatal(err)
+			}
+			i++
+		}
+	})
 }
