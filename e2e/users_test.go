@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/presence-bridge/presence-bridge/internal/dendrite"
 	dendritetest "github.com/presence-bridge/presence-bridge/internal/testenv/dendrite"
 	prosodytest "github.com/presence-bridge/presence-bridge/internal/testenv/prosody"
 )
@@ -138,57 +139,27 @@ func (e *env) matrixUser(name string) *mxUser {
 	return &mxUser{Client: e.hs.CreateUser(e.t, name, password), t: e.t}
 }
 
-const mxSyncFilter = `{"presence":{"limit":1000},"room":{"timeline":{"limit":1}}}`
-
 // sync runs one /sync (long-polling up to timeout) and records what it saw.
 func (u *mxUser) sync(timeout time.Duration) error {
 	u.mu.Lock()
 	since := u.since
 	u.mu.Unlock()
-	q := url.Values{"timeout": {fmt.Sprint(timeout.Milliseconds())}, "filter": {mxSyncFilter}}
-	if since != "" {
-		q.Set("since", since)
-	}
-	var resp struct {
-		NextBatch string `json:"next_batch"`
-		Presence  struct {
-			Events []struct {
-				Type    string                `json:"type"`
-				Sender  string                `json:"sender"`
-				Content dendritetest.Presence `json:"content"`
-			} `json:"events"`
-		} `json:"presence"`
-		Rooms struct {
-			Invite map[string]struct {
-				InviteState struct {
-					Events []struct {
-						Type     string `json:"type"`
-						Sender   string `json:"sender"`
-						StateKey string `json:"state_key"`
-					} `json:"events"`
-				} `json:"invite_state"`
-			} `json:"invite"`
-		} `json:"rooms"`
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout+30*time.Second)
 	defer cancel()
-	if err := u.Do(ctx, http.MethodGet, "/_matrix/client/v3/sync?"+q.Encode(), nil, &resp); err != nil {
+	resp, err := u.Sync(ctx, dendrite.SyncOptions{Since: since, Timeout: timeout})
+	if err != nil {
 		return err
 	}
 	now := time.Now()
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.since = resp.NextBatch
-	for _, ev := range resp.Presence.Events {
-		if ev.Type == "m.presence" {
-			u.presence = append(u.presence, mxPresence{Sender: ev.Sender, Presence: ev.Content, At: now})
-		}
+	for _, ev := range resp.Presence {
+		u.presence = append(u.presence, mxPresence{Sender: ev.Sender, Presence: ev.Content, At: now})
 	}
-	for roomID, inv := range resp.Rooms.Invite {
-		for _, ev := range inv.InviteState.Events {
-			if ev.Type == "m.room.member" && ev.StateKey == u.UserID && !u.hasInvite(roomID) {
-				u.invites = append(u.invites, mxInvite{RoomID: roomID, Inviter: ev.Sender})
-			}
+	for _, inv := range resp.Invites {
+		if !u.hasInvite(inv.RoomID) {
+			u.invites = append(u.invites, mxInvite{RoomID: inv.RoomID, Inviter: inv.Inviter})
 		}
 	}
 	return nil
