@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -152,4 +153,10 @@ func TestStoryCleanShutdown(t *testing.T) {
 
 	am.wait(t, waitLatency, "bob's puppet unavailable at shutdown", presenceFrom(l.puppet, unavailable))
 	l.bob.waitPresence(waitLatency, l.ghost, "alice's ghost offline at shutdown", func(p dendritetest.Presence) bool { return p.Presence == "offline" })
+	// A clean shutdown is no trouble: nothing at WARN or ERROR about it.
+	for _, line := range strings.Split(e.bridge.logTail(200), "\n") {
+		if strings.Contains(line, "nats disconnected") || strings.Contains(line, "level=ERROR") {
+			t.Errorf("clean shutdown logged: %s", line)
+		}
+	}
 }
