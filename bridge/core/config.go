@@ -49,6 +49,7 @@ type Config struct {
 // ghost registered, a room created, a Matrix user invited) takes a token
 // from the bucket of its address, of its domain, and of the whole bridge.
 // A request over any budget is left unanswered (see [Core.Refusals]).
+// Users of the local XMPP domains spend only their address's budget.
 type Limits struct {
 	// PerAddress is the budget of one XMPP address.
 	PerAddress Budget `yaml:"per_address"`
@@ -57,6 +58,13 @@ type Limits struct {
 	PerDomain Budget `yaml:"per_domain"`
 	// Total is the budget of the whole bridge, for many domains at once.
 	Total Budget `yaml:"total"`
+	// LocalXMPPDomains are the domains of the XMPP server the component is
+	// attached to. Their users are authenticated by that server and no
+	// other server can speak for them, so only PerAddress applies to
+	// them: a flood from elsewhere never starves them. Empty: the
+	// component domain without its first label (matrix.example.net →
+	// example.net).
+	LocalXMPPDomains []string `yaml:"local_xmpp_domains"`
 }
 
 // Budget is a token bucket: one token comes back every Every, up to
@@ -96,7 +104,7 @@ func (c Config) Validate() error {
 	for _, l := range []struct {
 		key  string
 		list []string
-	}{{"allow_xmpp_domains", c.AllowXMPPDomains}, {"deny_xmpp_domains", c.DenyXMPPDomains}, {"allow_matrix_servers", c.AllowMatrixServers}, {"deny_matrix_servers", c.DenyMatrixServers}} {
+	}{{"allow_xmpp_domains", c.AllowXMPPDomains}, {"deny_xmpp_domains", c.DenyXMPPDomains}, {"allow_matrix_servers", c.AllowMatrixServers}, {"deny_matrix_servers", c.DenyMatrixServers}, {"limits.local_xmpp_domains", c.Limits.LocalXMPPDomains}} {
 		for i, d := range l.list {
 			if d == "" || strings.ContainsAny(d, "@/ ") || strings.ToLower(d) != d {
 				errs = append(errs, fmt.Errorf("%s[%d]: %q: want a lower case domain name", l.key, i, d))
@@ -121,4 +129,19 @@ func (b Budget) validate(key string) []error {
 		errs = append(errs, fmt.Errorf("%s.burst: %d: must be between 1 and 1000000", key, b.Burst))
 	}
 	return errs
+}
+
+// localDomains returns the local XMPP domains: the configured ones, else
+// the parent of the component domain.
+func (l Limits) localDomains(componentDomain string) map[string]bool {
+	out := map[string]bool{}
+	for _, d := range l.LocalXMPPDomains {
+		out[d] = true
+	}
+	if len(out) == 0 {
+		if _, parent, ok := strings.Cut(componentDomain, "."); ok && parent != "" {
+			out[parent] = true
+		}
+	}
+	return out
 }

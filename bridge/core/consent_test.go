@@ -28,22 +28,17 @@ func (h *harness) storedPresence(key string, want bool) bridge.PresenceRecord {
 	}
 }
 
-func (h *harness) keys(b interface {
-	Keys(context.Context) ([]string, error)
-}) []string {
+// keys lists the keys of a bucket.
+func keys[T any](h *harness, b *bridge.Bucket[T]) []string {
 	h.t.Helper()
-	keys, err := b.Keys(context.Background())
-	h.check(err)
-	return keys
+	var out []string
+	h.check(b.Range(context.Background(), func(k string, _ T) error { out = append(out, k); return nil }))
+	return out
 }
 
 // people is the number of people the core keeps in memory, the settle
 // marker's pair excluded.
-func (h *harness) people() int {
-	h.core.mu.Lock()
-	defer h.core.mu.Unlock()
-	return len(h.core.people) - 2
-}
+func (h *harness) people() int { return h.core.peopleCount() - 2 }
 
 // TestStrangersLeaveNoTrace (issue 9, defect 1): presence of people who
 // hold no link, on either network, is neither stored nor shown: 2,000
@@ -63,7 +58,7 @@ func TestStrangersLeaveNoTrace(t *testing.T) {
 	// Everything the persister holds has been written once the marker's
 	// record is there.
 	h.storedPresence(bridge.PresenceKey(mapping.NetworkXMPP, settleJID), true)
-	for _, k := range h.keys(h.store.Presence) {
+	for _, k := range keys(h, h.store.Presence) {
 		if k != bridge.PresenceKey(mapping.NetworkXMPP, settleJID) {
 			t.Errorf("presence of a person without a link stored: %s", k)
 		}
@@ -164,12 +159,12 @@ func TestStartForgetsOrphans(t *testing.T) {
 	}
 	h := start(t, Default(), store, aliceBob)
 	want := map[string]bool{bridge.PresenceKey(mapping.NetworkXMPP, alice): true}
-	for _, k := range h.keys(store.Presence) {
+	for _, k := range keys(h, store.Presence) {
 		if !want[k] {
 			t.Errorf("orphan presence kept: %s", k)
 		}
 	}
-	links := h.keys(store.Links)
+	links := keys(h, store.Links)
 	if len(links) != 2 { // alice-bob and the settle marker
 		t.Errorf("links after start: %q", links)
 	}

@@ -78,7 +78,7 @@ func New(cfg Config, ns mapping.Namespace, store *bridge.Store, xmpp bridge.XMPP
 	}
 	c := &Core{cfg: cfg, ns: ns, store: store, xmpp: xmpp, matrix: matrix, log: log, clock: time.Now,
 		people: make(map[string]*person), ready: make(chan struct{}),
-		limits: newLimiter(cfg.Limits), logLimit: logLimiter{every: refusalLogEvery}}
+		limits: newLimiter(cfg.Limits, ns.ComponentDomain), logLimit: logLimiter{every: refusalLogEvery}}
 	c.persist = newPersister(store, log)
 	c.presence = newCoalescer(cfg.CoalesceWindow, c.show)
 	return c, nil

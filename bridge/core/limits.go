@@ -85,32 +85,38 @@ func (s *buckets) prune(now time.Time) {
 
 // limiter holds the three budgets of subscription requests.
 type limiter struct {
+	local map[string]bool // domains that spend only their addresses' budget
+
 	mu                     sync.Mutex
 	address, domain, total *buckets
 }
 
-func newLimiter(l Limits) *limiter {
-	return &limiter{address: newBuckets(l.PerAddress), domain: newBuckets(l.PerDomain), total: newBuckets(l.Total)}
+func newLimiter(l Limits, componentDomain string) *limiter {
+	return &limiter{local: l.localDomains(componentDomain), address: newBuckets(l.PerAddress), domain: newBuckets(l.PerDomain), total: newBuckets(l.Total)}
 }
 
 // allow spends a token of address, of domain and of the total if all
 // three have one, and otherwise spends nothing and says which budget is
 // exhausted. A request refused by its domain does not eat into the
-// address's budget, nor into the others' share of the total.
+// address's budget, nor into the others' share of the total. A local
+// domain's users spend only their address's budget.
 func (l *limiter) allow(address, domain string, now time.Time) (Reason, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	local := l.local[domain]
 	switch {
 	case !l.address.has(address, now):
 		return ReasonAddressBudget, false
-	case !l.domain.has(domain, now):
+	case !local && !l.domain.has(domain, now):
 		return ReasonDomainBudget, false
-	case !l.total.has("", now):
+	case !local && !l.total.has("", now):
 		return ReasonTotalBudget, false
 	}
 	l.address.take(address, now)
-	l.domain.take(domain, now)
-	l.total.take("", now)
+	if !local {
+		l.domain.take(domain, now)
+		l.total.take("", now)
+	}
 	return 0, true
 }
 

@@ -14,7 +14,7 @@ import (
 // test moves it.
 func (h *harness) stopClock() *time.Time {
 	t := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	h.core.clock = func() time.Time { return t }
+	h.core.setClock(func() time.Time { return t })
 	return &t
 }
 
@@ -44,7 +44,7 @@ func TestSubscriptionFloodWithinBudget(t *testing.T) {
 	if n := h.invites(); n > budget {
 		t.Fatalf("10,000 forged requests became %d invites; the domain's budget is %d", n, budget)
 	}
-	if n := len(h.keys(h.store.Links)); n > budget+1 {
+	if n := len(keys(h, h.store.Links)); n > budget+1 {
 		t.Fatalf("10,000 forged requests left %d links", n)
 	}
 	for _, d := range h.rec.all() {
@@ -57,8 +57,33 @@ func TestSubscriptionFloodWithinBudget(t *testing.T) {
 	}
 	h.subscription(alice, bob, bridge.Subscribe)
 	h.waitOut(`matrix alice@xmpp.example→@bob:example.org invite `)
-	if n := h.core.limits.size(); n > 2*budget+4 {
+	if n := h.core.budgetKeys(); n > 2*budget+4 {
 		t.Errorf("the budgets hold %d keys after the flood", n)
+	}
+}
+
+// Users of the XMPP server the component is attached to (by default the
+// component domain's parent: example.org for matrix.example.org) spend
+// only their own budget: neither a flood from elsewhere nor their
+// number holds them back.
+func TestLocalDomainSpendsOnlyAddressBudget(t *testing.T) {
+	cfg := Default()
+	cfg.Limits.PerDomain = Budget{Every: time.Hour, Burst: 2}
+	cfg.Limits.Total = Budget{Every: time.Hour, Burst: 5}
+	h := start(t, cfg, nil)
+	h.stopClock()
+	for i := range 100 {
+		h.subscription(fmt.Sprintf("forged%d@evil%d.example", i, i%10), bob, bridge.Subscribe)
+	}
+	if n := h.invites(); n != 5 {
+		t.Fatalf("a flood from 10 domains became %d invites, want the total budget of 5", n)
+	}
+	h.rec.reset()
+	for i := range 200 {
+		h.subscription(fmt.Sprintf("colleague%d@example.org", i), bob, bridge.Subscribe)
+	}
+	if n := h.invites(); n != 200 {
+		t.Fatalf("200 local users asking at once became %d invites", n)
 	}
 }
 
@@ -126,10 +151,7 @@ func TestMemoryBounded(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	h.core.persist.mu.Lock()
-	pending := len(h.core.persist.dirty) + len(h.core.persist.writing)
-	h.core.persist.mu.Unlock()
-	if pending > 3 {
+	if pending := h.core.pendingWrites(); pending > 3 {
 		t.Errorf("the persister holds %d records", pending)
 	}
 }
