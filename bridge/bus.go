@@ -24,9 +24,10 @@ const ControlStream = "PB_CONTROL"
 
 // DeadLetterStream keeps the control events that durable consumers gave
 // up on (see [Config.MaxDeliver]), on [DeadLetterSubject]s
-// (pb.dead.<consumer>.v1.…), for as long as control events are kept. Each message is the event as it was, with
-// headers saying where it came from and why it failed; to replay one,
-// publish its body on the subject in its DeadLetterHeaderSubject header.
+// (pb.dead.<consumer>.v1.…), for as long as control events are kept.
+// Each message is the event as it was, with headers saying where it came
+// from and why it failed; to replay one, publish its body on the subject
+// in its DeadLetterHeaderSubject header.
 const DeadLetterStream = "PB_DEAD"
 
 // The headers of a dead letter.
@@ -383,6 +384,10 @@ func (b *Bus) Consume(ctx context.Context, name, filter string, ready func(), h 
 			_ = m.Ack()
 		case errors.Is(err, ErrDrop):
 			_ = m.Term()
+		case ctx.Err() != nil:
+			// Stopping: the handler was cut short, which says nothing
+			// about the event. It comes again after the restart.
+			_ = m.Nak()
 		default:
 			var n uint64 = 1
 			if md, merr := m.Metadata(); merr == nil {

@@ -375,3 +375,42 @@ func TestEmbeddedListenerNeedsToken(t *testing.T) {
 	}
 	nc.Close()
 }
+
+// An event cut short by shutdown is not held against it: at its last
+// delivery it comes again after the restart instead of being
+// dead-lettered.
+func TestShutdownIsNoDeadLetter(t *testing.T) {
+	b, logs := openFastRetryBus(t, 2)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	var calls atomic.Int32
+	second := make(chan struct{})
+	go func() {
+		done <- b.Consume(ctx, "test", SubjectFilter(In, mapping.NetworkXMPP, KindSubscription), nil, func(hctx context.Context, _ *Event) error {
+			if calls.Add(1) == 1 {
+				return errors.New("homeserver down")
+			}
+			close(second)
+			<-hctx.Done() // the last delivery is under way when the bridge stops
+			return hctx.Err()
+		})
+	}()
+	if err := b.Publish(context.Background(), In, subscribeEvent("alice@example.com")); err != nil {
+		t.Fatal(err)
+	}
+	<-second
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range logs.lines(slog.LevelError) {
+		t.Errorf("logged at shutdown: %s", l)
+	}
+	dead, err := b.js.Stream(context.Background(), DeadLetterStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, err := dead.Info(context.Background()); err != nil || info.State.Msgs != 0 {
+		t.Fatalf("dead letters after a shutdown: %d, %v", info.State.Msgs, err)
+	}
+}
