@@ -22,6 +22,32 @@ import (
 // ControlStream is the JetStream stream that keeps durable events.
 const ControlStream = "PB_CONTROL"
 
+// DeadLetterStream keeps the control events that durable consumers gave
+// up on (see [Config.MaxDeliver]), on [DeadLetterSubject]s
+// (pb.dead.<consumer>.v1.…), for as long as control events are kept.
+// Each message is the event as it was, with headers saying where it came
+// from and why it failed; to replay one, publish its body on the subject
+// in its DeadLetterHeaderSubject header.
+const DeadLetterStream = "PB_DEAD"
+
+// The headers of a dead letter.
+const (
+	DeadLetterHeaderSubject    = "Pb-Subject"    // the event's original subject
+	DeadLetterHeaderConsumer   = "Pb-Consumer"   // the durable consumer that gave up
+	DeadLetterHeaderDeliveries = "Pb-Deliveries" // how many times it was tried
+	DeadLetterHeaderError      = "Pb-Error"      // the last error
+)
+
+// deadLetterRoot is outside subjectRoot: the control stream's subjects
+// must not overlap the dead-letter stream's.
+const deadLetterRoot = "pb.dead"
+
+// DeadLetterSubject is the subject a control event on subject is moved to
+// when consumer gives up on it.
+func DeadLetterSubject(consumer, subject string) string {
+	return deadLetterRoot + "." + consumer + "." + strings.TrimPrefix(subject, "pb.")
+}
+
 // Handler receives events from [Bus.Subscribe]. It is called from one
 // goroutine per subscription, in order; it must not block for long.
 type Handler func(ctx context.Context, ev *Event)
@@ -42,13 +68,23 @@ const (
 )
 
 // retryDelay is the wait before delivery number n+1 of an event that
-// failed n times.
-func retryDelay(n uint64) time.Duration {
-	d := retryBase
+// failed n times, with back-off from base.
+func retryDelay(n uint64, base time.Duration) time.Duration {
+	d := base
 	for i := uint64(1); i < n && d < retryCap; i++ {
 		d *= 2
 	}
 	return min(d, retryCap)
+}
+
+// retrySpan is how long an event that always fails is retried before its
+// delivery number n.
+func retrySpan(n int, base time.Duration) time.Duration {
+	var span time.Duration
+	for i := 1; i < n; i++ {
+		span += retryDelay(uint64(i), base)
+	}
+	return span
 }
 
 // Bus is the connection to NATS, embedded or external, and everything above
@@ -63,6 +99,9 @@ type Bus struct {
 
 	closed    chan struct{} // closed by nats once the connection is closed
 	closeOnce sync.Once
+
+	maxDeliver int
+	retryBase  time.Duration // the first back-off step; tests shorten it
 }
 
 // Open connects to NATS (starting the embedded server if cfg has no URLs),
@@ -74,7 +113,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Bus, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	b := &Bus{log: log, closed: make(chan struct{})}
+	b := &Bus{log: log, closed: make(chan struct{}), maxDeliver: cfg.MaxDeliver, retryBase: retryBase}
 	opts := []nats.Option{
 		nats.Name("presence-bridge"),
 		nats.MaxReconnects(-1),
@@ -230,6 +269,17 @@ func (b *Bus) ensureStream(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("bridge: create stream %s: %w", ControlStream, err)
 	}
+	_, err = b.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:      DeadLetterStream,
+		Subjects:  []string{deadLetterRoot + ".>"},
+		Storage:   jetstream.FileStorage,
+		Retention: jetstream.LimitsPolicy,
+		MaxAge:    cfg.ControlMaxAge,
+		Replicas:  cfg.Replicas,
+	})
+	if err != nil {
+		return fmt.Errorf("bridge: create stream %s: %w", DeadLetterStream, err)
+	}
 	return nil
 }
 
@@ -298,15 +348,20 @@ func (b *Bus) Subscribe(ctx context.Context, filter string, h Handler) (*nats.Su
 // name, which resumes where it stopped after a restart. It calls ready (if
 // not nil) once it consumes, and blocks until ctx ends and the consumer
 // has stopped. Malformed events are logged and terminated; a handler error
-// redelivers the event with exponential back-off.
+// redelivers the event with exponential back-off, up to the dead-letter
+// limit (nats.max_deliver), after which the event is moved to
+// [DeadLetterStream] and logged at ERROR. The log says when the consumer
+// starts failing and when it recovers, not every retry.
 func (b *Bus) Consume(ctx context.Context, name, filter string, ready func(), h DurableHandler) error {
 	cons, err := b.js.CreateOrUpdateConsumer(ctx, ControlStream, jetstream.ConsumerConfig{
 		Durable:       name,
 		FilterSubject: filter,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       30 * time.Second,
-		MaxDeliver:    -1,
-		BackOff:       nil,
+		// The bus counts deliveries and dead-letters itself, so that an
+		// event it gives up on is kept and said.
+		MaxDeliver: -1,
+		BackOff:    nil,
 	})
 	if ctx.Err() != nil {
 		return nil
@@ -314,6 +369,7 @@ func (b *Bus) Consume(ctx context.Context, name, filter string, ready func(), h 
 	if err != nil {
 		return fmt.Errorf("bridge: consumer %s: %w", name, err)
 	}
+	health := &consumerHealth{name: name, log: b.log}
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		ev, err := DecodeEvent(m.Data())
 		if err != nil {
@@ -324,20 +380,25 @@ func (b *Bus) Consume(ctx context.Context, name, filter string, ready func(), h 
 		err = h(ctx, ev)
 		switch {
 		case err == nil:
+			health.succeeded()
 			_ = m.Ack()
 		case errors.Is(err, ErrDrop):
 			_ = m.Term()
+		case ctx.Err() != nil:
+			// Stopping: the handler was cut short, which says nothing
+			// about the event. It comes again after the restart.
+			_ = m.Nak()
 		default:
 			var n uint64 = 1
 			if md, merr := m.Metadata(); merr == nil {
 				n = md.NumDelivered
 			}
-			delay := retryDelay(n)
-			// One line per event at the first failure, then at each
-			// tenth: a dependency that is down must not flood the log.
-			if n == 1 || n%10 == 0 {
-				b.log.Warn("control event failed, will retry", "subject", m.Subject(), "id", ev.ID, "deliveries", n, "retry_in", delay, "err", err)
+			if n >= uint64(b.maxDeliver) {
+				b.deadLetter(ctx, name, m, ev, n, err)
+				return
 			}
+			delay := retryDelay(n, b.retryBase)
+			health.failed(m.Subject(), ev.ID, n, delay, err)
 			_ = m.NakWithDelay(delay)
 		}
 	})
@@ -351,6 +412,63 @@ func (b *Bus) Consume(ctx context.Context, name, filter string, ready func(), h 
 	cc.Drain()
 	<-cc.Closed()
 	return nil
+}
+
+// consumerHealth logs the state changes of a durable consumer: the first
+// failure after a success, and the first success after failures, so that
+// a dependency that is down costs two lines, not one per event per retry.
+type consumerHealth struct {
+	name string
+	log  *slog.Logger
+
+	mu       sync.Mutex
+	failing  bool
+	since    time.Time
+	failures int
+}
+
+func (c *consumerHealth) failed(subject, id string, n uint64, delay time.Duration, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.failures++
+	if c.failing {
+		c.log.Debug("control event failed again", "consumer", c.name, "id", id, "deliveries", n, "retry_in", delay, "err", err)
+		return
+	}
+	c.failing, c.since = true, time.Now()
+	c.log.Warn("durable consumer failing; retrying with back-off", "consumer", c.name, "subject", subject, "id", id, "deliveries", n, "retry_in", delay, "err", err)
+}
+
+func (c *consumerHealth) succeeded() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.failing {
+		return
+	}
+	c.log.Info("durable consumer recovered", "consumer", c.name, "failing_for", time.Since(c.since).Round(time.Millisecond), "failed_deliveries", c.failures)
+	c.failing, c.failures = false, 0
+}
+
+// deadLetter moves an event that failed n times to the dead-letter
+// stream and terminates it. If even that fails, the ERROR line carries
+// the event itself, so that it can still be replayed.
+func (b *Bus) deadLetter(ctx context.Context, consumer string, m jetstream.Msg, ev *Event, n uint64, cause error) {
+	subj := DeadLetterSubject(consumer, m.Subject())
+	dl := nats.NewMsg(subj)
+	dl.Data = m.Data()
+	dl.Header.Set(DeadLetterHeaderSubject, m.Subject())
+	dl.Header.Set(DeadLetterHeaderConsumer, consumer)
+	dl.Header.Set(DeadLetterHeaderDeliveries, strconv.FormatUint(n, 10))
+	dl.Header.Set(DeadLetterHeaderError, cause.Error())
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	attrs := []any{"consumer", consumer, "subject", m.Subject(), "id", ev.ID, "deliveries", n, "err", cause}
+	if ack, err := b.js.PublishMsg(pctx, dl, jetstream.WithMsgID(ev.ID+".dead")); err != nil {
+		b.log.Error("control event given up; the dead-letter stream refused it, replay it from this line", append(attrs, "dead_letter_err", err, "event", string(m.Data()))...)
+	} else {
+		b.log.Error("control event given up and moved to the dead-letter stream", append(attrs, "dead_letter_stream", DeadLetterStream, "dead_letter_seq", ack.Sequence, "dead_letter_subject", subj)...)
+	}
+	_ = m.Term()
 }
 
 // Close drains the connection and stops the embedded server. It is safe to

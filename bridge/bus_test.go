@@ -3,8 +3,11 @@ package bridge
 import (
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -12,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/presence-bridge/presence-bridge/mapping"
 )
@@ -161,9 +165,184 @@ func TestBucketUpdateCompareAndSet(t *testing.T) {
 
 func TestRetryDelayBackOff(t *testing.T) {
 	for n, want := range map[uint64]time.Duration{0: time.Second, 1: time.Second, 2: 2 * time.Second, 4: 8 * time.Second, 1000: 5 * time.Minute} {
-		if got := retryDelay(n); got != want {
+		if got := retryDelay(n, retryBase); got != want {
 			t.Errorf("after %d failed deliveries: retry in %v, want %v", n, got, want)
 		}
+	}
+	// The default dead-letter limit outlasts a homeserver down for hours
+	// and ends well within the time the stream keeps events.
+	span := retrySpan(DefaultMaxDeliver, retryBase)
+	if span < 12*time.Hour || span >= Default().ControlMaxAge {
+		t.Errorf("the default max_deliver retries for %v", span)
+	}
+}
+
+func TestMaxDeliverValidated(t *testing.T) {
+	cfg := Default()
+	cfg.ControlMaxAge = time.Hour
+	err := cfg.Validate()
+	if err == nil || !strings.HasPrefix(err.Error(), "max_deliver: 300: the retries would last") {
+		t.Fatalf("max_deliver outlasting control_max_age: %v", err)
+	}
+	cfg = Default()
+	cfg.MaxDeliver = 1
+	if err := cfg.Validate(); err == nil || !strings.HasPrefix(err.Error(), "max_deliver: 1:") {
+		t.Fatalf("max_deliver 1: %v", err)
+	}
+}
+
+// logRecorder is a slog handler that keeps every record.
+type logRecorder struct {
+	mu      sync.Mutex
+	records []slog.Record
+}
+
+func (l *logRecorder) Enabled(context.Context, slog.Level) bool { return true }
+func (l *logRecorder) Handle(_ context.Context, r slog.Record) error {
+	l.mu.Lock()
+	l.records = append(l.records, r)
+	l.mu.Unlock()
+	return nil
+}
+func (l *logRecorder) WithAttrs([]slog.Attr) slog.Handler { return l }
+func (l *logRecorder) WithGroup(string) slog.Handler      { return l }
+
+// lines returns the messages logged at level or above.
+func (l *logRecorder) lines(level slog.Level) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for _, r := range l.records {
+		if r.Level >= level {
+			out = append(out, r.Level.String()+" "+r.Message)
+		}
+	}
+	return out
+}
+
+// openFastRetryBus is a bus whose durable consumers retry after 10ms,
+// doubling, and give up after maxDeliver deliveries.
+func openFastRetryBus(t *testing.T, maxDeliver int) (*Bus, *logRecorder) {
+	t.Helper()
+	logs := &logRecorder{}
+	cfg := Default()
+	cfg.Embedded.DataDir = t.TempDir()
+	cfg.MaxDeliver = maxDeliver
+	b, err := Open(context.Background(), cfg, slog.New(logs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	b.retryBase = 10 * time.Millisecond
+	return b, logs
+}
+
+// consume runs a durable consumer of every subscription report until the
+// test ends.
+func consume(t *testing.T, b *Bus, h DurableHandler) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	ready := make(chan struct{})
+	go func() {
+		done <- b.Consume(ctx, "test", SubjectFilter(In, mapping.NetworkXMPP, KindSubscription), func() { close(ready) }, h)
+	}()
+	select {
+	case <-ready:
+	case err := <-done:
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+}
+
+func subscribeEvent(user string) *Event {
+	return &Event{Kind: KindSubscription, Origin: mapping.NetworkXMPP, User: user, Peer: "@bob:example.org", Subscription: &SubscriptionPayload{Type: Subscribe}}
+}
+
+// TestDeadLetter (issue 9, defect 3): an event that keeps failing is
+// tried max_deliver times, then moved to the dead-letter stream with what
+// it takes to replay it, and said once at ERROR; not retried forever.
+func TestDeadLetter(t *testing.T) {
+	b, logs := openFastRetryBus(t, 4)
+	var calls atomic.Int32
+	consume(t, b, func(context.Context, *Event) error {
+		calls.Add(1)
+		return errors.New("homeserver down")
+	})
+	ev := subscribeEvent("alice@example.com")
+	if err := b.Publish(context.Background(), In, ev); err != nil {
+		t.Fatal(err)
+	}
+	orig := Subject(In, mapping.NetworkXMPP, KindSubscription, "alice@example.com")
+	dead, err := b.js.Stream(context.Background(), DeadLetterStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var msg *jetstream.RawStreamMsg
+	waitFor(t, 10*time.Second, "the dead letter", func() bool {
+		msg, err = dead.GetLastMsgForSubject(context.Background(), DeadLetterSubject("test", orig))
+		return err == nil
+	})
+	got, err := DecodeEvent(msg.Data)
+	if err != nil || got.ID != ev.ID {
+		t.Fatalf("dead letter %q: %v", msg.Data, err)
+	}
+	if h := msg.Header; h.Get(DeadLetterHeaderSubject) != orig || h.Get(DeadLetterHeaderDeliveries) != "4" || h.Get(DeadLetterHeaderError) != "homeserver down" || h.Get(DeadLetterHeaderConsumer) != "test" {
+		t.Fatalf("dead letter headers %v", h)
+	}
+	// Terminated: nothing is pending or waiting for an ack any more.
+	cons, err := b.js.Consumer(context.Background(), ControlStream, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the event terminated", func() bool {
+		info, err := cons.Info(context.Background())
+		return err == nil && info.NumAckPending == 0 && info.NumPending == 0
+	})
+	if n := calls.Load(); n != 4 {
+		t.Errorf("the handler ran %d times, want max_deliver = 4", n)
+	}
+	want := []string{"WARN durable consumer failing; retrying with back-off", "ERROR control event given up and moved to the dead-letter stream"}
+	if got := logs.lines(slog.LevelWarn); !slices.Equal(got, want) {
+		t.Errorf("log lines %q, want %q", got, want)
+	}
+}
+
+// TestFailingConsumerLogsStateChanges (issue 9, defect 3): while a
+// dependency is down, 20 failing events retried with back-off cost one
+// WARN line, and its return one INFO line: not one line per retry.
+func TestFailingConsumerLogsStateChanges(t *testing.T) {
+	b, logs := openFastRetryBus(t, 1000)
+	var down atomic.Bool
+	down.Store(true)
+	var failed, done atomic.Int32
+	consume(t, b, func(context.Context, *Event) error {
+		if down.Load() {
+			failed.Add(1)
+			return errors.New("homeserver down")
+		}
+		done.Add(1)
+		return nil
+	})
+	for i := range 20 {
+		if err := b.Publish(context.Background(), In, subscribeEvent(fmt.Sprintf("user%d@example.com", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 10*time.Second, "every event failed three times", func() bool { return failed.Load() >= 60 })
+	down.Store(false)
+	waitFor(t, 10*time.Second, "every event handled", func() bool { return done.Load() == 20 })
+	want := []string{"WARN durable consumer failing; retrying with back-off"}
+	if got := logs.lines(slog.LevelWarn); !slices.Equal(got, want) {
+		t.Errorf("%d failed deliveries logged %q, want %q", failed.Load(), got, want)
+	}
+	if got := logs.lines(slog.LevelInfo); !slices.Contains(got, "INFO durable consumer recovered") {
+		t.Errorf("recovery not logged: %q", got)
 	}
 }
 
@@ -195,4 +374,43 @@ func TestEmbeddedListenerNeedsToken(t *testing.T) {
 		t.Fatalf("with the token: %v", err)
 	}
 	nc.Close()
+}
+
+// An event cut short by shutdown is not held against it: at its last
+// delivery it comes again after the restart instead of being
+// dead-lettered.
+func TestShutdownIsNoDeadLetter(t *testing.T) {
+	b, logs := openFastRetryBus(t, 2)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	var calls atomic.Int32
+	second := make(chan struct{})
+	go func() {
+		done <- b.Consume(ctx, "test", SubjectFilter(In, mapping.NetworkXMPP, KindSubscription), nil, func(hctx context.Context, _ *Event) error {
+			if calls.Add(1) == 1 {
+				return errors.New("homeserver down")
+			}
+			close(second)
+			<-hctx.Done() // the last delivery is under way when the bridge stops
+			return hctx.Err()
+		})
+	}()
+	if err := b.Publish(context.Background(), In, subscribeEvent("alice@example.com")); err != nil {
+		t.Fatal(err)
+	}
+	<-second
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range logs.lines(slog.LevelError) {
+		t.Errorf("logged at shutdown: %s", l)
+	}
+	dead, err := b.js.Stream(context.Background(), DeadLetterStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, err := dead.Info(context.Background()); err != nil || info.State.Msgs != 0 {
+		t.Fatalf("dead letters after a shutdown: %d, %v", info.State.Msgs, err)
+	}
 }

@@ -25,6 +25,10 @@ type Config struct {
 	Embedded EmbeddedConfig `yaml:"embedded"`
 	// ControlMaxAge bounds how long undelivered control events are kept.
 	ControlMaxAge time.Duration `yaml:"control_max_age"`
+	// MaxDeliver is how many times a durable consumer tries a control
+	// event before it moves it to the dead-letter stream ([DeadLetterStream]).
+	// The retries back off from 1s to 5m: the default, 300, is about a day.
+	MaxDeliver int `yaml:"max_deliver"`
 }
 
 // EmbeddedConfig configures the embedded NATS server.
@@ -36,9 +40,16 @@ type EmbeddedConfig struct {
 	Listen string `yaml:"listen"`
 }
 
+// DefaultMaxDeliver tries a failing control event for about a day (see
+// [Config.MaxDeliver]): a homeserver or XMPP server down for hours, or
+// overnight, loses no consent step, and an event that can never succeed
+// is still dead-lettered, visibly, well before the stream's
+// control_max_age (7 days) would drop it silently.
+const DefaultMaxDeliver = 300
+
 // Default returns the defaults documented in config.yaml.
 func Default() Config {
-	return Config{Replicas: 1, Embedded: EmbeddedConfig{DataDir: "./data/nats"}, ControlMaxAge: 7 * 24 * time.Hour}
+	return Config{Replicas: 1, Embedded: EmbeddedConfig{DataDir: "./data/nats"}, ControlMaxAge: 7 * 24 * time.Hour, MaxDeliver: DefaultMaxDeliver}
 }
 
 // Embedded reports whether the bridge runs its own NATS server.
@@ -71,6 +82,14 @@ func (c Config) Validate() error {
 	}
 	if c.ControlMaxAge < time.Minute {
 		add("control_max_age", "%v: must be at least 1m", c.ControlMaxAge)
+	}
+	switch span := retrySpan(c.MaxDeliver, retryBase); {
+	case c.MaxDeliver < 2 || c.MaxDeliver > 100_000:
+		add("max_deliver", "%d: must be between 2 and 100000", c.MaxDeliver)
+	case c.ControlMaxAge >= time.Minute && span >= c.ControlMaxAge:
+		// The stream would drop the event before it is dead-lettered,
+		// silently.
+		add("max_deliver", "%d: the retries would last %v, longer than control_max_age (%v)", c.MaxDeliver, span.Round(time.Minute), c.ControlMaxAge)
 	}
 	return errors.Join(errs...)
 }

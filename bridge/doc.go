@@ -59,7 +59,16 @@
 // the presence bucket, and a lost intermediate value is harmless. Kinds that
 // must not be lost (subscription, membership, optout) are also captured by
 // the JetStream stream [ControlStream] and read with durable consumers
-// ([Bus.Consume]).
+// ([Bus.Consume]). A consumer whose handler fails retries the event with
+// back-off (1s doubling to 5m); after nats.max_deliver deliveries (about a
+// day by default) it gives up: the event goes, unchanged, to the stream
+// [DeadLetterStream] on
+//
+//	pb.dead.<consumer>.v1.<dir>.<network>.<kind>.<user>
+//
+// with headers naming its original subject, the consumer, the number of
+// deliveries and the last error, and one ERROR line says so. To replay
+// it, publish its body on its original subject.
 //
 // # Buckets
 //

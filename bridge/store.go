@@ -77,15 +77,19 @@ type UserSettings struct {
 // Store holds the bridge's state in JetStream KV buckets.
 type Store struct {
 	// Presence: key PresenceKey(network, user): the last presence the core
-	// received of each person. Writer: bridge/core.
+	// received of each person who holds a link (asked or approved); the
+	// record goes when their last link ends. Writer: bridge/core.
 	Presence *Bucket[PresenceRecord]
 	// Subscriptions: key PairKey(matrix user, xmpp bare JID): the RFC 6121
 	// state of each (puppet, contact) pair. Writer: xmppside.
 	Subscriptions *Bucket[Subscription]
 	// Links: key PairKey(matrix user, xmpp bare JID): consent and the
-	// room that carries it. Writer: bridge/core.
+	// room that carries it. A link that ends (denied, revoked) is deleted
+	// once both sides were told; one found in those states is an ending
+	// under way. Writer: bridge/core.
 	Links *Bucket[Link]
-	// Settings: key PresenceKey(network, user). Writer: bridge/core.
+	// Settings: key PresenceKey(network, user): only people who opted out
+	// have one. Writer: bridge/core.
 	Settings *Bucket[UserSettings]
 	// Txns: Matrix transaction ids already processed, kept for a day.
 	// Writer: matrixside.
@@ -231,6 +235,15 @@ func (b *Bucket[T]) Delete(ctx context.Context, key string) error {
 		return fmt.Errorf("bridge: %s delete %q: %w", b.name, key, err)
 	}
 	return nil
+}
+
+// Keys returns every key in the bucket.
+func (b *Bucket[T]) Keys(ctx context.Context) ([]string, error) {
+	keys, err := b.kv.keys(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("bridge: %s list: %w", b.name, err)
+	}
+	return keys, nil
 }
 
 // Range calls fn for every key and value in the bucket. Values that no

@@ -41,11 +41,22 @@ func (c *coalescer[T]) Offer(key string, v T) {
 	}
 	s := c.slots[key]
 	if s == nil {
+		if c.window <= 0 {
+			// Nothing to coalesce: no slot, so nothing to forget.
+			c.inflight.Add(1)
+			c.mu.Unlock()
+			defer c.inflight.Done()
+			c.emit(key, v)
+			return
+		}
 		s = &slot[T]{}
 		c.slots[key] = s
 	}
 	if s.timer == nil && now.Sub(s.last) >= c.window {
 		s.last = now
+		// Come back after the window: to send what arrived meanwhile, or
+		// to forget the idle key (the map holds only recent keys).
+		s.timer = time.AfterFunc(c.window, func() { c.fire(key, s) })
 		c.inflight.Add(1)
 		c.mu.Unlock()
 		defer c.inflight.Done()
@@ -54,15 +65,16 @@ func (c *coalescer[T]) Offer(key string, v T) {
 	}
 	s.value, s.pending = v, true
 	if s.timer == nil {
-		s.timer = time.AfterFunc(s.last.Add(c.window).Sub(now), func() { c.fire(key) })
+		s.timer = time.AfterFunc(s.last.Add(c.window).Sub(now), func() { c.fire(key, s) })
 	}
 	c.mu.Unlock()
 }
 
-func (c *coalescer[T]) fire(key string) {
+// fire ends the window of slot s of key. A timer of a slot that was
+// forgotten finds another slot, or none, and does nothing.
+func (c *coalescer[T]) fire(key string, s *slot[T]) {
 	c.mu.Lock()
-	s := c.slots[key]
-	if c.stopped || s == nil {
+	if c.stopped || c.slots[key] != s {
 		c.mu.Unlock()
 		return
 	}
@@ -77,11 +89,31 @@ func (c *coalescer[T]) fire(key string) {
 	s.value, s.pending = zero, false
 	s.last = time.Now()
 	// Come back once more after the window to forget an idle key.
-	s.timer = time.AfterFunc(c.window, func() { c.fire(key) })
+	s.timer = time.AfterFunc(c.window, func() { c.fire(key, s) })
 	c.inflight.Add(1)
 	c.mu.Unlock()
 	defer c.inflight.Done()
 	c.emit(key, v)
+}
+
+// Forget drops what is pending for key: nothing more is emitted for it
+// unless it is offered again.
+func (c *coalescer[T]) Forget(key string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s := c.slots[key]; s != nil {
+		if s.timer != nil {
+			s.timer.Stop()
+		}
+		delete(c.slots, key)
+	}
+}
+
+// size is the number of keys held, for tests of bounded memory.
+func (c *coalescer[T]) size() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.slots)
 }
 
 // Flush emits every pending value now, stops all timers, and returns once

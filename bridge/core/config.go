@@ -35,11 +35,59 @@ type Config struct {
 	AllowMatrixServers []string `yaml:"allow_matrix_servers"`
 	// DenyMatrixServers are never bridged.
 	DenyMatrixServers []string `yaml:"deny_matrix_servers"`
+	// InviteLocalOnly lets ghosts invite only Matrix users of the bridge's
+	// own homeserver: a gateway on the open XMPP federation then never
+	// sends invites into the Matrix federation.
+	InviteLocalOnly bool `yaml:"invite_local_only"`
+	// Limits are the budgets of requests from XMPP that would create state
+	// and Matrix-side effects.
+	Limits Limits `yaml:"limits"`
+}
+
+// Limits bound how fast XMPP users can make the bridge ask Matrix users:
+// every subscription request that would create a link and an invite (a
+// ghost registered, a room created, a Matrix user invited) takes a token
+// from the bucket of its address, of its domain, and of the whole bridge.
+// A request over any budget is left unanswered (see [Core.Refusals]).
+// Users of the local XMPP domains spend only their address's budget.
+type Limits struct {
+	// PerAddress is the budget of one XMPP address.
+	PerAddress Budget `yaml:"per_address"`
+	// PerDomain is the budget of one XMPP domain: a server may forge any
+	// address of its own domain.
+	PerDomain Budget `yaml:"per_domain"`
+	// Total is the budget of the whole bridge, for many domains at once.
+	Total Budget `yaml:"total"`
+	// LocalXMPPDomains are the domains of the XMPP server the component is
+	// attached to. Their users are authenticated by that server and no
+	// other server can speak for them, so only PerAddress applies to
+	// them: a flood from elsewhere never starves them. Empty: the
+	// component domain without its first label (matrix.example.net →
+	// example.net).
+	LocalXMPPDomains []string `yaml:"local_xmpp_domains"`
+}
+
+// Budget is a token bucket: one token comes back every Every, up to
+// Burst tokens. Every 0 turns the budget off.
+type Budget struct {
+	Every time.Duration `yaml:"every"`
+	Burst int           `yaml:"burst"`
 }
 
 // Default returns the defaults documented in config.yaml.
 func Default() Config {
-	return Config{CoalesceWindow: 250 * time.Millisecond, Policy: PolicyAsk}
+	return Config{CoalesceWindow: 250 * time.Millisecond, Policy: PolicyAsk, Limits: DefaultLimits()}
+}
+
+// DefaultLimits are budgets a person never notices (a few requests at
+// once, a dozen an hour) and a forging server cannot turn into more than
+// a handful of invites a minute.
+func DefaultLimits() Limits {
+	return Limits{
+		PerAddress: Budget{Every: 5 * time.Minute, Burst: 10},
+		PerDomain:  Budget{Every: 10 * time.Second, Burst: 30},
+		Total:      Budget{Every: time.Second, Burst: 100},
+	}
 }
 
 // Validate reports every problem, each prefixed with its key.
@@ -53,12 +101,47 @@ func (c Config) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("subscription_policy: %q: must be ask, accept or reject", c.Policy))
 	}
-	for key, list := range map[string][]string{"allow_xmpp_domains": c.AllowXMPPDomains, "deny_xmpp_domains": c.DenyXMPPDomains, "allow_matrix_servers": c.AllowMatrixServers, "deny_matrix_servers": c.DenyMatrixServers} {
-		for i, d := range list {
+	for _, l := range []struct {
+		key  string
+		list []string
+	}{{"allow_xmpp_domains", c.AllowXMPPDomains}, {"deny_xmpp_domains", c.DenyXMPPDomains}, {"allow_matrix_servers", c.AllowMatrixServers}, {"deny_matrix_servers", c.DenyMatrixServers}, {"limits.local_xmpp_domains", c.Limits.LocalXMPPDomains}} {
+		for i, d := range l.list {
 			if d == "" || strings.ContainsAny(d, "@/ ") || strings.ToLower(d) != d {
-				errs = append(errs, fmt.Errorf("%s[%d]: %q: want a lower case domain name", key, i, d))
+				errs = append(errs, fmt.Errorf("%s[%d]: %q: want a lower case domain name", l.key, i, d))
 			}
 		}
 	}
+	for _, b := range []struct {
+		key string
+		b   Budget
+	}{{"limits.per_address", c.Limits.PerAddress}, {"limits.per_domain", c.Limits.PerDomain}, {"limits.total", c.Limits.Total}} {
+		errs = append(errs, b.b.validate(b.key)...)
+	}
 	return errors.Join(errs...)
+}
+
+func (b Budget) validate(key string) []error {
+	var errs []error
+	if b.Every < 0 {
+		errs = append(errs, fmt.Errorf("%s.every: %v: must not be negative (0 turns the budget off)", key, b.Every))
+	}
+	if b.Every > 0 && (b.Burst < 1 || b.Burst > 1_000_000) {
+		errs = append(errs, fmt.Errorf("%s.burst: %d: must be between 1 and 1000000", key, b.Burst))
+	}
+	return errs
+}
+
+// localDomains returns the local XMPP domains: the configured ones, else
+// the parent of the component domain.
+func (l Limits) localDomains(componentDomain string) map[string]bool {
+	out := map[string]bool{}
+	for _, d := range l.LocalXMPPDomains {
+		out[d] = true
+	}
+	if len(out) == 0 {
+		if _, parent, ok := strings.Cut(componentDomain, "."); ok && parent != "" {
+			out[parent] = true
+		}
+	}
+	return out
 }

@@ -3,7 +3,7 @@ package core
 import (
 	"context"
 	"errors"
-	"strings"
+	"log/slog"
 	"time"
 
 	"github.com/presence-bridge/presence-bridge/bridge"
@@ -35,20 +35,6 @@ func (c *Core) toMatrix(ctx context.Context, p pair, m bridge.Membership, roomID
 	}
 }
 
-// setLink changes the link of the pair. The core is the links bucket's
-// only writer.
-func (c *Core) setLink(ctx context.Context, p pair, change func(*bridge.Link)) func() error {
-	return func() error {
-		_, err := c.store.Links.Update(ctx, p.key(), func(cur bridge.Link, _ bool) (bridge.Link, bool, error) {
-			cur.MatrixUser, cur.XMPPUser = p.mxid, p.jid
-			change(&cur)
-			cur.UpdatedAt = now()
-			return cur, true, nil
-		})
-		return err
-	}
-}
-
 func (c *Core) link(ctx context.Context, p pair) (bridge.Link, error) {
 	l, _, err := c.store.Links.Get(ctx, p.key())
 	if errors.Is(err, bridge.ErrNotFound) {
@@ -74,7 +60,7 @@ func all(steps ...func() error) error {
 func (c *Core) XMPPSubscription(ctx context.Context, r bridge.XMPPSubscription) error {
 	p := pair{r.Puppet, r.Contact}
 	if !c.xmppUser(p.jid) || !c.matrixUser(p.mxid) {
-		c.log.Info("subscription refused by access rules", "xmpp_domain", p.jid.Domain())
+		c.refuse(slog.LevelInfo, ReasonAccess, "subscription refused by access rules", "xmpp_domain", p.jid.Domain())
 		if r.Type == bridge.Subscribe {
 			return c.toXMPP(ctx, p, bridge.Unsubscribed)()
 		}
@@ -98,7 +84,7 @@ func (c *Core) XMPPSubscription(ctx context.Context, r bridge.XMPPSubscription) 
 		}
 		return nil
 	case bridge.Unsubscribe, bridge.Unsubscribed:
-		if l.State != bridge.LinkAsked && l.State != bridge.LinkApproved {
+		if l.State == "" {
 			return nil
 		}
 		return c.revoke(ctx, l, p, mapping.NetworkXMPP)
@@ -123,20 +109,35 @@ func (c *Core) xmppSubscribe(ctx context.Context, l bridge.Link, p pair) error {
 			c.toMatrix(ctx, p, bridge.MembershipJoin, l.RoomID),
 			c.sendStoredPresence(ctx, p.jid),
 		)
-	case c.cfg.Policy == PolicyAccept:
+	}
+	// A new request: it would create a link, register a ghost, open a room
+	// and invite a Matrix user.
+	if c.cfg.InviteLocalOnly && p.mxid.Server() != c.ns.HomeserverDomain {
+		// A rule, not a Matrix user's choice that may change: say no.
+		c.refuse(slog.LevelInfo, ReasonRemoteInvite, "subscription refused: ghosts invite only users of the local homeserver", "xmpp_domain", p.jid.Domain(), "matrix_server", p.mxid.Server())
+		return c.toXMPP(ctx, p, bridge.Unsubscribed)()
+	}
+	if reason, ok := c.limits.allow(string(p.jid), p.jid.Domain(), c.clock()); !ok {
+		// Left unanswered: "unsubscribed" would tell the XMPP user that
+		// the Matrix user refused, which nobody did. Their server re-sends
+		// the pending request at their next login, and a forging server
+		// learns nothing and costs no stanza.
+		c.refuse(slog.LevelWarn, reason, "subscription request over budget left unanswered", "xmpp_domain", p.jid.Domain())
+		return nil
+	}
+	if c.cfg.Policy == PolicyAccept {
 		return all(
 			c.setLink(ctx, p, func(l *bridge.Link) { l.State, l.Initiator = bridge.LinkApproved, mapping.NetworkXMPP }),
 			c.toXMPP(ctx, p, bridge.Subscribed),
 			c.toXMPP(ctx, p, bridge.Subscribe),
 			c.toMatrix(ctx, p, bridge.MembershipInvite, ""),
 		)
-	default: // ask
-		c.log.Info("asking Matrix user for consent", "xmpp_domain", p.jid.Domain())
-		return all(
-			c.setLink(ctx, p, func(l *bridge.Link) { l.State, l.Initiator, l.RoomID = bridge.LinkAsked, mapping.NetworkXMPP, "" }),
-			c.toMatrix(ctx, p, bridge.MembershipInvite, ""),
-		)
 	}
+	c.log.Info("asking Matrix user for consent", "xmpp_domain", p.jid.Domain())
+	return all(
+		c.setLink(ctx, p, func(l *bridge.Link) { l.State, l.Initiator, l.RoomID = bridge.LinkAsked, mapping.NetworkXMPP, "" }),
+		c.toMatrix(ctx, p, bridge.MembershipInvite, ""),
+	)
 }
 
 // MatrixMembership handles a membership change between a Matrix user and
@@ -144,6 +145,7 @@ func (c *Core) xmppSubscribe(ctx context.Context, l bridge.Link, p pair) error {
 func (c *Core) MatrixMembership(ctx context.Context, r bridge.MatrixMembership) error {
 	p := pair{r.User, r.Ghost}
 	if !c.matrixUser(p.mxid) || !c.xmppUser(p.jid) {
+		c.refuse(slog.LevelInfo, ReasonAccess, "membership refused by access rules", "matrix_server", p.mxid.Server())
 		if r.GhostChanged && r.Membership == bridge.MembershipInvite {
 			return c.toMatrix(ctx, p, bridge.MembershipReject, r.RoomID)()
 		}
@@ -153,12 +155,12 @@ func (c *Core) MatrixMembership(ctx context.Context, r bridge.MatrixMembership) 
 	if err != nil {
 		return err
 	}
-	active := l.State == bridge.LinkApproved || l.State == bridge.LinkAsked
+	active := live(l.State)
 	switch {
 	case r.GhostChanged && r.Membership == bridge.MembershipInvite:
 		return c.matrixInvite(ctx, l, p, r.RoomID)
 	case r.GhostChanged && r.Membership.Gone():
-		if !r.BySelf && active {
+		if !r.BySelf && l.State != "" {
 			// Kicked or banned by the Matrix user: that revokes.
 			return c.revoke(ctx, l, p, mapping.NetworkMatrix)
 		}
@@ -177,7 +179,7 @@ func (c *Core) MatrixMembership(ctx context.Context, r bridge.MatrixMembership) 
 			)
 		}
 	case !r.GhostChanged && r.Membership.Gone():
-		if active {
+		if l.State != "" {
 			if l.RoomID == "" {
 				l.RoomID = r.RoomID
 			}
@@ -213,55 +215,58 @@ func (c *Core) matrixInvite(ctx context.Context, l bridge.Link, p pair, roomID s
 
 // revoke ends the link from either side: both XMPP directions close, the
 // ghost goes offline (unless others still see it) and leaves the room, so
-// each side sees the other go offline.
+// each side sees the other go offline; then the link is deleted. The
+// state is written first: from then on nothing of the pair's people is
+// shown on its account, and, if they hold no other link, the core forgets
+// them. A link found ended (a step failed, the report came again) is
+// finished the same way: every step is idempotent.
+//
+// Ended links are deleted, not kept: both networks let a person who was
+// refused ask again (and rate-limit them, as core.limits does here), so
+// a kept denial would change nothing a user sees, except that it could
+// never be taken back; and it would be state that grows with every
+// refusal.
 func (c *Core) revoke(ctx context.Context, l bridge.Link, p pair, by mapping.Network) error {
-	state := bridge.LinkRevoked
-	if l.State == bridge.LinkAsked {
+	state := l.State
+	switch l.State {
+	case bridge.LinkAsked:
 		state = bridge.LinkDenied
+	case bridge.LinkApproved:
+		state = bridge.LinkRevoked
 	}
 	c.log.Info("link ended", "by", by, "state", state)
-	var offline *mapping.Presence
-	if !c.hasOtherLinks(ctx, p) {
-		offline = &mapping.Presence{State: mapping.StateOffline}
+	// Whether the ghost still shows presence to someone else is known
+	// once this link no longer counts.
+	offline := func() *mapping.Presence {
+		if c.approvedLinks(p.jid) > 0 {
+			return nil
+		}
+		return &mapping.Presence{State: mapping.StateOffline}
 	}
-	steps := []func() error{
+	return all(
 		c.setLink(ctx, p, func(l *bridge.Link) { l.State = state }),
 		c.toXMPP(ctx, p, bridge.Unsubscribed),
 		c.toXMPP(ctx, p, bridge.Unsubscribe),
-	}
-	switch {
-	case l.RoomID != "":
-		// The ghost shows offline before it leaves: once it has left, the
-		// Matrix user would no longer see it change.
-		steps = append(steps, func() error {
-			return c.matrix.GhostMembership(ctx, bridge.GhostMembership{Ghost: p.jid, Peer: p.mxid, Membership: bridge.MembershipLeave, RoomID: l.RoomID, Before: offline})
-		})
-	case offline != nil:
-		steps = append(steps, func() error {
-			return c.matrix.ShowGhost(ctx, bridge.GhostPresence{User: p.jid, Presence: *offline})
-		})
-	}
-	return all(steps...)
-}
-
-// hasOtherLinks reports whether the XMPP user's ghost is linked with anyone
-// but the pair's Matrix user, so that taking it offline would hide it from
-// them too.
-func (c *Core) hasOtherLinks(ctx context.Context, p pair) bool {
-	suffix := "." + bridge.EncodeToken(string(p.jid))
-	self := p.key()
-	found := false
-	_ = c.store.Links.Range(ctx, func(key string, l bridge.Link) error {
-		if key != self && strings.HasSuffix(key, suffix) && l.State == bridge.LinkApproved {
-			found = true
-		}
-		return nil
-	})
-	return found
+		func() error {
+			before := offline()
+			switch {
+			case l.RoomID != "":
+				// The ghost shows offline before it leaves: once it has
+				// left, the Matrix user would no longer see it change.
+				return c.matrix.GhostMembership(ctx, bridge.GhostMembership{Ghost: p.jid, Peer: p.mxid, Membership: bridge.MembershipLeave, RoomID: l.RoomID, Before: before})
+			case before != nil:
+				return c.matrix.ShowGhost(ctx, bridge.GhostPresence{User: p.jid, Presence: *before})
+			}
+			return nil
+		},
+		c.deleteLink(ctx, p),
+	)
 }
 
 // sendStoredPresence re-sends the last known presence of an XMPP user to
-// their ghost, so that a newly linked Matrix user sees it at once.
+// their ghost, so that a newly linked Matrix user sees it at once. It is
+// known if it was reported while the XMPP user held a live link: this
+// one, since it was asked, or another.
 func (c *Core) sendStoredPresence(ctx context.Context, jid mapping.BareJID) func() error {
 	return func() error {
 		key := bridge.PresenceKey(mapping.NetworkXMPP, string(jid))

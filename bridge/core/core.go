@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/presence-bridge/presence-bridge/bridge"
 	"github.com/presence-bridge/presence-bridge/mapping"
@@ -21,16 +22,22 @@ type Core struct {
 	xmpp   bridge.XMPPActor
 	matrix bridge.MatrixActor
 	log    *slog.Logger
+	clock  func() time.Time // of the budgets; tests stop it
 
-	mu      sync.Mutex
-	lastSeq map[string]uint64 // per PresenceKey: newest sequence seen
+	// mu guards people, and is held while a presence is handed to a side,
+	// so that nobody is shown after their last link ended.
+	mu     sync.Mutex
+	people map[string]*person // per PresenceKey: only people with a live link
+	// linkMu serializes the core's link writes with the index above.
+	linkMu sync.Mutex
 
 	presence *coalescer[shown]
 	persist  *persister
 	ready    chan struct{}
 
-	settingsMu sync.RWMutex
-	optOut     map[string]bool // per PresenceKey; the core writes the settings bucket, so this copy is exact
+	limits   *limiter
+	refused  refusals
+	logLimit logLimiter
 }
 
 var (
@@ -39,12 +46,19 @@ var (
 )
 
 // shown is one presence the core asks a side to show: the presence of
-// user, a person of network net, shown by their puppet or ghost.
+// user, a person of network net, shown by their puppet or ghost. notice
+// is the offline shown once when the person opts out: it goes out
+// although they opted out.
 type shown struct {
-	net  mapping.Network
-	user string
-	p    mapping.Presence
+	net    mapping.Network
+	user   string
+	p      mapping.Presence
+	notice bool
 }
+
+// refusalLogEvery bounds the log lines about refused requests: one per
+// reason per interval, with the number suppressed.
+const refusalLogEvery = time.Minute
 
 // New checks cfg and returns a core that is not yet running. store holds
 // the buckets the core owns (presence, links, settings); xmpp and matrix
@@ -62,17 +76,25 @@ func New(cfg Config, ns mapping.Namespace, store *bridge.Store, xmpp bridge.XMPP
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	c := &Core{cfg: cfg, ns: ns, store: store, xmpp: xmpp, matrix: matrix, log: log,
-		lastSeq: make(map[string]uint64), ready: make(chan struct{}), optOut: make(map[string]bool)}
+	c := &Core{cfg: cfg, ns: ns, store: store, xmpp: xmpp, matrix: matrix, log: log, clock: time.Now,
+		people: make(map[string]*person), ready: make(chan struct{}),
+		limits: newLimiter(cfg.Limits, ns.ComponentDomain), logLimit: logLimiter{every: refusalLogEvery}}
 	c.persist = newPersister(store, log)
 	c.presence = newCoalescer(cfg.CoalesceWindow, c.show)
 	return c, nil
 }
 
-// show hands one presence to the side that shows it. It runs after the
-// event that caused it (coalescer timers, final flush), so it must not
-// depend on that event's context.
-func (c *Core) show(_ string, s shown) {
+// show hands one presence to the side that shows it, unless its person
+// has no live link any more or opted out since. It runs after the event
+// that caused it (coalescer timers, final flush), so it must not depend
+// on that event's context.
+func (c *Core) show(key string, s shown) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	pe := c.people[key]
+	if pe == nil || (pe.optOut && !s.notice) {
+		return
+	}
 	ctx := context.Background()
 	var err error
 	if s.net == mapping.NetworkXMPP {
@@ -89,19 +111,14 @@ func (c *Core) show(_ string, s shown) {
 // it sends what the coalescer still holds, writes what the persister still
 // holds, and returns after every goroutine it started has exited.
 func (c *Core) Run(ctx context.Context) error {
-	if err := c.store.Settings.Range(ctx, func(key string, s bridge.UserSettings) error {
-		if s.OptOut {
-			c.optOut[key] = true
-		}
-		return nil
-	}); err != nil {
-		return fmt.Errorf("core: loading opt-outs: %w", err)
+	if err := c.loadLinks(ctx); err != nil {
+		return err
 	}
 	persistCtx, stopPersist := context.WithCancel(context.WithoutCancel(ctx))
 	persistDone := make(chan struct{})
 	go func() { c.persist.Run(persistCtx); close(persistDone) }()
 	close(c.ready)
-	c.log.Info("core running", "coalesce_window", c.cfg.CoalesceWindow, "policy", c.cfg.Policy)
+	c.log.Info("core running", "coalesce_window", c.cfg.CoalesceWindow, "policy", c.cfg.Policy, "invite_local_only", c.cfg.InviteLocalOnly)
 	<-ctx.Done()
 	c.presence.Flush()
 	stopPersist()
@@ -147,15 +164,16 @@ func listed(allow, deny []string, domain string) bool {
 }
 
 func (c *Core) optedOut(key string) bool {
-	c.settingsMu.RLock()
-	defer c.settingsMu.RUnlock()
-	return c.optOut[key]
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	pe := c.people[key]
+	return pe != nil && pe.optOut
 }
 
 // XMPPPresence handles an XMPP user's presence.
 func (c *Core) XMPPPresence(_ context.Context, r bridge.XMPPPresence) error {
 	if !c.xmppUser(r.User) {
-		c.log.Debug("presence not bridged", "network", mapping.NetworkXMPP, "user", r.User)
+		c.refused.add(ReasonAccess)
 		return nil
 	}
 	c.onPresence(mapping.NetworkXMPP, string(r.User), r.Stamp, r.Presence)
@@ -165,75 +183,115 @@ func (c *Core) XMPPPresence(_ context.Context, r bridge.XMPPPresence) error {
 // MatrixPresence handles a Matrix user's presence.
 func (c *Core) MatrixPresence(_ context.Context, r bridge.MatrixPresence) error {
 	if !c.matrixUser(r.User) {
-		c.log.Debug("presence not bridged", "network", mapping.NetworkMatrix, "user", r.User)
+		c.refused.add(ReasonAccess)
 		return nil
 	}
 	c.onPresence(mapping.NetworkMatrix, string(r.User), r.Stamp, r.Presence)
 	return nil
 }
 
-// onPresence applies order, records, and shows the presence unless the
-// person opted out.
+// onPresence keeps and shows the presence of a person who holds a live
+// link, in order, unless they opted out; anyone else's is dropped and
+// forgotten: nothing is stored or shown for a person without consent.
 func (c *Core) onPresence(net mapping.Network, user string, st bridge.Stamp, p mapping.Presence) {
 	key := bridge.PresenceKey(net, user)
 	c.mu.Lock()
-	if st.Seq != 0 && st.Seq <= c.lastSeq[key] {
+	pe := c.people[key]
+	if pe == nil {
 		c.mu.Unlock()
-		c.log.Debug("stale presence dropped", "network", net, "user", user, "seq", st.Seq)
+		c.refused.add(ReasonNoLink)
 		return
 	}
-	c.lastSeq[key] = st.Seq
-	c.mu.Unlock()
+	if st.Seq != 0 && st.Seq <= pe.lastSeq {
+		c.mu.Unlock()
+		c.log.Debug("stale presence dropped", "network", net, "seq", st.Seq)
+		return
+	}
+	pe.lastSeq = st.Seq
+	optOut := pe.optOut
+	// Under c.mu: a record put after the person was forgotten would
+	// outlive them.
 	c.persist.Put(key, bridge.PresenceRecord{Presence: p, Seq: st.Seq, UpdatedAt: st.ObservedAt})
-	if c.optedOut(key) {
+	c.mu.Unlock()
+	if optOut {
 		return
 	}
-	c.presence.Offer(key, shown{net, user, p})
+	c.presence.Offer(key, shown{net: net, user: user, p: p})
 }
 
 // XMPPOptOut records an XMPP user's choice and makes Matrix see it.
 func (c *Core) XMPPOptOut(ctx context.Context, r bridge.OptOut[mapping.BareJID]) error {
+	if !c.xmppUser(r.User) {
+		c.refused.add(ReasonAccess)
+		return nil
+	}
 	return c.setOptOut(ctx, mapping.NetworkXMPP, string(r.User), r.Enabled)
 }
 
 // MatrixOptOut records a Matrix user's choice and makes XMPP see it.
 func (c *Core) MatrixOptOut(ctx context.Context, r bridge.OptOut[mapping.UserID]) error {
+	if !c.matrixUser(r.User) {
+		c.refused.add(ReasonAccess)
+		return nil
+	}
 	return c.setOptOut(ctx, mapping.NetworkMatrix, string(r.User), r.Enabled)
 }
 
+// setOptOut records a person's choice, linked or not: it holds for their
+// links to come. Only opt-outs are stored; opting in deletes the record.
 func (c *Core) setOptOut(ctx context.Context, net mapping.Network, user string, enabled bool) error {
 	key := bridge.PresenceKey(net, user)
-	if _, err := c.store.Settings.Update(ctx, key, func(s bridge.UserSettings, _ bool) (bridge.UserSettings, bool, error) {
-		s.OptOut, s.UpdatedAt = enabled, now()
-		return s, true, nil
-	}); err != nil {
+	c.linkMu.Lock() // a first link reads the settings under it
+	defer c.linkMu.Unlock()
+	c.mu.Lock()
+	_, linked := c.people[key]
+	c.mu.Unlock()
+	if enabled && !linked && net == mapping.NetworkXMPP {
+		// A record for someone the bridge does not carry yet: within the
+		// budgets of XMPP requests, as any server may forge addresses.
+		jid := mapping.BareJID(user)
+		if reason, ok := c.limits.allow(user, jid.Domain(), c.clock()); !ok {
+			c.refuse(slog.LevelWarn, reason, "opt-out over budget not recorded", "xmpp_domain", jid.Domain())
+			return nil
+		}
+	}
+	var err error
+	if enabled {
+		_, err = c.store.Settings.Put(ctx, key, bridge.UserSettings{OptOut: true, UpdatedAt: now()})
+	} else {
+		err = c.store.Settings.Delete(ctx, key)
+	}
+	if err != nil {
 		return err
 	}
-	c.settingsMu.Lock()
-	if enabled {
-		c.optOut[key] = true
-	} else {
-		delete(c.optOut, key)
+	c.mu.Lock()
+	pe := c.people[key]
+	if pe != nil {
+		pe.optOut = enabled
 	}
-	c.settingsMu.Unlock()
-	c.log.Info("presence export changed", "network", net, "opted_out", enabled)
-	p := mapping.Presence{State: mapping.StateOffline}
+	c.mu.Unlock()
+	if pe == nil {
+		c.log.Debug("presence export changed", "network", net, "opted_out", enabled, "linked", false)
+		return nil // nothing shown: the choice waits for their first link
+	}
+	c.log.Info("presence export changed", "network", net, "opted_out", enabled, "linked", true)
+	s := shown{net: net, user: user, p: mapping.Presence{State: mapping.StateOffline}, notice: true}
 	if !enabled {
 		rec, ok := c.latest(ctx, key)
 		if !ok {
 			return nil // nothing known yet: the next change will flow
 		}
-		p = rec.Presence
+		s = shown{net: net, user: user, p: rec.Presence}
 	}
-	c.presence.Offer(key, shown{net, user, p})
+	c.presence.Offer(key, s)
 	return nil
 }
 
 // latest returns the newest presence record of a user: one not yet written
 // by the persister, else the stored one.
 func (c *Core) latest(ctx context.Context, key string) (bridge.PresenceRecord, bool) {
-	if rec, ok := c.persist.pending(key); ok {
-		return rec, true
+	if rec, ok, deleted := c.persist.pending(key); ok || deleted {
+		return rec, ok
 	}
 	rec, _, err := c.store.Presence.Get(ctx, key)
 	return rec, err == nil

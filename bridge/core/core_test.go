@@ -75,13 +75,37 @@ func (r *recorder) all() []string {
 
 func (r *recorder) reset() { r.mu.Lock(); r.out = nil; r.mu.Unlock() }
 
+// The settle marker: a linked pair whose presence the harness sends to
+// know that everything sent before it went through.
+const (
+	settleJID  = "settle@settle.example"
+	settleMXID = "@settle:example.org"
+)
+
+// seedLinks writes approved links into store, as a previous run of the
+// core would have: the core loads them at start.
+func seedLinks(t *testing.T, store *bridge.Store, pairs ...[2]string) {
+	t.Helper()
+	for _, p := range pairs {
+		jid, mxid := p[0], p[1]
+		if _, err := store.Links.Put(context.Background(), bridge.PairKey(mxid, jid), bridge.Link{
+			MatrixUser: mapping.UserID(mxid), XMPPUser: mapping.BareJID(jid), State: bridge.LinkApproved,
+			Initiator: mapping.NetworkXMPP, RoomID: "!seed:example.org", UpdatedAt: time.Now().UTC(),
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // start runs a core on store (a new in-memory one if nil) with the
-// recorder as both sides: no NATS.
-func start(t *testing.T, cfg Config, store *bridge.Store) *harness {
+// recorder as both sides: no NATS. The pairs are linked (approved) before
+// it starts.
+func start(t *testing.T, cfg Config, store *bridge.Store, linked ...[2]string) *harness {
 	t.Helper()
 	if store == nil {
 		store = bridge.NewMemoryStore()
 	}
+	seedLinks(t, store, append(linked, [2]string{settleJID, settleMXID})...)
 	rec := &recorder{}
 	c, err := New(cfg, ns, store, rec, rec, slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {
@@ -182,10 +206,13 @@ func (h *harness) waitOut(want ...string) {
 // everything published before it was handled too.
 func (h *harness) settle() {
 	h.t.Helper()
-	marker := fmt.Sprintf("marker-%d@settle.example", time.Now().UnixNano())
-	h.presence(mapping.NetworkXMPP, marker, mapping.Presence{State: mapping.StateAway, Status: "m"})
-	h.waitOut(fmt.Sprintf("presence xmpp→matrix %s %q", marker, "m/away"))
+	marker := fmt.Sprintf("m%d", time.Now().UnixNano())
+	h.presence(mapping.NetworkXMPP, settleJID, mapping.Presence{State: mapping.StateAway, Status: marker})
+	h.waitOut(fmt.Sprintf("presence xmpp→matrix %s %q", settleJID, marker+"/away"))
 }
+
+// aliceBob is the pair most tests link.
+var aliceBob = [2]string{alice, bob}
 
 func (h *harness) count(desc string) int {
 	n := 0
@@ -198,7 +225,7 @@ func (h *harness) count(desc string) int {
 }
 
 func TestPresenceFlowsBothWays(t *testing.T) {
-	h := start(t, Default(), nil)
+	h := start(t, Default(), nil, aliceBob)
 	h.presence(mapping.NetworkXMPP, alice, mapping.Presence{State: mapping.StateBusy, Status: "call"})
 	h.presence(mapping.NetworkMatrix, bob, mapping.Presence{State: mapping.StateAway, Status: "lunch"})
 	h.waitOut(`presence xmpp→matrix alice@xmpp.example "call/busy"`, `presence matrix→xmpp @bob:example.org "lunch/away"`)
@@ -221,7 +248,7 @@ func TestOwnPuppetsAndGhostsNeverBridgedBack(t *testing.T) {
 }
 
 func TestOptOut(t *testing.T) {
-	h := start(t, Default(), nil)
+	h := start(t, Default(), nil, aliceBob)
 	h.presence(mapping.NetworkXMPP, alice, mapping.Presence{State: mapping.StateAvailable, Status: "before"})
 	h.waitOut(`presence xmpp→matrix alice@xmpp.example "before/available"`)
 	h.optOut(alice, true)
@@ -259,7 +286,7 @@ func TestAccessLists(t *testing.T) {
 func TestOlderSequenceNeverOverridesNewer(t *testing.T) {
 	cfg := Default()
 	cfg.CoalesceWindow = 0
-	h := start(t, cfg, nil)
+	h := start(t, cfg, nil, aliceBob)
 	p1, p2 := mapping.Presence{State: mapping.StateAway, Status: "new"}, mapping.Presence{State: mapping.StateAvailable, Status: "old"}
 	h.presenceSeq(mapping.NetworkXMPP, alice, p1, 200)
 	h.presenceSeq(mapping.NetworkXMPP, alice, p2, 100)
@@ -284,7 +311,7 @@ func TestOlderSequenceNeverOverridesNewer(t *testing.T) {
 func TestCoalescingBurst(t *testing.T) {
 	cfg := Default()
 	cfg.CoalesceWindow = 300 * time.Millisecond
-	h := start(t, cfg, nil)
+	h := start(t, cfg, nil, aliceBob)
 	for i := 0; i < 50; i++ {
 		h.presence(mapping.NetworkXMPP, alice, mapping.Presence{State: mapping.StateAway, Status: fmt.Sprint(i)})
 	}
@@ -301,11 +328,14 @@ func TestCoalescingBurst(t *testing.T) {
 	}
 }
 
+// TestConsentAskApprovedByJoin: alice asks, bob is invited once, and his
+// join approves. The presence alice showed since she asked is the last
+// known one: bob sees it at once.
 func TestConsentAskApprovedByJoin(t *testing.T) {
 	h := start(t, Default(), nil)
-	h.presence(mapping.NetworkXMPP, alice, mapping.Presence{State: mapping.StateAway, Status: "hello"})
 	h.subscription(alice, bob, bridge.Subscribe)
 	h.waitOut(`matrix alice@xmpp.example→@bob:example.org invite `)
+	h.presence(mapping.NetworkXMPP, alice, mapping.Presence{State: mapping.StateAway, Status: "hello"})
 	// Prosody re-sends the request at every login: never a second prompt.
 	h.subscription(alice, bob, bridge.Subscribe)
 	h.settle()
@@ -328,10 +358,14 @@ func TestConsentAskDeniedByReject(t *testing.T) {
 	h.waitOut(`matrix alice@xmpp.example→@bob:example.org invite `)
 	h.membership(bob, alice, "leave", bob, bob, "!dm:example.org")
 	h.waitOut(`xmpp @bob:example.org→alice@xmpp.example unsubscribed`, `matrix alice@xmpp.example→@bob:example.org leave !dm:example.org`)
-	l, _, _ := h.store.Links.Get(context.Background(), bridge.PairKey(bob, alice))
-	if l.State != bridge.LinkDenied {
-		t.Fatalf("link %+v", l)
+	// The refusal was told to both sides: the link is gone, not kept.
+	if l, _, err := h.store.Links.Get(context.Background(), bridge.PairKey(bob, alice)); err == nil {
+		t.Fatalf("denied link kept: %+v", l)
 	}
+	// alice may ask again, as on both networks; bob is asked again.
+	h.rec.reset()
+	h.subscription(alice, bob, bridge.Subscribe)
+	h.waitOut(`matrix alice@xmpp.example→@bob:example.org invite `)
 }
 
 func TestConsentMatrixInviteAnsweredOnXMPP(t *testing.T) {
@@ -408,8 +442,8 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // it offline rather than its last presence frozen.
 func TestRevokedGhostOfflineBeforeItLeaves(t *testing.T) {
 	h := start(t, Default(), nil)
-	h.presence(mapping.NetworkXMPP, alice, mapping.Presence{State: mapping.StateAvailable, Status: "here"})
 	h.subscription(alice, bob, bridge.Subscribe)
+	h.presence(mapping.NetworkXMPP, alice, mapping.Presence{State: mapping.StateAvailable, Status: "here"})
 	h.membership(bob, alice, "join", bob, bob, "!dm:example.org")
 	h.waitOut(`xmpp @bob:example.org→alice@xmpp.example subscribed`)
 	h.rec.reset()

@@ -3,6 +3,22 @@
 // do (bridge.Out events). It never talks to XMPP or Matrix itself.
 //
 // Rules, each enforced here and proved by a test:
+//   - Consent before creation: the core keeps and shows the presence of a
+//     person only while they hold a link (asked or approved) with someone
+//     on the other network; anyone else's is dropped and forgotten. An
+//     in-memory index of linked people, loaded from the links bucket and
+//     kept in step with the core's own link writes (it is their only
+//     writer), decides. When a person's last link ends, their presence
+//     record and everything the core held of them go; ended links are
+//     deleted once both sides were told.
+//   - Budgets: an XMPP subscription request that would create a link and
+//     an invite takes a token from its address's, its domain's and the
+//     bridge's budget (core.limits); over budget it is left unanswered.
+//     With core.invite_local_only ghosts invite only users of the local
+//     homeserver. [Core.Refusals] counts what was refused, by reason.
+//   - Bounded memory: every map keyed by what a peer sends holds only
+//     linked people, or keys that spent budget recently, or keys within a
+//     coalescing window.
 //   - Loop prevention: events about the bridge's own puppets and ghosts are
 //     dropped, so presence the bridge set is never bridged back.
 //   - Access: allow/deny lists of XMPP domains and Matrix servers.

@@ -15,7 +15,8 @@
 // is state: the next value repairs a lost one). Subscriptions, memberships
 // and opt-outs travel through the JetStream control stream and are read
 // with durable consumers, so a command survives a restart of its reader; a
-// call that returns an error is redelivered with exponential back-off.
+// call that returns an error is redelivered with exponential back-off, up
+// to nats.max_deliver times, then moved to bridge.DeadLetterStream.
 package transport
 
 import (
