@@ -1,6 +1,9 @@
-// Package core is the bridge's brain: it reads what the two sides observed
-// (bridge.In events), decides who may see what, and tells the sides what to
-// do (bridge.Out events). It never talks to XMPP or Matrix itself.
+// Package core is the bridge's brain: it receives what the two sides
+// observed (it implements bridge.XMPPObserver and bridge.MatrixObserver),
+// decides who may see what, and tells the sides what to do (through
+// bridge.XMPPActor and bridge.MatrixActor). It never talks to XMPP, Matrix
+// or NATS itself: cmd wires it to the sides through bridge/transport, and
+// its tests to in-memory fakes.
 //
 // Rules, each enforced here and proved by a test:
 //   - Consent before creation: the core keeps and shows the presence of a

@@ -7,7 +7,11 @@ package archtest
 
 import (
 	"encoding/json"
+	"io/fs"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -85,6 +89,35 @@ func TestSidesSpeakOnlyThroughThePorts(t *testing.T) {
 					t.Errorf("%s imports %s", p.ImportPath, imp)
 				}
 			}
+		}
+	}
+}
+
+// TestNobodyButTheTransportSpeaksNATS: the bus, its envelope and its
+// subjects live in package bridge for the transport and cmd; the core and
+// the sides never name them, in code or tests (they test against fakes of
+// the ports and an in-memory or embedded store).
+func TestNobodyButTheTransportSpeaksNATS(t *testing.T) {
+	forbidden := regexp.MustCompile(`\bbridge\.(Bus|Event|Subject|SubjectFilter|Kind[A-Z]\w*|Direction|In|Out|DecodeEvent|EncodeEvent)\b`)
+	for _, dir := range []string{"xmppside", "matrixside", "bridge/core"} {
+		root := filepath.Join("..", "..", dir)
+		err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() || !strings.HasSuffix(path, ".go") {
+				return err
+			}
+			src, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			for i, line := range strings.Split(string(src), "\n") {
+				if m := forbidden.FindString(line); m != "" {
+					t.Errorf("%s:%d names %s", path, i+1, m)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
 		}
 	}
 }
