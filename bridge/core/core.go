@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 
 	"github.com/presence-bridge/presence-bridge/bridge"
 	"github.com/presence-bridge/presence-bridge/mapping"
@@ -31,6 +32,8 @@ type Core struct {
 
 	settingsMu sync.RWMutex
 	optOut     map[string]bool // per PresenceKey; the core writes the settings bucket, so this copy is exact
+
+	watcher atomic.Pointer[bridge.PresenceWatcher] // optional; see SetWatcher
 }
 
 var (
@@ -184,8 +187,11 @@ func (c *Core) onPresence(net mapping.Network, user string, st bridge.Stamp, p m
 	}
 	c.lastSeq[key] = st.Seq
 	c.mu.Unlock()
-	c.persist.Put(key, bridge.PresenceRecord{Presence: p, Seq: st.Seq, UpdatedAt: st.ObservedAt})
-	if c.optedOut(key) {
+	rec := bridge.PresenceRecord{Presence: p, Seq: st.Seq, UpdatedAt: st.ObservedAt}
+	c.persist.Put(key, rec)
+	optedOut := c.optedOut(key)
+	c.watch(net, user, rec, optedOut)
+	if optedOut {
 		return
 	}
 	c.presence.Offer(key, shown{net, user, p})
