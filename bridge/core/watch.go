@@ -21,3 +21,18 @@ func (c *Core) watch(net mapping.Network, user string, rec bridge.PresenceRecord
 		(*w).PresenceChanged(net, user, rec, optedOut)
 	}
 }
+
+// Carries reports whether the core bridges the presence of user of net:
+// not one of the bridge's own puppets or ghosts, and allowed by the
+// access lists. For the operations service's PermissionDenied.
+func (c *Core) Carries(net mapping.Network, user string) bool {
+	switch net {
+	case mapping.NetworkXMPP:
+		jid, err := mapping.NewBareJID(user)
+		return err == nil && c.xmppUser(jid)
+	case mapping.NetworkMatrix:
+		mxid, err := mapping.NewUserID(user)
+		return err == nil && c.matrixUser(mxid)
+	}
+	return false
+}
