@@ -93,15 +93,22 @@ func (l LoggingConfig) Logger() *slog.Logger {
 }
 
 func defaults() File {
+	nats := bridge.Default()
+	// The operator's commands reach the bridge here (token-protected);
+	// bridge.Default stays in-process only for tests and embedding.
+	nats.Embedded.Listen = DefaultNATSListen
 	return File{
 		XMPP:    xmppside.Default(),
 		Matrix:  matrixside.Default(),
-		NATS:    bridge.Default(),
+		NATS:    nats,
 		Core:    core.Default(),
 		Mapping: MappingConfig{Busy: "auto"},
 		Logging: LoggingConfig{Level: "info", Format: "text"},
 	}
 }
+
+// DefaultNATSListen is the default of nats.embedded.listen.
+const DefaultNATSListen = "127.0.0.1:4222"
 
 // Namespace is where puppets and ghosts live.
 func (f *File) Namespace() mapping.Namespace {
