@@ -70,9 +70,10 @@ func (c *Client) Subscriptions(ctx context.Context, user string) (SubscriptionsR
 }
 
 // Watch calls fn with every update about subjects (all when none is
-// given; see [WatchSubjects]) until ctx ends. Malformed updates are
-// skipped. fn runs on one goroutine.
-func (c *Client) Watch(ctx context.Context, subjects []string, fn func(Update)) error {
+// given; see [WatchSubject]) until ctx ends. ready, if not nil, is called
+// once the server has the subscriptions. Malformed updates are skipped.
+// fn runs on one goroutine.
+func (c *Client) Watch(ctx context.Context, subjects []string, ready func(), fn func(Update)) error {
 	if len(subjects) == 0 {
 		subjects = []string{UpdatesPrefix + ".>"}
 	}
@@ -92,6 +93,9 @@ func (c *Client) Watch(ctx context.Context, subjects []string, fn func(Update)) 
 	}
 	if err := c.nc.Flush(); err != nil {
 		return fmt.Errorf("opsapi: watch: %w", err)
+	}
+	if ready != nil {
+		ready()
 	}
 	for {
 		select {

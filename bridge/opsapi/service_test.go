@@ -299,7 +299,7 @@ func TestOpsUpdates(t *testing.T) {
 	watching := make(chan struct{})
 	go func() {
 		close(watching)
-		watchDone <- opsapi.NewClient(bus.Conn()).Watch(wctx, []string{opsapi.WatchSubject("alice@xmpp.example"), opsapi.WatchSubject("carol@xmpp.example")}, func(u opsapi.Update) { got <- u })
+		watchDone <- opsapi.NewClient(bus.Conn()).Watch(wctx, []string{opsapi.WatchSubject("alice@xmpp.example"), opsapi.WatchSubject("carol@xmpp.example")}, nil, func(u opsapi.Update) { got <- u })
 	}()
 	defer func() { stopWatch(); <-watchDone }()
 	<-watching

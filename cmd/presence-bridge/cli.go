@@ -80,7 +80,7 @@ func runOps(ctx context.Context, cmd string, args []string, stdout, stderr io.Wr
 	if cmd == "watch" {
 		ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 		defer stop()
-		return cliErr(stderr, watch(ctx, c, users, *asJSON, stdout))
+		return cliErr(stderr, watch(ctx, c, users, *asJSON, stdout, stderr))
 	}
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
@@ -160,13 +160,14 @@ func connectBridge(cfg bridge.Config) (*nats.Conn, error) {
 	return nc, nil
 }
 
-func watch(ctx context.Context, c *opsapi.Client, users []string, asJSON bool, stdout io.Writer) error {
+func watch(ctx context.Context, c *opsapi.Client, users []string, asJSON bool, stdout, stderr io.Writer) error {
 	subjects := make([]string, len(users))
 	for i, u := range users {
 		subjects[i] = opsapi.WatchSubject(u)
 	}
 	enc := json.NewEncoder(stdout)
-	return c.Watch(ctx, subjects, func(u opsapi.Update) {
+	ready := func() { fmt.Fprintln(stderr, "watching presence changes; Ctrl-C to stop") }
+	return c.Watch(ctx, subjects, ready, func(u opsapi.Update) {
 		if asJSON {
 			_ = enc.Encode(u)
 			return
