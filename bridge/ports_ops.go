@@ -45,3 +45,29 @@ type PresenceRequester interface {
 type PresenceWatcher interface {
 	PresenceChanged(net mapping.Network, user string, rec PresenceRecord, optedOut bool)
 }
+
+// DropReason says why the core did not pass a presence on.
+type DropReason string
+
+// The reasons. NoConsent is decided by the sides (only subscribed
+// contacts and room members see a presence) and not counted by the core.
+const (
+	DropOptOut     DropReason = "opt_out"     // the person opted out
+	DropAccessList DropReason = "access_list" // their domain or server is not allowed
+	DropStale      DropReason = "stale"       // an older report arrived after a newer one
+	DropLoop       DropReason = "loop"        // a puppet's or ghost's own presence came back
+)
+
+// PresenceDropWatcher is optionally implemented by the core's watcher
+// ([PresenceWatcher]) to count the presences the core dropped. Same rules:
+// it must not block.
+type PresenceDropWatcher interface {
+	PresenceDropped(net mapping.Network, reason DropReason)
+}
+
+// Health is optionally implemented by a side: Healthy returns nil while
+// its network is reachable (the XMPP stream is up, the homeserver
+// answers), else an error saying what is not. It must not block.
+type Health interface {
+	Healthy() error
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 
 	"maunium.net/go/mautrix/id"
 
@@ -46,4 +47,31 @@ func (s *Side) RequestPresence(ctx context.Context, r bridge.PresenceRequest) er
 		return err
 	}
 	return nil
+}
+
+// requestOutcomes counts the homeserver requests by outcome.
+type requestOutcomes struct {
+	ok, rateLimited, failed, unreachable atomic.Int64
+}
+
+func (o *requestOutcomes) count(err error) {
+	switch {
+	case err == nil:
+		o.ok.Add(1)
+	case httpStatus(err) == 429:
+		o.rateLimited.Add(1)
+	case unreachable(err):
+		o.unreachable.Add(1)
+	default:
+		o.failed.Add(1)
+	}
+}
+
+// HomeserverRequests returns how many requests to the homeserver (and
+// transactions from it) ended in each outcome: "ok", "rate_limited"
+// (429), "error" (any other answer that is an error), "unreachable"
+// (network errors, 502-504). Monotonic.
+func (s *Side) HomeserverRequests() map[string]int64 {
+	o := &s.health.outcomes
+	return map[string]int64{"ok": o.ok.Load(), "rate_limited": o.rateLimited.Load(), "error": o.failed.Load(), "unreachable": o.unreachable.Load()}
 }

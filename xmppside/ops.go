@@ -53,3 +53,7 @@ func (c *Component) RequestPresence(ctx context.Context, r bridge.PresenceReques
 	}
 	return nil
 }
+
+// StreamConnects counts the streams established to the XMPP server since
+// start: one more than the reconnects.
+func (c *Component) StreamConnects() int64 { return c.connects.Load() }

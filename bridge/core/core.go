@@ -159,6 +159,7 @@ func (c *Core) optedOut(key string) bool {
 func (c *Core) XMPPPresence(_ context.Context, r bridge.XMPPPresence) error {
 	if !c.xmppUser(r.User) {
 		c.log.Debug("presence not bridged", "network", mapping.NetworkXMPP, "user", r.User)
+		c.dropped(mapping.NetworkXMPP, r.User.Domain() == c.ns.ComponentDomain)
 		return nil
 	}
 	c.onPresence(mapping.NetworkXMPP, string(r.User), r.Stamp, r.Presence)
@@ -169,6 +170,8 @@ func (c *Core) XMPPPresence(_ context.Context, r bridge.XMPPPresence) error {
 func (c *Core) MatrixPresence(_ context.Context, r bridge.MatrixPresence) error {
 	if !c.matrixUser(r.User) {
 		c.log.Debug("presence not bridged", "network", mapping.NetworkMatrix, "user", r.User)
+		_, err := c.ns.ParseGhostMXID(r.User)
+		c.dropped(mapping.NetworkMatrix, err == nil)
 		return nil
 	}
 	c.onPresence(mapping.NetworkMatrix, string(r.User), r.Stamp, r.Presence)
@@ -183,6 +186,7 @@ func (c *Core) onPresence(net mapping.Network, user string, st bridge.Stamp, p m
 	if st.Seq != 0 && st.Seq <= c.lastSeq[key] {
 		c.mu.Unlock()
 		c.log.Debug("stale presence dropped", "network", net, "user", user, "seq", st.Seq)
+		c.drop(net, bridge.DropStale)
 		return
 	}
 	c.lastSeq[key] = st.Seq

@@ -36,3 +36,25 @@ func (c *Core) Carries(net mapping.Network, user string) bool {
 	}
 	return false
 }
+
+// Coalesced counts the presences replaced by a newer one within a
+// coalescing window, never sent.
+func (c *Core) Coalesced() int64 { return c.presence.replaced.Load() }
+
+// dropped tells the watcher of a presence not bridged: loop if it came
+// from the bridge's own puppet or ghost, else the access lists.
+func (c *Core) dropped(net mapping.Network, loop bool) {
+	if loop {
+		c.drop(net, bridge.DropLoop)
+		return
+	}
+	c.drop(net, bridge.DropAccessList)
+}
+
+func (c *Core) drop(net mapping.Network, reason bridge.DropReason) {
+	if w := c.watcher.Load(); w != nil {
+		if d, ok := (*w).(bridge.PresenceDropWatcher); ok {
+			d.PresenceDropped(net, reason)
+		}
+	}
+}

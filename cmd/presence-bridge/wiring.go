@@ -77,7 +77,7 @@ func runBridge(ctx context.Context, cfg *File) error {
 	if !coreParts.await(c.Ready()) {
 		return coreParts.wait()
 	}
-	if !startOps(coreParts, c, bus, pub, cfg, table, busy, log) {
+	if !startOps(coreParts, c, bus, pub, xs, ms, cfg, table, busy, log) {
 		return coreParts.wait()
 	}
 	coreSrv := transport.ServeCore(bus, c, c, log.With("part", "transport"))
