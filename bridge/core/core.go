@@ -227,6 +227,7 @@ func (c *Core) setOptOut(ctx context.Context, net mapping.Network, user string, 
 	}
 	c.settingsMu.Unlock()
 	c.log.Info("presence export changed", "network", net, "opted_out", enabled)
+	c.watchOptOut(ctx, net, user, key, enabled)
 	p := mapping.Presence{State: mapping.StateOffline}
 	if !enabled {
 		rec, ok := c.latest(ctx, key)

@@ -1,6 +1,8 @@
 package core
 
 import (
+	"context"
+
 	"github.com/presence-bridge/presence-bridge/bridge"
 	"github.com/presence-bridge/presence-bridge/mapping"
 )
@@ -56,5 +58,26 @@ func (c *Core) drop(net mapping.Network, reason bridge.DropReason) {
 		if d, ok := (*w).(bridge.PresenceDropWatcher); ok {
 			d.PresenceDropped(net, reason)
 		}
+	}
+}
+
+// OptedOut reports whether a person stopped the export of their presence,
+// from the core's exact copy of the settings bucket.
+func (c *Core) OptedOut(net mapping.Network, user string) bool {
+	return c.optedOut(bridge.PresenceKey(net, user))
+}
+
+// watchOptOut tells the watcher of a changed opt-out: an opted-out
+// update at once, or the latest presence when the export resumes.
+func (c *Core) watchOptOut(ctx context.Context, net mapping.Network, user, key string, enabled bool) {
+	if c.watcher.Load() == nil {
+		return
+	}
+	if enabled {
+		c.watch(net, user, bridge.PresenceRecord{UpdatedAt: now()}, true)
+		return
+	}
+	if rec, ok := c.latest(ctx, key); ok {
+		c.watch(net, user, rec, false)
 	}
 }

@@ -243,7 +243,8 @@ func (m *Metrics) Watcher(next bridge.PresenceWatcher) bridge.PresenceWatcher {
 }
 
 func (w watcher) PresenceChanged(net mapping.Network, user string, rec bridge.PresenceRecord, optedOut bool) {
-	if optedOut {
+	// Seq 0: the opt-out itself (the core announces it), not a presence.
+	if optedOut && rec.Seq != 0 {
 		w.m.dropped.WithLabelValues(string(bridge.DropOptOut)).Inc()
 	}
 	if w.next != nil {

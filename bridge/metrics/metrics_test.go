@@ -91,7 +91,8 @@ func TestMetricsAndHealth(t *testing.T) {
 	}
 	_ = pub.ShowGhost(t.Context(), bridge.GhostPresence{User: "a@x.example", Presence: mapping.Presence{State: mapping.StateAway}})
 	w := m.Watcher(nil)
-	w.PresenceChanged(mapping.NetworkXMPP, "a@x.example", bridge.PresenceRecord{}, true)
+	w.PresenceChanged(mapping.NetworkXMPP, "a@x.example", bridge.PresenceRecord{Seq: 9}, true)
+	w.PresenceChanged(mapping.NetworkXMPP, "a@x.example", bridge.PresenceRecord{}, true) // the opt-out itself: no drop
 	w.(bridge.PresenceDropWatcher).PresenceDropped(mapping.NetworkXMPP, bridge.DropStale)
 
 	want := []string{

@@ -33,6 +33,9 @@ type Options struct {
 	// Permitted, if set, says whether the bridge carries a user (the
 	// core's access lists); a user it refuses is PermissionDenied.
 	Permitted func(net mapping.Network, user string) bool
+	// OptedOut, if set, says whether a person opted out (the core's exact
+	// copy of pb_settings); without it the bucket is read per user.
+	OptedOut func(net mapping.Network, user string) bool
 	// Version is reported by nats micro info.
 	Version string
 	Log     *slog.Logger
@@ -260,9 +263,14 @@ func (s *Service) presenceOf(ctx context.Context, h handle) (Presence, error) {
 		return p, nil
 	}
 	key := bridge.PresenceKey(h.net, h.user)
-	set, _, err := s.opt.Store.Settings.Get(ctx, key)
-	if err != nil && !errors.Is(err, bridge.ErrNotFound) {
-		return p, err
+	var set bridge.UserSettings
+	if s.opt.OptedOut != nil {
+		set.OptOut = s.opt.OptedOut(h.net, h.user)
+	} else {
+		var err error
+		if set, _, err = s.opt.Store.Settings.Get(ctx, key); err != nil && !errors.Is(err, bridge.ErrNotFound) {
+			return p, err
+		}
 	}
 	rec, _, err := s.opt.Store.Presence.Get(ctx, key)
 	if errors.Is(err, bridge.ErrNotFound) {

@@ -303,9 +303,6 @@ func TestOpsUpdates(t *testing.T) {
 	}()
 	defer func() { stopWatch(); <-watchDone }()
 	<-watching
-	if err := c.XMPPOptOut(ctx, bridge.OptOut[mapping.BareJID]{User: "carol@xmpp.example", Enabled: true}); err != nil {
-		t.Fatal(err)
-	}
 	// The watcher's subscription may not be in place yet: repeat until seen.
 	deadline := time.After(10 * time.Second)
 	var seq uint64 = 1
@@ -326,8 +323,12 @@ func TestOpsUpdates(t *testing.T) {
 			t.Fatal("no update")
 		}
 	}
+	// Carol opts out: watchers hear it at once, then never her presence.
+	if err := c.XMPPOptOut(ctx, bridge.OptOut[mapping.BareJID]{User: "carol@xmpp.example", Enabled: true}); err != nil {
+		t.Fatal(err)
+	}
 	_ = c.XMPPPresence(ctx, bridge.XMPPPresence{Stamp: bridge.Stamp{Seq: 1}, User: "carol@xmpp.example", Presence: mapping.Presence{State: mapping.StateBusy, Status: "secret"}})
-	for {
+	for carol := 0; carol < 2; {
 		select {
 		case u := <-got:
 			if u.User != "carol@xmpp.example" {
@@ -336,9 +337,23 @@ func TestOpsUpdates(t *testing.T) {
 			if !u.OptedOut || u.Presence != nil || strings.Contains(u.String(), "secret") {
 				t.Fatalf("opted-out update leaks: %+v", u)
 			}
-			return
+			carol++
 		case <-deadline:
-			t.Fatal("no update for carol")
+			t.Fatal("not both updates for carol")
 		}
+	}
+}
+
+// TestOpsGetOptedOutFromCore: with the core's opt-outs given, they decide.
+func TestOpsGetOptedOutFromCore(t *testing.T) {
+	bus := openBus(t)
+	e := start(t, bus, opsapi.Options{OptedOut: func(_ mapping.Network, user string) bool { return user == "dave@xmpp.example" }})
+	put(t, bus, mapping.NetworkXMPP, "dave@xmpp.example", mapping.Presence{State: mapping.StateAway, Status: "private"})
+	r, err := e.client.Get(e.ctx, "dave@xmpp.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := r.Presences[0]; !p.OptedOut || p.Status != "" || p.State != mapping.StateUnset {
+		t.Fatalf("dave: %+v", p)
 	}
 }
