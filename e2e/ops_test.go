@@ -132,6 +132,11 @@ func TestOpsCLIPresenceAndWatch(t *testing.T) {
 	if out := e.opsCommand("subscriptions", alice); !strings.Contains(out, "puppet of "+l.bob.UserID+" ↔ "+alice+": both") || !strings.Contains(out, "link") {
 		t.Errorf("subscriptions:\n%s", out)
 	}
+	// request: the XMPP side probes alice from bob's puppet, the Matrix
+	// side reads bob's presence from Dendrite.
+	if out := e.opsCommand("request", alice, l.bob.UserID); strings.Count(out, "\tasked") != 2 {
+		t.Errorf("request:\n%s", out)
+	}
 	if out := e.opsCommand("statuses"); !strings.Contains(out, "away") || !strings.Contains(out, "unavailable") {
 		t.Errorf("statuses:\n%s", out)
 	}
