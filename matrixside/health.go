@@ -24,8 +24,6 @@ type health struct {
 	every time.Duration // probe period
 	probe func(context.Context) error
 
-	outcomes requestOutcomes // for the operations metrics (ops.go)
-
 	mu       sync.Mutex
 	lastOK   time.Time
 	lastFail time.Time
@@ -47,7 +45,6 @@ func (h *health) observe(err error) {
 	if errors.Is(err, context.Canceled) {
 		return
 	}
-	h.outcomes.count(err)
 	now := time.Now()
 	h.mu.Lock()
 	if unreachable(err) {

@@ -4,7 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync/atomic"
+	"net/http"
+	"time"
 
 	"maunium.net/go/mautrix/id"
 
@@ -49,29 +50,37 @@ func (s *Side) RequestPresence(ctx context.Context, r bridge.PresenceRequest) er
 	return nil
 }
 
-// requestOutcomes counts the homeserver requests by outcome.
-type requestOutcomes struct {
-	ok, rateLimited, failed, unreachable atomic.Int64
+// InstrumentRequests makes observe see every request to the homeserver
+// (the bot's, the ghosts', the health probe's) with its outcome and how
+// long it took: "ok" (2xx), "rate_limited" (429), "unreachable" (no
+// answer, or 502-504), "error" (any other status). Call it before Run.
+// observe must not block.
+func (s *Side) InstrumentRequests(observe func(outcome string, took time.Duration)) {
+	s.as.HTTPClient.Transport = timedTransport{next: s.as.HTTPClient.Transport, observe: observe}
 }
 
-func (o *requestOutcomes) count(err error) {
+type timedTransport struct {
+	next    http.RoundTripper
+	observe func(string, time.Duration)
+}
+
+func (t timedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	start := time.Now()
+	resp, err := t.next.RoundTrip(r)
+	outcome := "ok"
 	switch {
-	case err == nil:
-		o.ok.Add(1)
-	case httpStatus(err) == 429:
-		o.rateLimited.Add(1)
-	case unreachable(err):
-		o.unreachable.Add(1)
-	default:
-		o.failed.Add(1)
+	case err != nil:
+		if r.Context().Err() != nil {
+			return resp, err // our own cancellation says nothing about the homeserver
+		}
+		outcome = "unreachable"
+	case resp.StatusCode == http.StatusTooManyRequests:
+		outcome = "rate_limited"
+	case resp.StatusCode >= 502 && resp.StatusCode <= 504:
+		outcome = "unreachable"
+	case resp.StatusCode >= 400:
+		outcome = "error"
 	}
-}
-
-// HomeserverRequests returns how many requests to the homeserver (and
-// transactions from it) ended in each outcome: "ok", "rate_limited"
-// (429), "error" (any other answer that is an error), "unreachable"
-// (network errors, 502-504). Monotonic.
-func (s *Side) HomeserverRequests() map[string]int64 {
-	o := &s.health.outcomes
-	return map[string]int64{"ok": o.ok.Load(), "rate_limited": o.rateLimited.Load(), "error": o.failed.Load(), "unreachable": o.unreachable.Load()}
+	t.observe(outcome, time.Since(start))
+	return resp, err
 }

@@ -15,7 +15,8 @@
 // from the core's watcher hooks, coalescing from the core's counter,
 // subscriptions and links from the state buckets (read at most every
 // 15 s), the XMPP stream and homeserver from the sides' small
-// [bridge.Health] methods. No metric has a user identifier as a label.
+// [bridge.Health] methods, homeserver requests from a timing
+// RoundTripper the Matrix side installs ([Metrics.ObserveHomeserverRequest]). No metric has a user identifier as a label.
 //
 // Every metric and what to do about it: docs/operations.md.
 package metrics

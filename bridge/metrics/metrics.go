@@ -51,8 +51,6 @@ type Sources struct {
 	XMPP, Matrix bridge.Health
 	// XMPPConnects counts the streams established since start.
 	XMPPConnects func() int64
-	// HomeserverRequests counts homeserver requests by outcome.
-	HomeserverRequests func() map[string]int64
 	// Coalesced counts presences coalesced away by the core.
 	Coalesced func() int64
 	Log       *slog.Logger
@@ -75,6 +73,8 @@ type Metrics struct {
 	events  *prometheus.CounterVec
 	dropped *prometheus.CounterVec
 	e2e     *prometheus.HistogramVec
+	hsReqs  *prometheus.CounterVec
+	hsTime  *prometheus.HistogramVec
 
 	mu       sync.Mutex
 	inFlight map[string]time.Time // network + user token → observed at
@@ -103,6 +103,14 @@ func New(src Sources) (*Metrics, error) {
 	m.e2e = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "presence_bridge_end_to_end_seconds",
 		Help:    "From a presence observed on one side to the command to show it on the other, by the network it came from.",
 		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}}, []string{"from"})
+	m.hsReqs = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "presence_bridge_homeserver_requests_total",
+		Help: "Requests to the homeserver by outcome: ok, rate_limited (429), error (other error status), unreachable (no answer, 502-504)."}, []string{"outcome"})
+	m.hsTime = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "presence_bridge_homeserver_request_seconds",
+		Help:    "Time of the requests to the homeserver, by outcome.",
+		Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}}, []string{"outcome"})
+	for _, o := range []string{"ok", "rate_limited", "error", "unreachable"} {
+		m.hsReqs.WithLabelValues(o)
+	}
 	for _, r := range []bridge.DropReason{bridge.DropOptOut, bridge.DropAccessList, bridge.DropStale, bridge.DropLoop} {
 		m.dropped.WithLabelValues(string(r))
 	}
@@ -111,7 +119,7 @@ func New(src Sources) (*Metrics, error) {
 			m.events.WithLabelValues(d, n, string(bridge.KindPresence))
 		}
 	}
-	m.reg.MustRegister(m.events, m.dropped, m.e2e,
+	m.reg.MustRegister(m.events, m.dropped, m.e2e, m.hsReqs, m.hsTime,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "presence_bridge_nats_connected", Help: "1 while the bridge's NATS connection is up."},
 		func() float64 { return b2f(src.NATS.IsConnected()) }))
@@ -145,7 +153,6 @@ func b2f(b bool) float64 {
 }
 
 var (
-	descHS    = prometheus.NewDesc("presence_bridge_homeserver_requests_total", "Requests to the homeserver (and transactions from it) by outcome: ok, rate_limited (429), error, unreachable.", []string{"outcome"}, nil)
 	descSubs  = prometheus.NewDesc("presence_bridge_subscriptions", "RFC 6121 subscriptions between puppets and XMPP contacts, by state (none, to, from, both; pending_in, pending_out counted apart).", []string{"state"}, nil)
 	descLinks = prometheus.NewDesc("presence_bridge_links", "Links between Matrix and XMPP users, by state (asked, approved, denied, revoked).", []string{"state"}, nil)
 )
@@ -154,19 +161,12 @@ var (
 type funcCollector struct{ m *Metrics }
 
 func (f *funcCollector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- descHS
 	ch <- descSubs
 	ch <- descLinks
 }
 
 func (f *funcCollector) Collect(ch chan<- prometheus.Metric) {
-	m := f.m
-	if m.src.HomeserverRequests != nil {
-		for outcome, n := range m.src.HomeserverRequests() {
-			ch <- prometheus.MustNewConstMetric(descHS, prometheus.CounterValue, float64(n), outcome)
-		}
-	}
-	subs, links := m.states()
+	subs, links := f.m.states()
 	for s, n := range subs {
 		ch <- prometheus.MustNewConstMetric(descSubs, prometheus.GaugeValue, n, s)
 	}
@@ -215,6 +215,13 @@ func (m *Metrics) states() (subs, links map[string]float64) {
 	}
 	m.subStates, m.linkState, m.stateAt = subs, links, time.Now()
 	return subs, links
+}
+
+// ObserveHomeserverRequest counts one request to the homeserver (the
+// Matrix side's InstrumentRequests hook).
+func (m *Metrics) ObserveHomeserverRequest(outcome string, took time.Duration) {
+	m.hsReqs.WithLabelValues(outcome).Inc()
+	m.hsTime.WithLabelValues(outcome).Observe(took.Seconds())
 }
 
 // Invalidate makes the next scrape read the buckets again (tests).

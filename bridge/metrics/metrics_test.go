@@ -67,8 +67,7 @@ func TestMetricsAndHealth(t *testing.T) {
 	defer bus.Close()
 	x, mx := &health{}, &health{}
 	m, err := metrics.New(metrics.Sources{NATS: bus.Conn(), Store: bus.Store(), XMPP: x, Matrix: mx,
-		XMPPConnects: func() int64 { return 3 }, Coalesced: func() int64 { return 7 },
-		HomeserverRequests: func() map[string]int64 { return map[string]int64{"ok": 5, "rate_limited": 2} }})
+		XMPPConnects: func() int64 { return 3 }, Coalesced: func() int64 { return 7 }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,6 +89,9 @@ func TestMetricsAndHealth(t *testing.T) {
 		_ = pub.XMPPPresence(t.Context(), bridge.XMPPPresence{User: "a@x.example", Presence: mapping.Presence{State: mapping.StateAway}})
 	}
 	_ = pub.ShowGhost(t.Context(), bridge.GhostPresence{User: "a@x.example", Presence: mapping.Presence{State: mapping.StateAway}})
+	m.ObserveHomeserverRequest("rate_limited", 30*time.Millisecond)
+	m.ObserveHomeserverRequest("rate_limited", 40*time.Millisecond)
+	m.ObserveHomeserverRequest("ok", 10*time.Millisecond)
 	w := m.Watcher(nil)
 	w.PresenceChanged(mapping.NetworkXMPP, "a@x.example", bridge.PresenceRecord{Seq: 9}, true)
 	w.PresenceChanged(mapping.NetworkXMPP, "a@x.example", bridge.PresenceRecord{}, true) // the opt-out itself: no drop
@@ -104,6 +106,8 @@ func TestMetricsAndHealth(t *testing.T) {
 		`presence_bridge_dropped_total{reason="loop"} 0`,
 		`presence_bridge_coalesced_total 7`,
 		`presence_bridge_homeserver_requests_total{outcome="rate_limited"} 2`,
+		`presence_bridge_homeserver_requests_total{outcome="unreachable"} 0`,
+		`presence_bridge_homeserver_request_seconds_count{outcome="ok"} 1`,
 		`presence_bridge_subscriptions{state="both"} 1`,
 		`presence_bridge_links{state="approved"} 1`,
 		`presence_bridge_xmpp_stream_connects_total 3`,

@@ -28,12 +28,13 @@ func startOps(g *group, c *core.Core, bus *bridge.Bus, pub *transport.Publisher,
 		var err error
 		m, err = metrics.New(metrics.Sources{
 			NATS: bus.Conn(), Store: bus.Store(), XMPP: xs, Matrix: ms,
-			XMPPConnects: xs.StreamConnects, HomeserverRequests: ms.HomeserverRequests, Coalesced: c.Coalesced, Log: log,
+			XMPPConnects: xs.StreamConnects, Coalesced: c.Coalesced, Log: log,
 		})
 		if err != nil {
 			g.run("metrics", func(context.Context) error { return err })
 			return false
 		}
+		ms.InstrumentRequests(m.ObserveHomeserverRequest) // before the side runs
 		watcher = m.Watcher(watcher)
 	}
 	c.SetWatcher(watcher)
