@@ -2,6 +2,7 @@ package opsapi_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"strings"
@@ -355,5 +356,44 @@ func TestOpsGetOptedOutFromCore(t *testing.T) {
 	}
 	if p := r.Presences[0]; !p.OptedOut || p.Status != "" || p.State != mapping.StateUnset {
 		t.Fatalf("dave: %+v", p)
+	}
+}
+
+// TestOpsMicroDiscovery: nats micro ls/info find the service and its four
+// endpoints; a request over NATS's own payload limit fails at the client
+// and the service keeps serving.
+func TestOpsMicroDiscovery(t *testing.T) {
+	e := start(t, openBus(t), opsapi.Options{Version: "dev"})
+	msg, err := e.bus.Conn().RequestWithContext(e.ctx, "$SRV.INFO."+opsapi.ServiceName, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info struct {
+		Name      string `json:"name"`
+		Endpoints []struct {
+			Name    string `json:"name"`
+			Subject string `json:"subject"`
+		} `json:"endpoints"`
+	}
+	if err := json.Unmarshal(msg.Data, &info); err != nil {
+		t.Fatal(err)
+	}
+	subjects := map[string]string{}
+	for _, ep := range info.Endpoints {
+		subjects[ep.Name] = ep.Subject
+	}
+	if info.Name != opsapi.ServiceName || subjects["get"] != opsapi.SubjectGet || subjects["statuses"] != opsapi.SubjectStatuses ||
+		subjects["request"] != opsapi.SubjectRequest || subjects["subscriptions"] != opsapi.SubjectSubscriptions {
+		t.Errorf("info: %s", msg.Data)
+	}
+	huge := make([]string, 0, 50_000)
+	for range 50_000 {
+		huge = append(huge, "someone-with-a-long-name@xmpp.example")
+	}
+	if _, err := e.client.Get(e.ctx, huge...); err == nil {
+		t.Error("a request over the NATS payload limit succeeded")
+	}
+	if _, err := e.client.Statuses(e.ctx); err != nil {
+		t.Fatalf("the service stopped serving: %v", err)
 	}
 }
