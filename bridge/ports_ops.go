@@ -71,3 +71,11 @@ type PresenceDropWatcher interface {
 type Health interface {
 	Healthy() error
 }
+
+// ResourceLister is optionally implemented by the XMPP side: the
+// resources it holds in memory for XMPP users (only those who send
+// presence to a puppet). Users it holds nothing for are absent from the
+// answer. It must not block for long.
+type ResourceLister interface {
+	XMPPResources(ctx context.Context, users []mapping.BareJID) (map[mapping.BareJID][]mapping.Resource, error)
+}

@@ -126,7 +126,8 @@ func TestOpsCLIPresenceAndWatch(t *testing.T) {
 	if err := json.Unmarshal([]byte(e.opsCommand("presence", "-json", alice)), &got); err != nil {
 		t.Fatal(err)
 	}
-	if p := got.Presences[0]; p.State != mapping.StateBusy || p.Status != "ops-check" || p.Side != mapping.NetworkXMPP || len(p.Resources) != 1 {
+	if p := got.Presences[0]; p.State != mapping.StateBusy || p.Status != "ops-check" || p.Side != mapping.NetworkXMPP ||
+		len(p.Resources) != 1 || p.Resources[0].Aggregate || p.Resources[0].Name == "" || p.Resources[0].State != mapping.StateBusy {
 		t.Errorf("presence -json: %+v", p)
 	}
 	if out := e.opsCommand("subscriptions", alice); !strings.Contains(out, "puppet of "+l.bob.UserID+" ↔ "+alice+": both") || !strings.Contains(out, "link") {

@@ -57,3 +57,20 @@ func (c *Component) RequestPresence(ctx context.Context, r bridge.PresenceReques
 // StreamConnects counts the streams established to the XMPP server since
 // start: one more than the reconnects.
 func (c *Component) StreamConnects() int64 { return c.connects.Load() }
+
+var _ bridge.ResourceLister = (*Component)(nil)
+
+// XMPPResources returns the resources the component holds for users.
+func (c *Component) XMPPResources(_ context.Context, users []mapping.BareJID) (map[mapping.BareJID][]mapping.Resource, error) {
+	out := make(map[mapping.BareJID][]mapping.Resource, len(users))
+	c.users.mu.Lock()
+	defer c.users.mu.Unlock()
+	for _, u := range users {
+		if e := c.users.m[u]; e != nil {
+			if l := e.res.List(); len(l) > 0 {
+				out[u] = l
+			}
+		}
+	}
+	return out, nil
+}

@@ -96,8 +96,11 @@ type Resource struct {
 	Name     string `json:"name,omitempty"`
 	Priority int8   `json:"priority"`
 	// Aggregate: this entry is the aggregate of all resources, not one of
-	// them (see the package documentation).
-	Aggregate bool `json:"aggregate,omitempty"`
+	// them: the XMPP side did not answer (see the package documentation).
+	Aggregate  bool          `json:"aggregate,omitempty"`
+	State      mapping.State `json:"state,omitzero"`
+	Status     string        `json:"status,omitempty"`
+	ObservedAt time.Time     `json:"observed_at,omitzero"`
 }
 
 // Presence is one user's normalized presence, or why there is none.

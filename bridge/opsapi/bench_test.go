@@ -48,9 +48,10 @@ func BenchmarkGet100Of100k(b *testing.B) {
 		})
 	}
 	wg.Wait()
-	// As in the bridge: opt-outs come from the core's memory.
+	// As in the bridge: opt-outs come from the core's memory, resources
+	// from the XMPP side through the bus (one request per get).
 	svc, err := opsapi.New(bus.Conn(), opsapi.Options{Store: bus.Store(), Namespace: ns, Table: mapping.DefaultTable(),
-		OptedOut: func(mapping.Network, string) bool { return false }})
+		OptedOut: func(mapping.Network, string) bool { return false }, Resources: transport.NewPublisher(bus)})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -58,6 +59,10 @@ func BenchmarkGet100Of100k(b *testing.B) {
 	done := make(chan error, 1)
 	go func() { done <- svc.Run(ctx) }()
 	<-svc.Ready()
+	resSrv := transport.ServeResources(bus, lister{}, nil)
+	resDone := make(chan error, 1)
+	go func() { resDone <- resSrv.Run(ctx) }()
+	<-resSrv.Ready()
 	client := opsapi.NewClient(bus.Conn())
 	req := make([]string, 100)
 	lat := make([]time.Duration, 0, 1024)
@@ -83,6 +88,7 @@ func BenchmarkGet100Of100k(b *testing.B) {
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
 	cancel()
 	<-done
+	<-resDone
 }
 
 // BenchmarkCoreWatchers: core throughput (presence reports through the

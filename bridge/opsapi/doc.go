@@ -24,8 +24,11 @@
 //
 // Resources: the core records the aggregate presence of an XMPP user (the
 // highest-priority resource's, with its priority); the XMPP side keeps the
-// individual resources only in memory, so get reports the aggregate and
-// its priority as a single entry of "resources", marked aggregate.
+// individual resources in memory. get asks it for them (one request per
+// get, [bridge.ResourceLister] over the transport) and reports each
+// resource with its priority, state, status and when it was observed; if
+// the XMPP side does not answer, get reports the aggregate's priority as a
+// single entry marked "aggregate".
 //
 // Privacy: the service answers only on the bridge's own NATS. The
 // embedded server's listener needs the token in <data_dir>/client.token,

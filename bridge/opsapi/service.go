@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
@@ -33,6 +34,10 @@ type Options struct {
 	// Permitted, if set, says whether the bridge carries a user (the
 	// core's access lists); a user it refuses is PermissionDenied.
 	Permitted func(net mapping.Network, user string) bool
+	// Resources, if set, lists the XMPP resources the XMPP side holds
+	// (the transport's publisher); without it, or when it fails, get
+	// reports the aggregate's priority alone.
+	Resources bridge.ResourceLister
 	// OptedOut, if set, says whether a person opted out (the core's exact
 	// copy of pb_settings); without it the bucket is read per user.
 	OptedOut func(net mapping.Network, user string) bool
@@ -246,14 +251,52 @@ func (s *Service) get(ctx context.Context, data []byte) (any, error) {
 		return nil, err
 	}
 	resp := GetResponse{Presences: make([]Presence, len(hs))}
+	var online []mapping.BareJID
 	for i, h := range hs {
 		p, err := s.presenceOf(ctx, h)
 		if err != nil {
 			return nil, err
 		}
 		resp.Presences[i] = p
+		if len(p.Resources) > 0 {
+			online = append(online, mapping.BareJID(p.Resolved))
+		}
 	}
+	s.addResources(ctx, resp.Presences, online)
 	return resp, nil
+}
+
+// resourcesTimeout bounds the question to the XMPP side; without an
+// answer, get reports the aggregate.
+const resourcesTimeout = 2 * time.Second
+
+// addResources replaces the aggregate entry of online XMPP users with
+// the resources the XMPP side holds, in one request.
+func (s *Service) addResources(ctx context.Context, ps []Presence, online []mapping.BareJID) {
+	if s.opt.Resources == nil || len(online) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, resourcesTimeout)
+	defer cancel()
+	res, err := s.opt.Resources.XMPPResources(ctx, online)
+	if err != nil {
+		s.log.Debug("no resources from the XMPP side; reporting the aggregate", "err", err)
+		return
+	}
+	for i := range ps {
+		p := &ps[i]
+		if len(p.Resources) == 0 {
+			continue
+		}
+		list := res[mapping.BareJID(p.Resolved)]
+		if len(list) == 0 {
+			continue
+		}
+		p.Resources = p.Resources[:0]
+		for _, r := range list {
+			p.Resources = append(p.Resources, Resource{Name: r.Name, Priority: r.Presence.Priority, State: r.Presence.State, Status: r.Presence.Status, ObservedAt: r.At})
+		}
+	}
 }
 
 func (s *Service) presenceOf(ctx context.Context, h handle) (Presence, error) {

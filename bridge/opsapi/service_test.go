@@ -397,3 +397,47 @@ func TestOpsMicroDiscovery(t *testing.T) {
 		t.Fatalf("the service stopped serving: %v", err)
 	}
 }
+
+type lister map[mapping.BareJID][]mapping.Resource
+
+func (l lister) XMPPResources(_ context.Context, users []mapping.BareJID) (map[mapping.BareJID][]mapping.Resource, error) {
+	out := map[mapping.BareJID][]mapping.Resource{}
+	for _, u := range users {
+		if r, ok := l[u]; ok {
+			out[u] = r
+		}
+	}
+	return out, nil
+}
+
+// TestOpsGetResources: the XMPP side's resources, through the bus, replace
+// the aggregate; without an XMPP side, the aggregate stays.
+func TestOpsGetResources(t *testing.T) {
+	bus := openBus(t)
+	e := start(t, bus, opsapi.Options{Resources: transport.NewPublisher(bus)})
+	put(t, bus, mapping.NetworkXMPP, "alice@xmpp.example", mapping.Presence{State: mapping.StateAvailable, Priority: 5})
+	r, err := e.client.Get(e.ctx, "alice@xmpp.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rs := r.Presences[0].Resources; len(rs) != 1 || !rs[0].Aggregate || rs[0].Priority != 5 {
+		t.Fatalf("without an XMPP side: %+v", rs)
+	}
+	srv := transport.ServeResources(bus, lister{"alice@xmpp.example": {
+		{Name: "desk", Presence: mapping.Presence{State: mapping.StateAvailable, Priority: 5}},
+		{Name: "phone", Presence: mapping.Presence{State: mapping.StateAway, Priority: -1, Status: "on the go"}},
+	}}, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	<-srv.Ready()
+	r, err = e.client.Get(e.ctx, "alice@xmpp.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := r.Presences[0].Resources
+	if len(rs) != 2 || rs[0].Name != "desk" || rs[0].Priority != 5 || rs[1].Name != "phone" || rs[1].Priority != -1 || rs[1].State != mapping.StateAway || rs[1].Status != "on the go" || rs[0].Aggregate {
+		t.Fatalf("with the XMPP side: %+v", rs)
+	}
+}

@@ -244,7 +244,11 @@ func presenceLine(p opsapi.Presence) string {
 		line += fmt.Sprintf(" %q", p.Status)
 	}
 	for _, r := range p.Resources {
-		line += fmt.Sprintf(" priority=%d", r.Priority)
+		if r.Aggregate {
+			line += fmt.Sprintf(" priority=%d", r.Priority)
+			continue
+		}
+		line += fmt.Sprintf(" [%s %s priority=%d]", r.Name, r.State, r.Priority)
 	}
 	if p.CurrentlyActive {
 		line += " active"

@@ -40,7 +40,7 @@ func startOps(g *group, c *core.Core, bus *bridge.Bus, pub *transport.Publisher,
 	c.SetWatcher(watcher)
 	svc, err := opsapi.New(bus.Conn(), opsapi.Options{
 		Store: bus.Store(), Namespace: cfg.Namespace(), Table: table, Busy: busy,
-		Requester: pub, Permitted: c.Carries, OptedOut: c.OptedOut, Version: buildVersion(), Log: log,
+		Requester: pub, Resources: pub, Permitted: c.Carries, OptedOut: c.OptedOut, Version: buildVersion(), Log: log,
 	})
 	if err != nil {
 		g.run("presence service", func(context.Context) error { return err })

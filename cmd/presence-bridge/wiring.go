@@ -94,6 +94,7 @@ func runBridge(ctx context.Context, cfg *File) error {
 	sides.run("matrix side", ms.Run)
 	sides.run("matrix transport", transport.ServeMatrix(bus, ms, log.With("part", "transport")).Run)
 	sides.run("xmpp requests", transport.ServeRequests(bus, mapping.NetworkXMPP, xs, log.With("part", "transport")).Run)
+	sides.run("xmpp resources", transport.ServeResources(bus, xs, log.With("part", "transport")).Run)
 	sides.run("matrix requests", transport.ServeRequests(bus, mapping.NetworkMatrix, ms, log.With("part", "transport")).Run)
 	log.Info("bridge running")
 	<-sidesCtx.Done()
