@@ -39,5 +39,6 @@
 // and by updates alike: their presence never leaves the core.
 //
 // Files: api.go (types and errors), service.go (the endpoints),
-// updates.go (the publisher the core calls), client.go (for the CLI).
+// updates.go (the publisher the core calls), client.go (for the CLI and
+// scripts in Go).
 package opsapi

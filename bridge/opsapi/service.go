@@ -266,6 +266,9 @@ func (s *Service) get(ctx context.Context, data []byte) (any, error) {
 	return resp, nil
 }
 
+// requestTimeout bounds the request for one user's fresh presence.
+const requestTimeout = 3 * time.Second
+
 // resourcesTimeout bounds the question to the XMPP side; without an
 // answer, get reports the aggregate.
 const resourcesTimeout = 2 * time.Second
@@ -389,7 +392,9 @@ func (s *Service) request(ctx context.Context, data []byte) (any, error) {
 		case s.opt.Requester == nil:
 			r.Error = CodeDisconnected
 		default:
-			err := s.opt.Requester.RequestPresence(ctx, bridge.PresenceRequest{Network: h.net, User: h.user})
+			rctx, cancel := context.WithTimeout(ctx, requestTimeout)
+			err := s.opt.Requester.RequestPresence(rctx, bridge.PresenceRequest{Network: h.net, User: h.user})
+			cancel()
 			switch {
 			case err == nil:
 			case errors.Is(err, bridge.ErrDisconnected):
