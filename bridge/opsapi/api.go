@@ -26,6 +26,8 @@ const ServiceName = "presence-bridge"
 const (
 	MaxRequestBytes = 64 << 10
 	MaxUsers        = 1000
+	// MaxRequestUsers bounds request, which asks the networks.
+	MaxRequestUsers = 100
 )
 
 // UpdateSubject is the subject of the updates about user of net.

@@ -352,7 +352,11 @@ var xmppShow = map[mapping.State]string{
 	mapping.StateAway: "away", mapping.StateExtendedAway: "xa", mapping.StateBusy: "dnd",
 }
 
-func (s *Service) statuses(context.Context, []byte) (any, error) {
+func (s *Service) statuses(_ context.Context, data []byte) (any, error) {
+	var req struct{}
+	if err := decode(data, &req); err != nil {
+		return nil, err
+	}
 	resp := StatusesResponse{Statuses: map[string]StatusSpec{}}
 	for st := range xmppShow {
 		if st == mapping.StateBusy && !s.opt.Busy {
@@ -377,6 +381,9 @@ func (s *Service) request(ctx context.Context, data []byte) (any, error) {
 	addrs, err := decodeUsers(data)
 	if err != nil {
 		return nil, err
+	}
+	if len(addrs) > MaxRequestUsers {
+		return nil, errorf(CodeInvalidArgument, "too many users for request: %d, the limit is %d", len(addrs), MaxRequestUsers)
 	}
 	hs, err := s.resolveAll(addrs)
 	if err != nil {
@@ -437,21 +444,17 @@ func (s *Service) subscriptions(ctx context.Context, data []byte) (any, error) {
 		return nil, errorf(CodePermissionDenied, "%s: not carried by this bridge", h.user)
 	}
 	resp := SubscriptionsResponse{User: h.user, Network: h.net, Subscriptions: []Subscription{}, Links: []bridge.Link{}}
-	// Pair keys are <matrix token>.<xmpp token>: the keys name the pairs,
-	// so only this user's values are read.
-	tok := bridge.EncodeToken(h.user)
-	match := func(key string) bool {
-		m, x, ok := strings.Cut(key, ".")
-		return ok && (h.net == mapping.NetworkMatrix && m == tok || h.net == mapping.NetworkXMPP && x == tok)
+	// Pair keys are <matrix token>.<xmpp token>: the server finds this
+	// user's pairs by key.
+	filter := bridge.EncodeToken(h.user) + ".*"
+	if h.net == mapping.NetworkXMPP {
+		filter = "*." + bridge.EncodeToken(h.user)
 	}
-	subKeys, err := s.opt.Store.Subscriptions.Keys(ctx)
+	subKeys, err := s.opt.Store.Subscriptions.KeysMatching(ctx, filter)
 	if err != nil {
 		return nil, err
 	}
 	for _, k := range subKeys {
-		if !match(k) {
-			continue
-		}
 		v, _, err := s.opt.Store.Subscriptions.Get(ctx, k)
 		if err != nil {
 			continue
@@ -463,14 +466,11 @@ func (s *Service) subscriptions(ctx context.Context, data []byte) (any, error) {
 		resp.Subscriptions = append(resp.Subscriptions, Subscription{MatrixUser: mapping.UserID(m), XMPPUser: mapping.BareJID(x),
 			State: SubscriptionState(v), PendingIn: v.PendingIn, PendingOut: v.PendingOut, UpdatedAt: v.UpdatedAt})
 	}
-	linkKeys, err := s.opt.Store.Links.Keys(ctx)
+	linkKeys, err := s.opt.Store.Links.KeysMatching(ctx, filter)
 	if err != nil {
 		return nil, err
 	}
 	for _, k := range linkKeys {
-		if !match(k) {
-			continue
-		}
 		if v, _, err := s.opt.Store.Links.Get(ctx, k); err == nil {
 			resp.Links = append(resp.Links, v)
 		}

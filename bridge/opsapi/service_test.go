@@ -152,6 +152,9 @@ func TestOpsErrors(t *testing.T) {
 		{"subscriptions: unknown", opsapi.SubjectSubscriptions, `{"user":"nobody@xmpp.example"}`, opsapi.ErrNotAvailable},
 		{"subscriptions: bad handle", opsapi.SubjectSubscriptions, `{"user":"@x"}`, opsapi.ErrInvalidHandle},
 		{"request: no requester", opsapi.SubjectRequest, `{"users":["a@b.example"]}`, opsapi.ErrDisconnected},
+		{"request: too many users", opsapi.SubjectRequest, `{"users":[` + strings.Repeat(`"a@b.c",`, opsapi.MaxRequestUsers) + `"a@b.c"]}`, opsapi.ErrInvalidArgument},
+		{"request: bad handle", opsapi.SubjectRequest, `{"users":["@bad"]}`, opsapi.ErrInvalidHandle},
+		{"statuses: malformed", opsapi.SubjectStatuses, `[1,2`, opsapi.ErrInvalidArgument},
 	} {
 		t.Run(tc.name, func(t *testing.T) { wantCode(t, raw(tc.subject, tc.body), tc.want) })
 	}
