@@ -2,6 +2,7 @@ package core
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -18,6 +19,7 @@ type coalescer[T any] struct {
 	slots    map[string]*slot[T]
 	stopped  bool
 	inflight sync.WaitGroup // timer emissions under way, awaited by Flush
+	replaced atomic.Int64   // offers that replaced a pending one: coalesced away
 }
 
 type slot[T any] struct {
@@ -62,6 +64,9 @@ func (c *coalescer[T]) Offer(key string, v T) {
 		defer c.inflight.Done()
 		c.emit(key, v)
 		return
+	}
+	if s.pending {
+		c.replaced.Add(1)
 	}
 	s.value, s.pending = v, true
 	if s.timer == nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/presence-bridge/presence-bridge/bridge"
@@ -38,6 +39,8 @@ type Core struct {
 	limits   *limiter
 	refused  refusals
 	logLimit logLimiter
+
+	watcher atomic.Pointer[bridge.PresenceWatcher] // optional; see SetWatcher
 }
 
 var (
@@ -174,6 +177,7 @@ func (c *Core) optedOut(key string) bool {
 func (c *Core) XMPPPresence(_ context.Context, r bridge.XMPPPresence) error {
 	if !c.xmppUser(r.User) {
 		c.refused.add(ReasonAccess)
+		c.dropped(mapping.NetworkXMPP, r.User.Domain() == c.ns.ComponentDomain)
 		return nil
 	}
 	c.onPresence(mapping.NetworkXMPP, string(r.User), r.Stamp, r.Presence)
@@ -184,6 +188,8 @@ func (c *Core) XMPPPresence(_ context.Context, r bridge.XMPPPresence) error {
 func (c *Core) MatrixPresence(_ context.Context, r bridge.MatrixPresence) error {
 	if !c.matrixUser(r.User) {
 		c.refused.add(ReasonAccess)
+		_, err := c.ns.ParseGhostMXID(r.User)
+		c.dropped(mapping.NetworkMatrix, err == nil)
 		return nil
 	}
 	c.onPresence(mapping.NetworkMatrix, string(r.User), r.Stamp, r.Presence)
@@ -205,14 +211,17 @@ func (c *Core) onPresence(net mapping.Network, user string, st bridge.Stamp, p m
 	if st.Seq != 0 && st.Seq <= pe.lastSeq {
 		c.mu.Unlock()
 		c.log.Debug("stale presence dropped", "network", net, "seq", st.Seq)
+		c.drop(net, bridge.DropStale)
 		return
 	}
 	pe.lastSeq = st.Seq
 	optOut := pe.optOut
 	// Under c.mu: a record put after the person was forgotten would
 	// outlive them.
-	c.persist.Put(key, bridge.PresenceRecord{Presence: p, Seq: st.Seq, UpdatedAt: st.ObservedAt})
+	rec := bridge.PresenceRecord{Presence: p, Seq: st.Seq, UpdatedAt: st.ObservedAt}
+	c.persist.Put(key, rec)
 	c.mu.Unlock()
+	c.watch(net, user, rec, optOut)
 	if optOut {
 		return
 	}
@@ -270,6 +279,7 @@ func (c *Core) setOptOut(ctx context.Context, net mapping.Network, user string, 
 		pe.optOut = enabled
 	}
 	c.mu.Unlock()
+	c.watchOptOut(ctx, net, user, key, enabled)
 	if pe == nil {
 		c.log.Debug("presence export changed", "network", net, "opted_out", enabled, "linked", false)
 		return nil // nothing shown: the choice waits for their first link

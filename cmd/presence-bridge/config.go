@@ -9,6 +9,7 @@ import (
 
 	"github.com/presence-bridge/presence-bridge/bridge"
 	"github.com/presence-bridge/presence-bridge/bridge/core"
+	"github.com/presence-bridge/presence-bridge/bridge/metrics"
 	"github.com/presence-bridge/presence-bridge/internal/config"
 	"github.com/presence-bridge/presence-bridge/mapping"
 	"github.com/presence-bridge/presence-bridge/matrixside"
@@ -23,6 +24,7 @@ type File struct {
 	Core    core.Config       `yaml:"core"`
 	Mapping MappingConfig     `yaml:"mapping"`
 	Logging LoggingConfig     `yaml:"logging"`
+	Metrics metrics.Config    `yaml:"metrics"`
 }
 
 // MappingConfig overrides the default presence table (see README).
@@ -93,15 +95,23 @@ func (l LoggingConfig) Logger() *slog.Logger {
 }
 
 func defaults() File {
+	nats := bridge.Default()
+	// The operator's commands reach the bridge here (token-protected);
+	// bridge.Default stays in-process only for tests and embedding.
+	nats.Embedded.Listen = DefaultNATSListen
 	return File{
 		XMPP:    xmppside.Default(),
 		Matrix:  matrixside.Default(),
-		NATS:    bridge.Default(),
+		NATS:    nats,
 		Core:    core.Default(),
 		Mapping: MappingConfig{Busy: "auto"},
 		Logging: LoggingConfig{Level: "info", Format: "text"},
+		Metrics: metrics.Default(),
 	}
 }
+
+// DefaultNATSListen is the default of nats.embedded.listen.
+const DefaultNATSListen = "127.0.0.1:4222"
 
 // Namespace is where puppets and ghosts live.
 func (f *File) Namespace() mapping.Namespace {
@@ -118,6 +128,7 @@ func loadConfig(path string) (*File, error) {
 		config.Section{Path: "core", Validate: func() error { return f.Core.Validate() }},
 		config.Section{Path: "mapping", Validate: func() error { return f.Mapping.Validate() }},
 		config.Section{Path: "logging", Validate: func() error { return f.Logging.Validate() }},
+		config.Section{Path: "metrics", Validate: func() error { return f.Metrics.Validate() }},
 		config.Section{Path: "", Validate: func() error { return namespaceProblems(f.Namespace()) }},
 	)
 	f.Core.Policy = core.Policy(f.XMPP.SubscriptionPolicy)

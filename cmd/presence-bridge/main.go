@@ -3,6 +3,7 @@
 //	presence-bridge [-config config.yaml] [-check]     run the bridge (or only check the config)
 //	presence-bridge generate-registration [-config config.yaml] [-out registration.yaml]
 //	presence-bridge version
+//	presence-bridge presence|request|statuses|subscriptions|watch [-config config.yaml] [-json] …
 package main
 
 import (
@@ -20,7 +21,7 @@ import (
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
-const usage = `presence-bridge: presence between XMPP and Matrix.
+var usage = `presence-bridge: presence between XMPP and Matrix.
 
 Usage:
   presence-bridge [-config FILE] [-check]
@@ -33,6 +34,8 @@ Usage:
   presence-bridge version
         Print the version.
 
+Talking to the running bridge (same config file; see docs/operations.md):
+` + cliUsage + `
 Secrets may be written as ${ENV_VAR} in any config value.
 `
 
@@ -46,6 +49,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		case "version", "-version", "--version":
 			fmt.Fprintln(stdout, "presence-bridge", buildVersion())
 			return 0
+		case "presence", "request", "statuses", "subscriptions", "watch":
+			return runOps(ctx, args[0], args[1:], stdout, stderr)
 		case "generate-registration":
 			return generateRegistration(args[1:], stdout, stderr)
 		case "help", "-h", "-help", "--help":

@@ -77,6 +77,9 @@ func runBridge(ctx context.Context, cfg *File) error {
 	if !coreParts.await(c.Ready()) {
 		return coreParts.wait()
 	}
+	if !startOps(coreParts, c, bus, pub, xs, ms, cfg, table, busy, log) {
+		return coreParts.wait()
+	}
 	coreSrv := transport.ServeCore(bus, c, c, log.With("part", "transport"))
 	coreParts.run("core transport", coreSrv.Run)
 	if !coreParts.await(coreSrv.Ready()) {
@@ -90,6 +93,9 @@ func runBridge(ctx context.Context, cfg *File) error {
 	sides.run("xmpp transport", transport.ServeXMPP(bus, xs, log.With("part", "transport")).Run)
 	sides.run("matrix side", ms.Run)
 	sides.run("matrix transport", transport.ServeMatrix(bus, ms, log.With("part", "transport")).Run)
+	sides.run("xmpp requests", transport.ServeRequests(bus, mapping.NetworkXMPP, xs, log.With("part", "transport")).Run)
+	sides.run("xmpp resources", transport.ServeResources(bus, xs, log.With("part", "transport")).Run)
+	sides.run("matrix requests", transport.ServeRequests(bus, mapping.NetworkMatrix, ms, log.With("part", "transport")).Run)
 	log.Info("bridge running")
 	<-sidesCtx.Done()
 	log.Info("shutting down")
