@@ -166,3 +166,18 @@ func TestStorySynapseShapedTransaction(t *testing.T) {
 		return ""
 	})
 }
+
+// TestStoryPresenceFromBeforeTheLink: bob set his presence before alice
+// asked to see him; once he approves, alice sees it without bob changing
+// anything.
+func TestStoryPresenceFromBeforeTheLink(t *testing.T) {
+	e := newEnv(t, options{})
+	alice, bob := e.xmppUser("alice"), e.matrixUser("bob")
+	bob.put("unavailable", "bob-before")
+	sendPresence(t, alice, "", "", "", "alice-here")
+	e.link(alice, bob)
+	puppet := e.puppet(bob.UserID)
+	// bob's own client syncing may make Dendrite show him online again
+	// (online wins among his devices): his status is what tells.
+	alice.Wait(t, flowTimeout, "bob's presence from before the link", presenceFrom(puppet, withStatus("bob-before")))
+}

@@ -41,6 +41,9 @@ func (s *Side) RequestPresence(ctx context.Context, r bridge.PresenceRequest) er
 	if err != nil {
 		return fmt.Errorf("%w: %v", mapping.ErrUnknownValue, err)
 	}
+	// An explicit request is answered even when nothing changed since the
+	// last report (which the core may have dropped).
+	s.in.forget(u)
 	if err := s.readPresence(ctx, id.UserID(u)); err != nil {
 		if unreachable(err) {
 			return fmt.Errorf("%w: %v", bridge.ErrDisconnected, err)

@@ -67,6 +67,11 @@ func (r *recorder) GhostMembership(_ context.Context, c bridge.GhostMembership) 
 	return nil
 }
 
+func (r *recorder) RequestPresence(_ context.Context, q bridge.PresenceRequest) error {
+	r.add(fmt.Sprintf("request %s %s", q.Network, q.User))
+	return nil
+}
+
 func (r *recorder) all() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -481,4 +486,22 @@ func TestPolicyAccept(t *testing.T) {
 	h.subscription(alice, bob, bridge.Subscribe)
 	h.waitOut(`xmpp @bob:example.org→alice@xmpp.example subscribed`, `xmpp @bob:example.org→alice@xmpp.example subscribe`,
 		`matrix alice@xmpp.example→@bob:example.org invite `)
+}
+
+// A Matrix user linked for the first time is asked for afresh: what the
+// Matrix side reported before the link was dropped, and it reports only
+// changes, so without the request the XMPP user would wait for bob's next
+// change.
+func TestNewlyLinkedMatrixUserAskedForPresence(t *testing.T) {
+	h := start(t, Default(), nil)
+	h.presence(mapping.NetworkMatrix, bob, mapping.Presence{State: mapping.StateAway, Status: "before any link"})
+	h.membership(bob, alice, "invite", alice, bob, "!room:example.org")
+	h.waitOut(`request matrix @bob:example.org`)
+	h.rec.reset()
+	// A second link of bob's is no news.
+	h.membership(bob, "carol@xmpp.example", "invite", "carol@xmpp.example", bob, "!room2:example.org")
+	h.waitOut(`xmpp @bob:example.org→carol@xmpp.example subscribe`)
+	if n := h.count(`request matrix @bob:example.org`); n != 0 {
+		t.Fatalf("asked %d times for a user already linked", n)
+	}
 }

@@ -38,28 +38,59 @@ func (p pair) keys() [2]string {
 
 // setLink changes the link of the pair, and the index of linked people
 // with it. The core is the links bucket's only writer, and its link
-// writes are serialized, so the index follows the bucket exactly.
+// writes are serialized, so the index follows the bucket exactly. A Matrix
+// user linked for the first time is asked for their presence afresh: what
+// the Matrix side reported before was dropped, and it reports only
+// changes.
 func (c *Core) setLink(ctx context.Context, p pair, change func(*bridge.Link)) func() error {
 	return func() error {
-		c.linkMu.Lock()
-		defer c.linkMu.Unlock()
-		optOut, err := c.settingsOfNew(ctx, p)
+		added, err := c.writeLink(ctx, p, change)
 		if err != nil {
 			return err
 		}
-		var before bridge.LinkState
-		next, err := c.store.Links.Update(ctx, p.key(), func(cur bridge.Link, _ bool) (bridge.Link, bool, error) {
-			before = cur.State
-			cur.MatrixUser, cur.XMPPUser = p.mxid, p.jid
-			change(&cur)
-			cur.UpdatedAt = now()
-			return cur, true, nil
-		})
-		if err != nil {
-			return err
+		if added[1] {
+			c.requestPresence(ctx, p.mxid)
 		}
-		c.index(p, before, next.State, optOut)
 		return nil
+	}
+}
+
+func (c *Core) writeLink(ctx context.Context, p pair, change func(*bridge.Link)) ([2]bool, error) {
+	c.linkMu.Lock()
+	defer c.linkMu.Unlock()
+	optOut, err := c.settingsOfNew(ctx, p)
+	if err != nil {
+		return [2]bool{}, err
+	}
+	var before bridge.LinkState
+	next, err := c.store.Links.Update(ctx, p.key(), func(cur bridge.Link, _ bool) (bridge.Link, bool, error) {
+		before = cur.State
+		cur.MatrixUser, cur.XMPPUser = p.mxid, p.jid
+		change(&cur)
+		cur.UpdatedAt = now()
+		return cur, true, nil
+	})
+	if err != nil {
+		return [2]bool{}, err
+	}
+	return c.index(p, before, next.State, optOut), nil
+}
+
+// requestPresenceTimeout bounds asking the Matrix side for a presence.
+const requestPresenceTimeout = 3 * time.Second
+
+// requestPresence asks the Matrix side, if it can (bridge.PresenceRequester),
+// to read and report a Matrix user's presence. The answer comes back as a
+// report; a failure only delays the presence to the user's next change.
+func (c *Core) requestPresence(ctx context.Context, mxid mapping.UserID) {
+	rq, ok := c.matrix.(bridge.PresenceRequester)
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, requestPresenceTimeout)
+	defer cancel()
+	if err := rq.RequestPresence(ctx, bridge.PresenceRequest{Network: mapping.NetworkMatrix, User: string(mxid)}); err != nil {
+		c.log.Info("could not ask for a newly linked Matrix user's presence; it will come with their next change", "err", err)
 	}
 }
 
@@ -105,12 +136,13 @@ func (c *Core) settingsOfNew(ctx context.Context, p pair) ([2]bool, error) {
 }
 
 // index moves the pair's link from state before to state after in the
-// index. optOut holds the settings of people not yet indexed. Someone
-// whose last live link ends is forgotten: their presence record is
-// deleted and nothing of theirs waits to be shown.
-func (c *Core) index(p pair, before, after bridge.LinkState, optOut [2]bool) {
+// index, and reports which of the pair (XMPP user, Matrix user) it added.
+// optOut holds the settings of people not yet indexed. Someone whose last
+// live link ends is forgotten: their presence record is deleted and
+// nothing of theirs waits to be shown.
+func (c *Core) index(p pair, before, after bridge.LinkState, optOut [2]bool) (added [2]bool) {
 	if before == after {
-		return
+		return added
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -122,6 +154,7 @@ func (c *Core) index(p pair, before, after bridge.LinkState, optOut [2]bool) {
 			}
 			pe = &person{optOut: optOut[i]}
 			c.people[key] = pe
+			added[i] = true
 		}
 		switch before {
 		case bridge.LinkAsked:
@@ -139,6 +172,7 @@ func (c *Core) index(p pair, before, after bridge.LinkState, optOut [2]bool) {
 			c.forget(key)
 		}
 	}
+	return added
 }
 
 // forget drops everything the core keeps of a person. c.mu is held.
