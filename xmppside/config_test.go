@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
+	"time"
 
 	"gopkg.in/yaml.v3"
 )
@@ -26,17 +27,26 @@ func TestDefaultsValidateOnceRequiredFieldsSet(t *testing.T) {
 		d.OfflineGrace.String() != "30s" || d.MaxAuthFailures != 3 {
 		t.Fatalf("defaults: %+v", d)
 	}
+	l := d.Limits
+	if l.SubscribePerAddress != (Rate{30 * time.Second, 10}) || l.SubscribePerDomain != (Rate{5 * time.Second, 30}) ||
+		l.CommandsPerAddress != (Rate{10 * time.Second, 5}) || l.CommandsPerDomain != (Rate{time.Second, 20}) ||
+		l.ResourcesPerAddress != 64 || l.TrackedUsers != 65536 {
+		t.Fatalf("default limits: %+v", l)
+	}
 }
 
 func TestValidateReportsEveryProblemWithItsKey(t *testing.T) {
-	c := Config{Port: 70000, ComponentDomain: "Bob@Matrix", SubscriptionPolicy: "maybe", ReconnectMin: 2e9, ReconnectMax: 1e9, OfflineGrace: -1}
+	c := Config{Port: 70000, ComponentDomain: "Bob@Matrix", SubscriptionPolicy: "maybe", ReconnectMin: 2e9, ReconnectMax: 1e9, OfflineGrace: -1,
+		Limits: Limits{SubscribePerAddress: Rate{Every: -1, Burst: 1}, SubscribePerDomain: Rate{Every: time.Second}, ResourcesPerAddress: 5000}}
 	err := c.Validate()
 	if err == nil {
 		t.Fatal("no error")
 	}
 	for _, want := range []string{"host: required", "port: must be 1-65535", "component_domain: ", "secret: required",
 		"subscription_policy: \"maybe\"", "max_status_bytes: ", "reconnect_max: ", "connect_timeout: ", "shutdown_timeout: ",
-		"offline_grace: must be positive", "max_auth_failures: must be at least 1"} {
+		"offline_grace: must be positive", "max_auth_failures: must be at least 1",
+		"limits.subscribe_per_address.every: ", "limits.subscribe_per_domain.burst: ", "limits.commands_per_address.every: ",
+		"limits.commands_per_domain.burst: ", "limits.resources_per_address: 5000", "limits.tracked_users: 0"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("missing %q in:\n%v", want, err)
 		}
@@ -60,6 +70,9 @@ connect_timeout: 5s
 shutdown_timeout: 3s
 offline_grace: 1m
 max_auth_failures: 5
+limits:
+  subscribe_per_domain: {every: 1m, burst: 3}
+  tracked_users: 100
 `
 	c := Default()
 	dec := yaml.NewDecoder(strings.NewReader(src))
@@ -73,6 +86,11 @@ max_auth_failures: 5
 	if c.Port != 5275 || c.SubscriptionPolicy != PolicyAccept || c.ReconnectMax.Minutes() != 1 || c.MaxStatusBytes != 200 ||
 		c.OfflineGrace.Minutes() != 1 || c.MaxAuthFailures != 5 {
 		t.Fatalf("decoded %+v", c)
+	}
+	// A limit given in part keeps the defaults of the rest.
+	if c.Limits.SubscribePerDomain != (Rate{time.Minute, 3}) || c.Limits.TrackedUsers != 100 ||
+		c.Limits.SubscribePerAddress != Default().Limits.SubscribePerAddress || c.Limits.ResourcesPerAddress != 64 {
+		t.Fatalf("decoded limits %+v", c.Limits)
 	}
 }
 

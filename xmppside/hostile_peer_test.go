@@ -3,6 +3,7 @@ package xmppside
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -199,6 +200,12 @@ func TestSubscribeFloodBudget(t *testing.T) {
 		t.Errorf("refusals counted: %+v, want %d in all", refused, want)
 	}
 	t.Logf("%d requests in %v: %d reported, refusals %+v", 200+n, elapsed, reports, refused)
+	// The log does not follow the flood.
+	for _, msg := range []string{"subscription request over the domain's budget", "subscription request over the address's budget"} {
+		if n, max := len(r.logs.matching(slog.LevelInfo, msg)), budget(peerLogRate); n > max {
+			t.Errorf("%d lines %q in %v, budget %d", n, msg, elapsed, max)
+		}
+	}
 
 	// The well-behaved user was heard and is answered.
 	waitFor(t, waitLong, "alice's request reported", func() bool { return r.obs.subscriptions(aliceJID, bob, bridge.Subscribe) == 1 })

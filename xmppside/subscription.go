@@ -111,11 +111,16 @@ func (c *Component) allowSubscribe(contact mapping.BareJID) bool {
 // SendSubscription makes the puppet of cmd.Puppet send cmd.Type to
 // cmd.Contact, applying RFC 6121 A.3. subscribed is followed by the
 // puppet's current presence when it approves a pending request, and
-// unsubscribed by unavailable when it revokes an approval. The stanzas are
-// sent before the state is stored, so a failure makes the command come
-// again and at worst repeats a stanza; a command that changes nothing sends
-// nothing (subscribe and unsubscribe excepted: repeating a request is
-// harmless and lets a lost one through).
+// unsubscribed by unavailable when it revokes an approval. A command that
+// changes nothing sends nothing (subscribe and unsubscribe excepted:
+// repeating a request is harmless and lets a lost one through).
+//
+// The order of the write and the store is chosen so that a crash between
+// them leaves a state that heals (see "What XEP-0114 cannot guarantee" in
+// doc.go): subscribe, subscribed and unsubscribed are stored first, then
+// sent; unsubscribe is sent first, then stored. When the write fails after
+// the store, the store is undone and an error returned, so that the
+// command comes again and finds the state it started from.
 //
 // It returns [ErrNotConnected] while the component has no stream, and
 // other errors when the stanzas could not be written or the state stored:
