@@ -187,7 +187,7 @@ func policyAnswer(t testing.TB, comp func() *Component, policy Policy) func(cont
 
 // rig is a real Prosody, a KV store, a fake core and a running component.
 type rig struct {
-	t      *testing.T
+	t      testing.TB
 	srv    *prosodytest.Server
 	store  *bridge.Store
 	comp   *Component
@@ -231,7 +231,7 @@ const (
 
 // startHostileRig is startRig with a hostile server on the same Prosody;
 // it returns the hostile server's connection too.
-func startHostileRig(t *testing.T, policy Policy, mutate ...func(*Config)) (*rig, *prosodytest.Client) {
+func startHostileRig(t testing.TB, policy Policy, mutate ...func(*Config)) (*rig, *prosodytest.Client) {
 	t.Helper()
 	r := startRigWith(t, prosodytest.Options{ExtraComponents: []prosodytest.Component{{Domain: evilDomain, Secret: evilSecret}}}, policy, mutate...)
 	return r, r.srv.DialComponent(t, evilDomain, evilSecret)
@@ -239,7 +239,7 @@ func startHostileRig(t *testing.T, policy Policy, mutate ...func(*Config)) (*rig
 
 // startRigWith is startRig on a Prosody started with opts (its component
 // domain and secret are the rig's).
-func startRigWith(t *testing.T, opts prosodytest.Options, policy Policy, mutate ...func(*Config)) *rig {
+func startRigWith(t testing.TB, opts prosodytest.Options, policy Policy, mutate ...func(*Config)) *rig {
 	t.Helper()
 	opts.ComponentDomain, opts.ComponentSecret = "matrix.localhost", "test-secret"
 	srv := prosodytest.Start(t, opts)

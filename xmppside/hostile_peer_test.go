@@ -22,7 +22,7 @@ import (
 
 // blast sends n stanzas made by stanzaAt from c, as fast as the stream
 // takes them.
-func blast(t *testing.T, c *prosodytest.Client, n int, stanzaAt func(i int) string) {
+func blast(t testing.TB, c *prosodytest.Client, n int, stanzaAt func(i int) string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
