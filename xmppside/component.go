@@ -107,8 +107,8 @@ func New(cfg Config, ns mapping.Namespace, tr *mapping.Translator, store *bridge
 		users:           newUsers(lim.TrackedUsers, lim.ResourcesPerAddress),
 		out:             newOutbox(),
 		link:            make(chan bool, 1),
-		subscribeBudget: newBudget(lim.SubscribePerAddress, lim.SubscribePerDomain),
-		commandBudget:   newBudget(lim.CommandsPerAddress, lim.CommandsPerDomain),
+		subscribeBudget: newBudget(lim.SubscribePerAddress, lim.SubscribePerDomain, cfg.localDomains()),
+		commandBudget:   newBudget(lim.CommandsPerAddress, lim.CommandsPerDomain, cfg.localDomains()),
 		idBase:          "pb" + strconv.FormatInt(time.Now().UnixNano()%1e9, 36) + "-",
 	}, nil
 }

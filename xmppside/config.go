@@ -77,6 +77,12 @@ type Limits struct {
 	// (optout, optin, help) that are run and answered.
 	CommandsPerAddress Rate `yaml:"commands_per_address"`
 	CommandsPerDomain  Rate `yaml:"commands_per_domain"`
+	// LocalDomains are the XMPP server's own domains: their users are
+	// accounts of the server the component is attached to, so the
+	// per-domain budgets do not apply to them (the per-address ones do).
+	// Nil (absent from the file): the domain ComponentDomain is under
+	// (example.net for matrix.example.net). An empty list exempts nothing.
+	LocalDomains []string `yaml:"local_domains"`
 	// ResourcesPerAddress caps the resources kept per XMPP user; a new one
 	// beyond it replaces the one heard from least recently.
 	ResourcesPerAddress int `yaml:"resources_per_address"`
@@ -84,6 +90,18 @@ type Limits struct {
 	// the one heard from least recently is forgotten (and reported offline
 	// if they were reported online).
 	TrackedUsers int `yaml:"tracked_users"`
+}
+
+// localDomains returns Limits.LocalDomains, or by default the domain the
+// component domain is under.
+func (c Config) localDomains() []string {
+	if c.Limits.LocalDomains != nil {
+		return c.Limits.LocalDomains
+	}
+	if _, parent, ok := strings.Cut(c.ComponentDomain, "."); ok && parent != "" {
+		return []string{parent}
+	}
+	return nil
 }
 
 // Rate is a token bucket: one more event allowed every Every, up to
@@ -147,6 +165,7 @@ func (c Config) LogValue() slog.Value {
 			slog.String("subscribe_per_domain", c.Limits.SubscribePerDomain.String()),
 			slog.String("commands_per_address", c.Limits.CommandsPerAddress.String()),
 			slog.String("commands_per_domain", c.Limits.CommandsPerDomain.String()),
+			slog.Any("local_domains", c.localDomains()),
 			slog.Int("resources_per_address", c.Limits.ResourcesPerAddress), slog.Int("tracked_users", c.Limits.TrackedUsers)),
 	)
 }
@@ -212,6 +231,11 @@ func (c Config) Validate() error {
 	}
 	if l.TrackedUsers < 1 {
 		add("limits.tracked_users", "%d: must be at least 1", l.TrackedUsers)
+	}
+	for i, d := range l.LocalDomains {
+		if j, err := jid.Parse(d); err != nil || j.String() != d || j.Localpart() != "" || j.Resourcepart() != "" {
+			add(fmt.Sprintf("limits.local_domains[%d]", i), "%q: want a lower case domain such as example.net", d)
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -37,7 +37,8 @@ func TestDefaultsValidateOnceRequiredFieldsSet(t *testing.T) {
 
 func TestValidateReportsEveryProblemWithItsKey(t *testing.T) {
 	c := Config{Port: 70000, ComponentDomain: "Bob@Matrix", SubscriptionPolicy: "maybe", ReconnectMin: 2e9, ReconnectMax: 1e9, OfflineGrace: -1,
-		Limits: Limits{SubscribePerAddress: Rate{Every: -1, Burst: 1}, SubscribePerDomain: Rate{Every: time.Second}, ResourcesPerAddress: 5000}}
+		Limits: Limits{SubscribePerAddress: Rate{Every: -1, Burst: 1}, SubscribePerDomain: Rate{Every: time.Second}, ResourcesPerAddress: 5000,
+			LocalDomains: []string{"ok.example", "Not@OK"}}}
 	err := c.Validate()
 	if err == nil {
 		t.Fatal("no error")
@@ -46,7 +47,8 @@ func TestValidateReportsEveryProblemWithItsKey(t *testing.T) {
 		"subscription_policy: \"maybe\"", "max_status_bytes: ", "reconnect_max: ", "connect_timeout: ", "shutdown_timeout: ",
 		"offline_grace: must be positive", "max_auth_failures: must be at least 1",
 		"limits.subscribe_per_address.every: ", "limits.subscribe_per_domain.burst: ", "limits.commands_per_address.every: ",
-		"limits.commands_per_domain.burst: ", "limits.resources_per_address: 5000", "limits.tracked_users: 0"} {
+		"limits.commands_per_domain.burst: ", "limits.resources_per_address: 5000", "limits.tracked_users: 0",
+		"limits.local_domains[1]: \"Not@OK\""} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("missing %q in:\n%v", want, err)
 		}
@@ -116,5 +118,23 @@ func TestConfigNeverShowsSecret(t *testing.T) {
 	slog.New(slog.NewTextHandler(&b, nil)).Info("config", "xmpp", c)
 	if s := b.String() + fmt.Sprint(c) + fmt.Sprintf("%+v", c); strings.Contains(s, c.Secret) || !strings.Contains(s, "redacted") {
 		t.Fatalf("secret shown or not redacted: %s", s)
+	}
+}
+
+// TestLocalDomains: by default the server's own domain (the one the
+// component domain is under) has no per-domain budget; an explicit list
+// replaces it, and an empty one exempts nothing.
+func TestLocalDomains(t *testing.T) {
+	c := validConfig()
+	if got := c.localDomains(); len(got) != 1 || got[0] != "example.net" {
+		t.Errorf("default local domains %v, want [example.net]", got)
+	}
+	c.Limits.LocalDomains = []string{}
+	if got := c.localDomains(); len(got) != 0 {
+		t.Errorf("explicitly none: %v", got)
+	}
+	c.Limits.LocalDomains = []string{"a.example", "b.example"}
+	if got := c.localDomains(); len(got) != 2 {
+		t.Errorf("explicit: %v", got)
 	}
 }

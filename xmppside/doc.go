@@ -133,7 +133,9 @@
 //     subscribed, unsubscribe and unsubscribed change nothing and cost
 //     nothing.
 //   - A request (subscribe) that would reach the core spends a token of
-//     the sender's address and of its domain. Over budget it is ignored:
+//     the sender's address and of its domain (the server's own domains,
+//     Limits.LocalDomains, have no per-domain budget: their users are its
+//     accounts, not forgeries of a peer). Over budget it is ignored:
 //     nothing stored, reported or answered. Silence is legal (a request
 //     may stay pending for as long as its addressee likes); the contact's
 //     server re-sends it at the contact's next login, so a person who was

@@ -70,15 +70,21 @@ func (e *bucket) unlink() {
 }
 
 // budget is a per-address and a per-domain rate: an event is allowed when
-// both of its buckets have a token, and then spends one of each. Safe for
+// both of its buckets have a token, and then spends one of each. The
+// server's own domains (local) have no per-domain budget. Safe for
 // concurrent use.
 type budget struct {
 	mu               sync.Mutex
 	address, domains *buckets
+	local            map[string]bool
 }
 
-func newBudget(perAddress, perDomain Rate) *budget {
-	return &budget{address: newBuckets(perAddress, maxLimiterKeys), domains: newBuckets(perDomain, maxLimiterKeys)}
+func newBudget(perAddress, perDomain Rate, local []string) *budget {
+	b := &budget{address: newBuckets(perAddress, maxLimiterKeys), domains: newBuckets(perDomain, maxLimiterKeys), local: make(map[string]bool)}
+	for _, d := range local {
+		b.local[d] = true
+	}
+	return b
 }
 
 // refusal says which budget refused an event.
@@ -96,13 +102,16 @@ const (
 func (b *budget) allow(address, domain string, now time.Time) refusal {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.domains.tokens(domain, now) < 1 {
+	local := b.local[domain]
+	if !local && b.domains.tokens(domain, now) < 1 {
 		return overDomain
 	}
 	if b.address.tokens(address, now) < 1 {
 		return overAddress
 	}
-	b.domains.take(domain, now)
+	if !local {
+		b.domains.take(domain, now)
+	}
 	b.address.take(address, now)
 	return allowed
 }

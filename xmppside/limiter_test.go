@@ -13,7 +13,7 @@ import (
 // domain each have their own bucket, and a refused event spends nothing.
 func TestBudget(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	b := newBudget(Rate{Every: 10 * time.Second, Burst: 2}, Rate{Every: time.Second, Burst: 3})
+	b := newBudget(Rate{Every: 10 * time.Second, Burst: 2}, Rate{Every: time.Second, Burst: 3}, []string{"home"})
 	steps := []struct {
 		at         time.Duration
 		addr, dom  string
@@ -30,6 +30,11 @@ func TestBudget(t *testing.T) {
 		{time.Second, "d@x", "x", overDomain, ""},
 		{10 * time.Second, "a@x", "x", allowed, "the address earned one token"},
 		{10 * time.Second, "a@x", "x", overAddress, ""},
+		{0, "a@home", "home", allowed, ""},
+		{0, "b@home", "home", allowed, ""},
+		{0, "c@home", "home", allowed, "a local domain has no per-domain budget"},
+		{0, "c@home", "home", allowed, ""},
+		{0, "c@home", "home", overAddress, "but its addresses have theirs"},
 	}
 	for i, s := range steps {
 		if got := b.allow(s.addr, s.dom, t0.Add(s.at)); got != s.want {
