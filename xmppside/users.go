@@ -74,7 +74,8 @@ func (u *users) update(bare mapping.BareJID, resource string, p mapping.Presence
 		e.unlink()
 	}
 	u.pushFrontLocked(e)
-	r.resourceEvicted = p.State.Online() && e.res.Len() >= u.maxResources && !e.res.Has(resource)
+	adds := p.State != mapping.StateOffline && p.State != mapping.StateUnset // as mapping.Resources.Update
+	r.resourceEvicted = adds && e.res.Len() >= u.maxResources && !e.res.Has(resource)
 	r.agg = e.res.Update(resource, p, at)
 	if e.haveReported && e.reported.Equal(r.agg) {
 		return r
