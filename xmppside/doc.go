@@ -127,8 +127,9 @@
 //
 //   - Presence (available, unavailable) to a puppet counts only from
 //     someone who holds a subscription with that puppet (To, From, Both or
-//     a pending request either way). A stranger's presence is ignored, as
-//     RFC 6121 §4.6.3 allows for directed presence, and forgotten; a
+//     a pending request either way). A stranger's presence is ignored
+//     (directed presence from a stranger asks nothing of its addressee,
+//     RFC 6121 §4.6) and forgotten; a
 //     stranger's probe gets unsubscribed (§4.3.2); a stranger's
 //     subscribed, unsubscribe and unsubscribed change nothing and cost
 //     nothing.

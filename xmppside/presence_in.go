@@ -55,10 +55,10 @@ func (c *Component) handlePresence(ctx context.Context, r xml.TokenReader, w xml
 	case p.Type == stanza.Available || p.Type == stanza.Unavailable:
 		rel := c.subs.get(to.user, from.bare)
 		if isNone(rel) {
-			// A stranger to this puppet: RFC 6121 §4.6.3 lets the
-			// directed presence of a non-contact be ignored, and nothing
-			// is kept of it. Only people with a subscription (or a
-			// pending request) with the puppet are heard.
+			// A stranger to this puppet: directed presence asks nothing
+			// of its addressee (RFC 6121 §4.6), so it is ignored and
+			// nothing is kept of it. Only people with a subscription (or
+			// a pending request) with the puppet are heard.
 			c.refused.strangerPresence.Add(1)
 			c.log.Debug("ignoring presence from a stranger to the puppet", "from", clip(p.From), "to", p.To, "type", string(p.Type))
 			return
