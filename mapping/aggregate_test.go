@@ -1,6 +1,7 @@
 package mapping
 
 import (
+	"math/rand/v2"
 	"testing"
 	"time"
 )
@@ -69,5 +70,67 @@ func TestResourcesForgetKeepsStatus(t *testing.T) {
 	}
 	if r.Len() != 0 {
 		t.Fatalf("%d resources after Forget", r.Len())
+	}
+}
+
+// TestResourcesIncrementalMatchesScan: after any sequence of updates the
+// incrementally kept aggregate is the one a scan of all resources finds.
+func TestResourcesIncrementalMatchesScan(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	states := []State{StateOffline, StateAvailable, StateFreeForChat, StateAway, StateExtendedAway, StateBusy}
+	for run := range 200 {
+		r := Resources{Max: rng.IntN(6)} // 0: no cap
+		for i := range 300 {
+			res := string(rune('a' + rng.IntN(10)))
+			if rng.IntN(40) == 0 {
+				res = ""
+			}
+			p := Presence{State: states[rng.IntN(len(states))], Priority: int8(rng.IntN(3)), Status: res}
+			got := r.Update(res, p, now.Add(time.Duration(i)*time.Millisecond))
+			want := scanAggregate(&r)
+			if got.State != want.State || got.Status != want.Status || got.Priority != want.Priority {
+				t.Fatalf("run %d step %d: incremental %+v, scan %+v", run, i, got, want)
+			}
+			if r.Max > 0 && r.Len() > r.Max {
+				t.Fatalf("run %d step %d: %d resources, max %d", run, i, r.Len(), r.Max)
+			}
+		}
+	}
+}
+
+// scanAggregate is the aggregate by a scan of every resource.
+func scanAggregate(r *Resources) Presence {
+	var best resourceEntry
+	found := false
+	for _, e := range r.byName {
+		if !found || better(e, best) {
+			best, found = e, true
+		}
+	}
+	if !found {
+		return Presence{State: StateOffline, Status: r.status, LastActive: r.lastActive}
+	}
+	return best.p
+}
+
+// TestResourcesMax: beyond Max, a new resource replaces the one updated
+// least recently; an update of a kept one replaces nothing.
+func TestResourcesMax(t *testing.T) {
+	r := Resources{Max: 2}
+	r.Update("a", Presence{State: StateAway, Priority: 9, Status: "a"}, now)
+	r.Update("b", Presence{State: StateAway, Status: "b"}, now.Add(time.Second))
+	r.Update("b", Presence{State: StateBusy, Status: "b2"}, now.Add(2*time.Second))
+	if !r.Has("a") || !r.Has("b") || r.Len() != 2 {
+		t.Fatalf("an update of a kept resource evicted one")
+	}
+	got := r.Update("c", Presence{State: StateAvailable, Status: "c"}, now.Add(3*time.Second))
+	if r.Has("a") || !r.Has("b") || !r.Has("c") {
+		t.Fatalf("want a (least recently updated) replaced by c")
+	}
+	if got.Status != "c" && got.Status != "b2" || got.Status == "a" {
+		t.Fatalf("aggregate %+v still from the evicted resource", got)
+	}
+	if got.Status != "c" {
+		t.Fatalf("aggregate %q, want c (available beats busy at equal priority)", got.Status)
 	}
 }

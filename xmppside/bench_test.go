@@ -41,6 +41,7 @@ func BenchmarkInboundPresence(b *testing.B) {
 	c, obs := newTestComponent(b)
 	ctx := context.Background()
 	puppet := puppetOf(b, c, bob)
+	c.subs.set(bob, "alice@example.com", bridge.Subscription{To: true, From: true}) // only contacts are heard
 	var body [][]byte
 	for _, show := range []string{"away", "dnd"} {
 		body = append(body, fmt.Appendf(nil, `<presence from='alice@example.com/phone' to='%s' id='p1'><show>%s</show>`+

@@ -25,12 +25,15 @@ func (c *Component) handleCommand(ctx context.Context, r xml.TokenReader, w xmls
 		Body string `xml:"body"`
 	}
 	if err := xml.NewTokenDecoder(xmlstream.MultiReader(xmlstream.Token(start), r)).Decode(&msg); err != nil {
-		c.log.Warn("unreadable command message", "from", clip(h.From), "err", err)
+		c.plog.Warn("unreadable command message", "from", clip(h.From), "err", err)
 		return
 	}
 	cmd := strings.ToLower(strings.TrimSpace(msg.Body))
 	if cmd == "" {
 		return // chat states and receipts carry no body: nothing to answer
+	}
+	if !c.allowCommand(from) {
+		return
 	}
 	reply := commandHelp
 	switch cmd {
@@ -42,6 +45,23 @@ func (c *Component) handleCommand(ctx context.Context, r xml.TokenReader, w xmls
 	c.writeChat(w, from.jid.String(), reply)
 }
 
+// allowCommand spends the budget of a command from the sender, or counts
+// the refusal. A command over budget is neither run nor answered.
+func (c *Component) allowCommand(from sender) bool {
+	addr := from.jid.Bare().String()
+	switch c.commandBudget.allow(addr, from.jid.Domainpart(), c.now()) {
+	case overAddress:
+		c.refused.commandsPerAddress.Add(1)
+		c.plog.Info("command over the address's budget; ignored", "from", clip(addr), "limit", c.cfg.Limits.CommandsPerAddress.String())
+		return false
+	case overDomain:
+		c.refused.commandsPerDomain.Add(1)
+		c.plog.Info("command over the domain's budget; ignored", "from", clip(addr), "limit", c.cfg.Limits.CommandsPerDomain.String())
+		return false
+	}
+	return true
+}
+
 // setOptOut reports the choice and returns the answer to the user.
 func (c *Component) setOptOut(ctx context.Context, bare mapping.BareJID, enabled bool) string {
 	if bare == "" {
@@ -50,7 +70,7 @@ func (c *Component) setOptOut(ctx context.Context, bare mapping.BareJID, enabled
 	rctx, cancel := context.WithTimeout(ctx, reportTimeout)
 	defer cancel()
 	if err := c.obs.XMPPOptOut(rctx, bridge.OptOut[mapping.BareJID]{User: bare, Enabled: enabled}); err != nil {
-		c.log.Error("reporting opt-out failed", "user", bare, "err", err)
+		c.plog.Error("reporting opt-out failed", "user", bare, "err", err)
 		return "Sorry, that did not work; please try again later."
 	}
 	if enabled {
@@ -71,6 +91,6 @@ func (c *Component) writeChat(w xmlstream.TokenWriter, to, text string) {
 		}},
 	)
 	if _, err := xmlstream.Copy(w, msg); err != nil {
-		c.log.Warn("writing command reply failed", "err", err)
+		c.plog.Warn("writing command reply failed", "err", err)
 	}
 }

@@ -29,6 +29,7 @@ type Component struct {
 	store  *bridge.Store
 	obs    bridge.XMPPObserver
 	log    *slog.Logger
+	plog   *slog.Logger // for what peers can make it log: bounded rate
 	domain jid.JID
 	now    func() time.Time
 
@@ -38,6 +39,10 @@ type Component struct {
 	users   *users   // XMPP users' resources and what was reported
 	out     *outbox  // puppets whose presence must be fanned out
 	link    chan bool
+
+	subscribeBudget *budget // subscription requests that reach the core
+	commandBudget   *budget // chat commands run and answered
+	refused         refusals
 
 	sessMu   sync.Mutex
 	sess     *xmpp.Session  // nil while disconnected
@@ -84,22 +89,27 @@ func New(cfg Config, ns mapping.Namespace, tr *mapping.Translator, store *bridge
 	if err != nil {
 		return nil, fmt.Errorf("%w: component_domain: %w", ErrConfig, err)
 	}
+	log = log.With("component", cfg.ComponentDomain)
+	lim := cfg.Limits
 	return &Component{
-		cfg:     cfg,
-		ns:      ns,
-		tr:      tr,
-		store:   store,
-		obs:     obs,
-		log:     log.With("component", cfg.ComponentDomain),
-		domain:  domain,
-		now:     time.Now,
-		subs:    newContacts(),
-		pairs:   newPairLocks(),
-		puppets: newPuppets(),
-		users:   newUsers(),
-		out:     newOutbox(),
-		link:    make(chan bool, 1),
-		idBase:  "pb" + strconv.FormatInt(time.Now().UnixNano()%1e9, 36) + "-",
+		cfg:             cfg,
+		ns:              ns,
+		tr:              tr,
+		store:           store,
+		obs:             obs,
+		log:             log,
+		plog:            newLimitedLogger(log),
+		domain:          domain,
+		now:             time.Now,
+		subs:            newContacts(),
+		pairs:           newPairLocks(),
+		puppets:         newPuppets(),
+		users:           newUsers(lim.TrackedUsers, lim.ResourcesPerAddress),
+		out:             newOutbox(),
+		link:            make(chan bool, 1),
+		subscribeBudget: newBudget(lim.SubscribePerAddress, lim.SubscribePerDomain, cfg.localDomains()),
+		commandBudget:   newBudget(lim.CommandsPerAddress, lim.CommandsPerDomain, cfg.localDomains()),
+		idBase:          "pb" + strconv.FormatInt(time.Now().UnixNano()%1e9, 36) + "-",
 	}, nil
 }
 
@@ -119,13 +129,14 @@ func (c *Component) Run(ctx context.Context) error {
 	defer c.running.Store(false)
 
 	lctx, cancel := context.WithTimeout(ctx, storeTimeout)
-	err := c.subs.load(lctx, c.store.Subscriptions, func(key string, err error) {
+	none, err := c.subs.load(lctx, c.store.Subscriptions, func(key string, err error) {
 		c.log.Warn("skipping undecodable subscription key", "key", key, "err", err)
 	})
 	cancel()
 	if err != nil {
 		return fmt.Errorf("xmppside: loading subscriptions: %w", err)
 	}
+	c.deleteNoneKeys(ctx, none)
 
 	// The sender and the grace timer stop with ctx, or when the connect
 	// loop gives up.

@@ -59,6 +59,68 @@ type Config struct {
 	// MaxAuthFailures is how many handshakes in a row the server may refuse
 	// (a wrong secret) before Run gives up with ErrAuthentication.
 	MaxAuthFailures int `yaml:"max_auth_failures"`
+	// Limits bound what XMPP peers can make the component do and keep.
+	Limits Limits `yaml:"limits"`
+}
+
+// Limits bound what XMPP peers can make the component do and keep: a
+// gateway on the open federation hears from servers that may forge any
+// number of their own users.
+type Limits struct {
+	// SubscribePerAddress and SubscribePerDomain budget the subscription
+	// requests (subscribe) that reach the core, per sender address and per
+	// sender domain; a request over either budget is ignored: nothing is
+	// stored, reported or answered (see doc.go).
+	SubscribePerAddress Rate `yaml:"subscribe_per_address"`
+	SubscribePerDomain  Rate `yaml:"subscribe_per_domain"`
+	// CommandsPerAddress and CommandsPerDomain budget the chat commands
+	// (optout, optin, help) that are run and answered.
+	CommandsPerAddress Rate `yaml:"commands_per_address"`
+	CommandsPerDomain  Rate `yaml:"commands_per_domain"`
+	// LocalDomains are the XMPP server's own domains: their users are
+	// accounts of the server the component is attached to, so the
+	// per-domain budgets do not apply to them (the per-address ones do).
+	// Nil (absent from the file): the domain ComponentDomain is under
+	// (example.net for matrix.example.net). An empty list exempts nothing.
+	LocalDomains []string `yaml:"local_domains"`
+	// ResourcesPerAddress caps the resources kept per XMPP user; a new one
+	// beyond it replaces the one heard from least recently.
+	ResourcesPerAddress int `yaml:"resources_per_address"`
+	// TrackedUsers caps the XMPP users whose presence is kept; beyond it
+	// the one heard from least recently is forgotten (and reported offline
+	// if they were reported online).
+	TrackedUsers int `yaml:"tracked_users"`
+}
+
+// localDomains returns Limits.LocalDomains, or by default the domain the
+// component domain is under.
+func (c Config) localDomains() []string {
+	if c.Limits.LocalDomains != nil {
+		return c.Limits.LocalDomains
+	}
+	if _, parent, ok := strings.Cut(c.ComponentDomain, "."); ok && parent != "" {
+		return []string{parent}
+	}
+	return nil
+}
+
+// Rate is a token bucket: one more event allowed every Every, up to
+// Burst at once.
+type Rate struct {
+	Every time.Duration `yaml:"every"`
+	Burst int           `yaml:"burst"`
+}
+
+func (r Rate) String() string { return fmt.Sprintf("%d then 1/%v", r.Burst, r.Every) }
+
+// validate adds r's problems under key.
+func (r Rate) validate(key string, add func(key, format string, a ...any)) {
+	if r.Every <= 0 || r.Every > 24*time.Hour {
+		add(key+".every", "%v: must be positive and at most 24h", r.Every)
+	}
+	if r.Burst < 1 || r.Burst > 1_000_000 {
+		add(key+".burst", "%d: must be 1 to 1000000", r.Burst)
+	}
 }
 
 // Default returns the defaults documented in config.yaml.
@@ -74,6 +136,14 @@ func Default() Config {
 		ShutdownTimeout:    10 * time.Second,
 		OfflineGrace:       30 * time.Second,
 		MaxAuthFailures:    3,
+		Limits: Limits{
+			SubscribePerAddress: Rate{Every: 30 * time.Second, Burst: 10},
+			SubscribePerDomain:  Rate{Every: 5 * time.Second, Burst: 30},
+			CommandsPerAddress:  Rate{Every: 10 * time.Second, Burst: 5},
+			CommandsPerDomain:   Rate{Every: time.Second, Burst: 20},
+			ResourcesPerAddress: 64,
+			TrackedUsers:        1 << 16,
+		},
 	}
 }
 
@@ -90,6 +160,13 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("reconnect_min", c.ReconnectMin), slog.Duration("reconnect_max", c.ReconnectMax),
 		slog.Duration("connect_timeout", c.ConnectTimeout), slog.Duration("shutdown_timeout", c.ShutdownTimeout),
 		slog.Duration("offline_grace", c.OfflineGrace), slog.Int("max_auth_failures", c.MaxAuthFailures),
+		slog.Group("limits",
+			slog.String("subscribe_per_address", c.Limits.SubscribePerAddress.String()),
+			slog.String("subscribe_per_domain", c.Limits.SubscribePerDomain.String()),
+			slog.String("commands_per_address", c.Limits.CommandsPerAddress.String()),
+			slog.String("commands_per_domain", c.Limits.CommandsPerDomain.String()),
+			slog.Any("local_domains", c.localDomains()),
+			slog.Int("resources_per_address", c.Limits.ResourcesPerAddress), slog.Int("tracked_users", c.Limits.TrackedUsers)),
 	)
 }
 
@@ -143,6 +220,22 @@ func (c Config) Validate() error {
 	}
 	if c.MaxAuthFailures < 1 {
 		add("max_auth_failures", "must be at least 1")
+	}
+	l := c.Limits
+	l.SubscribePerAddress.validate("limits.subscribe_per_address", add)
+	l.SubscribePerDomain.validate("limits.subscribe_per_domain", add)
+	l.CommandsPerAddress.validate("limits.commands_per_address", add)
+	l.CommandsPerDomain.validate("limits.commands_per_domain", add)
+	if l.ResourcesPerAddress < 1 || l.ResourcesPerAddress > 1024 {
+		add("limits.resources_per_address", "%d: must be 1 to 1024", l.ResourcesPerAddress)
+	}
+	if l.TrackedUsers < 1 {
+		add("limits.tracked_users", "%d: must be at least 1", l.TrackedUsers)
+	}
+	for i, d := range l.LocalDomains {
+		if j, err := jid.Parse(d); err != nil || j.String() != d || j.Localpart() != "" || j.Resourcepart() != "" {
+			add(fmt.Sprintf("limits.local_domains[%d]", i), "%q: want a lower case domain such as example.net", d)
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -18,18 +18,31 @@ import (
 type contacts struct {
 	mu       sync.RWMutex
 	byPuppet map[mapping.UserID]map[mapping.BareJID]bridge.Subscription
+	// pairs counts each contact's pairs that are not None.
+	pairs map[mapping.BareJID]int
+	// unreported holds the pairs (keys) found Pending In at load whose
+	// request has not been reported since: the bridge may have died
+	// between storing a request and reporting it, so the first re-send
+	// is reported again (see subscriptionIn).
+	unreported map[string]struct{}
 }
 
 func newContacts() *contacts {
-	return &contacts{byPuppet: make(map[mapping.UserID]map[mapping.BareJID]bridge.Subscription)}
+	return &contacts{
+		byPuppet:   make(map[mapping.UserID]map[mapping.BareJID]bridge.Subscription),
+		pairs:      make(map[mapping.BareJID]int),
+		unreported: make(map[string]struct{}),
+	}
 }
 
 // load replaces the index with the bucket's content. Keys that do not
 // decode into a Matrix user ID and a bare JID are skipped and reported
-// through bad.
-func (c *contacts) load(ctx context.Context, b *bridge.Bucket[bridge.Subscription], bad func(key string, err error)) error {
+// through bad. It returns the keys that hold None, which should not exist.
+func (c *contacts) load(ctx context.Context, b *bridge.Bucket[bridge.Subscription], bad func(key string, err error)) (none []string, err error) {
 	m := make(map[mapping.UserID]map[mapping.BareJID]bridge.Subscription)
-	err := b.Range(ctx, func(key string, s bridge.Subscription) error {
+	pairs := make(map[mapping.BareJID]int)
+	unreported := make(map[string]struct{})
+	err = b.Range(ctx, func(key string, s bridge.Subscription) error {
 		id, contact, err := parsePairKey(key)
 		if err != nil {
 			bad(key, err)
@@ -37,21 +50,26 @@ func (c *contacts) load(ctx context.Context, b *bridge.Bucket[bridge.Subscriptio
 		}
 		s = Normalize(s)
 		if isNone(s) {
+			none = append(none, key)
 			return nil
 		}
 		if m[id] == nil {
 			m[id] = make(map[mapping.BareJID]bridge.Subscription)
 		}
 		m[id][contact] = s
+		pairs[contact]++
+		if s.PendingIn {
+			unreported[key] = struct{}{}
+		}
 		return nil
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	c.mu.Lock()
-	c.byPuppet = m
+	c.byPuppet, c.pairs, c.unreported = m, pairs, unreported
 	c.mu.Unlock()
-	return nil
+	return none, nil
 }
 
 // pairKey is the subscriptions bucket key of a pair.
@@ -85,23 +103,68 @@ func (c *contacts) get(id mapping.UserID, contact mapping.BareJID) bridge.Subscr
 	return c.byPuppet[id][contact]
 }
 
-// set records the state of a pair.
-func (c *contacts) set(id mapping.UserID, contact mapping.BareJID, s bridge.Subscription) {
+// set records the state of a pair. It reports whether the contact still
+// holds a pair with any puppet, and whether the puppet still has a
+// contact.
+func (c *contacts) set(id mapping.UserID, contact mapping.BareJID, s bridge.Subscription) (contactKnown, puppetKnown bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if !s.PendingIn {
+		delete(c.unreported, pairKey(id, contact))
+	}
 	m := c.byPuppet[id]
+	_, had := m[contact]
 	if isNone(s) {
-		delete(m, contact)
+		if had {
+			delete(m, contact)
+			if c.pairs[contact]--; c.pairs[contact] <= 0 {
+				delete(c.pairs, contact)
+			}
+		}
 		if len(m) == 0 {
 			delete(c.byPuppet, id)
 		}
-		return
+		return c.pairs[contact] > 0, len(m) > 0
 	}
 	if m == nil {
 		m = make(map[mapping.BareJID]bridge.Subscription)
 		c.byPuppet[id] = m
 	}
+	if !had {
+		c.pairs[contact]++
+	}
 	m[contact] = s
+	return true, true
+}
+
+// isUnreported reports whether the pair was found Pending In at load and
+// its request was not reported since.
+func (c *contacts) isUnreported(id mapping.UserID, contact mapping.BareJID) bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	_, ok := c.unreported[pairKey(id, contact)]
+	return ok
+}
+
+// reported records that the pair's request was reported.
+func (c *contacts) reported(id mapping.UserID, contact mapping.BareJID) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.unreported, pairKey(id, contact))
+}
+
+// hasPuppet reports whether the puppet has a contact (a pair not None).
+func (c *contacts) hasPuppet(id mapping.UserID) bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return len(c.byPuppet[id]) > 0
+}
+
+// known reports whether the contact holds a pair with any puppet.
+func (c *contacts) known(contact mapping.BareJID) bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.pairs[contact] > 0
 }
 
 // from appends to dst the contacts allowed to see the puppet's presence
@@ -119,11 +182,21 @@ func (c *contacts) from(dst []mapping.BareJID, id mapping.UserID) []mapping.Bare
 
 // to returns the contacts whose presence the puppet sees (To or Both).
 func (c *contacts) to(id mapping.UserID) []mapping.BareJID {
+	return c.where(id, func(s bridge.Subscription) bool { return s.To })
+}
+
+// pendingOut returns the contacts the puppet asked for their presence
+// without an answer yet (Pending Out).
+func (c *contacts) pendingOut(id mapping.UserID) []mapping.BareJID {
+	return c.where(id, func(s bridge.Subscription) bool { return s.PendingOut })
+}
+
+func (c *contacts) where(id mapping.UserID, pred func(bridge.Subscription) bool) []mapping.BareJID {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	var out []mapping.BareJID
 	for contact, s := range c.byPuppet[id] {
-		if s.To {
+		if pred(s) {
 			out = append(out, contact)
 		}
 	}

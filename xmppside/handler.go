@@ -29,7 +29,7 @@ func (c *Component) handler(ctx context.Context) xmpp.Handler {
 	return xmpp.HandlerFunc(func(t xmlstream.TokenReadEncoder, start *xml.StartElement) (err error) {
 		defer func() {
 			if r := recover(); r != nil {
-				c.log.Error("stanza handler panicked; stanza dropped", "panic", r, "stack", string(debug.Stack()))
+				c.plog.Error("stanza handler panicked; stanza dropped", "panic", r, "stack", string(debug.Stack()))
 				err = nil
 			}
 		}()
@@ -46,7 +46,7 @@ func (c *Component) handler(ctx context.Context) xmpp.Handler {
 // observer may answer at once through SendSubscription, which writes.
 func (c *Component) handle(ctx context.Context, r xml.TokenReader, w xmlstream.TokenWriter, start xml.StartElement) {
 	if !stanza.IsStanza(start.Name) {
-		c.log.Warn("ignoring unknown top-level element", "name", start.Name.Local, "ns", start.Name.Space)
+		c.plog.Warn("ignoring unknown top-level element", "name", start.Name.Local, "ns", start.Name.Space)
 		return
 	}
 	switch start.Name.Local {
@@ -73,16 +73,16 @@ type sender struct {
 // is spoofed or a loop).
 func (c *Component) checkFrom(h stanza.Header) (sender, bool) {
 	if h.From == "" {
-		c.log.Warn("refusing stanza without from", "stanza", h.Name, "type", h.Type)
+		c.plog.Warn("refusing stanza without from", "stanza", h.Name, "type", h.Type)
 		return sender{}, false
 	}
 	from, err := jid.Parse(h.From)
 	if err != nil {
-		c.log.Warn("refusing stanza with invalid from", "stanza", h.Name, "from", clip(h.From), "err", err)
+		c.plog.Warn("refusing stanza with invalid from", "stanza", h.Name, "from", clip(h.From), "err", err)
 		return sender{}, false
 	}
 	if c.ownDomain(from.Domainpart()) {
-		c.log.Warn("refusing stanza from the component's own domain", "stanza", h.Name, "from", clip(h.From))
+		c.plog.Warn("refusing stanza from the component's own domain", "stanza", h.Name, "from", clip(h.From))
 		return sender{}, false
 	}
 	s := sender{jid: from}
@@ -116,11 +116,11 @@ type toProblem struct {
 func (c *Component) checkTo(h stanza.Header) (dest, *toProblem) {
 	to, err := jid.Parse(h.To)
 	if err != nil {
-		c.log.Warn("stanza to an invalid JID", "stanza", h.Name, "to", clip(h.To), "err", err)
+		c.plog.Warn("stanza to an invalid JID", "stanza", h.Name, "to", clip(h.To), "err", err)
 		return dest{}, &toProblem{xstanza.JIDMalformed}
 	}
 	if to.Domainpart() != c.cfg.ComponentDomain {
-		c.log.Warn("stanza addressed outside the component domain", "stanza", h.Name, "to", clip(h.To))
+		c.plog.Warn("stanza addressed outside the component domain", "stanza", h.Name, "to", clip(h.To))
 		return dest{jid: to}, &toProblem{xstanza.BadRequest}
 	}
 	if to.Localpart() == "" {
@@ -129,7 +129,7 @@ func (c *Component) checkTo(h stanza.Header) (dest, *toProblem) {
 	bare := to.Bare().String()
 	id, err := c.ns.ParsePuppetJID(bare)
 	if err != nil {
-		c.log.Info("stanza to a JID that is no puppet", "stanza", h.Name, "to", clip(h.To), "err", err)
+		c.plog.Info("stanza to a JID that is no puppet", "stanza", h.Name, "to", clip(h.To), "err", err)
 		return dest{jid: to}, &toProblem{xstanza.ItemNotFound}
 	}
 	// ParsePuppetJID accepts only the canonical puppet JID.
@@ -149,21 +149,34 @@ func (c *Component) replyError(w xmlstream.TokenWriter, h stanza.Header, typ xst
 		from = c.cfg.ComponentDomain
 	}
 	if _, err := xmlstream.Copy(w, stanza.ErrorReply(h, from, typ, cond)); err != nil {
-		c.log.Warn("writing error reply failed", "err", err)
+		c.plog.Warn("writing error reply failed", "err", err)
 	}
 }
 
 // handleMessage answers messages: to the component domain they are
 // commands (see commands.go); to puppets they are refused, the bridge
-// carries presence only.
+// carries presence only. Only chat and normal messages from people are
+// answered: never an error (RFC 6120 §8.3.1), a headline or groupchat
+// (bots and rooms, which answer back), nor a message from a server (a
+// JID without a local part). The component's own domain and its puppets
+// are refused by checkFrom. Together with the command budget this keeps a
+// bot that answers everything from looping with the component.
 func (c *Component) handleMessage(ctx context.Context, r xml.TokenReader, w xmlstream.TokenWriter, start xml.StartElement) {
 	h := stanza.ParseHeader(start)
-	if h.Type == "error" {
-		c.log.Debug("ignoring message error", "from", clip(h.From))
+	switch h.Type {
+	case "", "normal", "chat":
+	default:
+		c.refused.messagesIgnored.Add(1)
+		c.log.Debug("ignoring message of a type never answered", "from", clip(h.From), "type", clip(h.Type))
 		return
 	}
 	from, ok := c.checkFrom(h)
 	if !ok {
+		return
+	}
+	if from.jid.Localpart() == "" {
+		c.refused.messagesIgnored.Add(1)
+		c.log.Debug("ignoring message from a server", "from", clip(h.From))
 		return
 	}
 	to, p := c.checkTo(h)

@@ -122,8 +122,17 @@ func TestHandlerAddressing(t *testing.T) {
 			}
 		})
 	}
-	// A bare-JID unavailable from a non-contact (Prosody's acknowledgement
-	// of a subscription request) is not news about anybody.
+	// Presence from someone who holds no subscription with the puppet is
+	// nobody's business.
+	feed(t, c, `<presence from='u@x.org/r' to='`+puppet+`'><show>dnd</show></presence>`)
+	if ps := obs.presenceOf("u@x.org"); len(ps) != 0 {
+		t.Fatalf("a stranger's presence was reported: %+v", ps)
+	}
+	// Once they ask for the puppet's presence, they are heard; but a
+	// bare-JID unavailable from someone the puppet is not subscribed to
+	// (Prosody's acknowledgement of a subscription request) is not news
+	// about anybody.
+	feed(t, c, `<presence type='subscribe' from='u@x.org' to='`+puppet+`'/>`)
 	feed(t, c, `<presence type='unavailable' from='u@x.org' to='`+puppet+`'/>`)
 	// Directed presence from a full JID is.
 	feed(t, c, `<presence from='u@x.org/r' to='`+puppet+`'><show>dnd</show></presence>`)

@@ -24,6 +24,9 @@ import (
 
 // TestMain fails the package's tests if any goroutine outlives them.
 func TestMain(m *testing.M) {
+	if settings := os.Getenv(crashChildEnv); settings != "" {
+		os.Exit(crashChild(settings))
+	}
 	goleak.VerifyTestMain(m)
 }
 
@@ -184,7 +187,7 @@ func policyAnswer(t testing.TB, comp func() *Component, policy Policy) func(cont
 
 // rig is a real Prosody, a KV store, a fake core and a running component.
 type rig struct {
-	t      *testing.T
+	t      testing.TB
 	srv    *prosodytest.Server
 	store  *bridge.Store
 	comp   *Component
@@ -215,7 +218,31 @@ func rigConfig(t testing.TB, srv *prosodytest.Server) Config {
 // subscription requests under policy.
 func startRig(t *testing.T, policy Policy, mutate ...func(*Config)) *rig {
 	t.Helper()
-	srv := prosodytest.Start(t, prosodytest.Options{ComponentDomain: "matrix.localhost", ComponentSecret: "test-secret"})
+	return startRigWith(t, prosodytest.Options{}, policy, mutate...)
+}
+
+// The hostile server of the tests: a second component on the test Prosody,
+// which may send from any JID on its domain, as a hostile XMPP server may
+// for its own users.
+const (
+	evilDomain = "evil.localhost"
+	evilSecret = "evil-secret"
+)
+
+// startHostileRig is startRig with a hostile server on the same Prosody;
+// it returns the hostile server's connection too.
+func startHostileRig(t testing.TB, policy Policy, mutate ...func(*Config)) (*rig, *prosodytest.Client) {
+	t.Helper()
+	r := startRigWith(t, prosodytest.Options{ExtraComponents: []prosodytest.Component{{Domain: evilDomain, Secret: evilSecret}}}, policy, mutate...)
+	return r, r.srv.DialComponent(t, evilDomain, evilSecret)
+}
+
+// startRigWith is startRig on a Prosody started with opts (its component
+// domain and secret are the rig's).
+func startRigWith(t testing.TB, opts prosodytest.Options, policy Policy, mutate ...func(*Config)) *rig {
+	t.Helper()
+	opts.ComponentDomain, opts.ComponentSecret = "matrix.localhost", "test-secret"
+	srv := prosodytest.Start(t, opts)
 	cfg := rigConfig(t, srv)
 	for _, m := range mutate {
 		m(&cfg)

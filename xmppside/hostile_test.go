@@ -36,8 +36,11 @@ func TestHostileStanzas(t *testing.T) {
 		}
 	}
 
-	// Directed presence full of bad values: defaults are used, the status is
-	// cut, and it is still reported.
+	// Directed presence full of bad values, from someone who asked for the
+	// puppet's presence: defaults are used, the status is cut, and it is
+	// still reported.
+	send(`<presence type='subscribe' to='` + puppet + `'/>`)
+	r.waitSub(bob, "alice@localhost", sNonePI)
 	long := strings.Repeat("é", 100)
 	send(fmt.Sprintf(`<presence to='%s'><show>sleeping</show><priority>9999</priority><status>%s</status>`+
 		`<idle xmlns='urn:xmpp:idle:1' since='not a date'/><a><b><c><d><e>deep</e></d></c></b></a></presence>`, puppet, long))

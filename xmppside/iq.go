@@ -40,7 +40,7 @@ func (c *Component) handleIQ(ctx context.Context, r xml.TokenReader, w xmlstream
 		c.log.Debug("ignoring iq response", "type", h.Type, "from", clip(h.From), "id", clip(h.ID))
 		return
 	case stanza.IQInvalid:
-		c.log.Warn("iq of unknown type", "type", clip(h.Type), "from", clip(h.From))
+		c.plog.Warn("iq of unknown type", "type", clip(h.Type), "from", clip(h.From))
 		c.replyError(w, h, xstanza.Modify, xstanza.BadRequest)
 		return
 	}
@@ -130,7 +130,7 @@ func (c *Component) gateway(q iqQuery) {
 			puppet, err = c.ns.PuppetJID(id)
 		}
 		if err != nil {
-			c.log.Info("gateway prompt is no Matrix user ID", "from", q.from.jid.String(), "prompt", clip(prompt))
+			c.plog.Info("gateway prompt is no Matrix user ID", "from", q.from.jid.String(), "prompt", clip(prompt))
 			c.replyError(q.w, q.h, xstanza.Modify, xstanza.NotAcceptable)
 			return
 		}
@@ -187,7 +187,7 @@ func lastActiveSeconds(p mapping.Presence, updated, now time.Time) int64 {
 // result writes an IQ result with an optional payload.
 func (c *Component) result(w xmlstream.TokenWriter, h stanza.Header, payload xml.TokenReader) {
 	if _, err := xmlstream.Copy(w, stanza.Wrap(h.Reply(stanza.IQResult.String()), payload)); err != nil {
-		c.log.Warn("writing iq result failed", "err", err)
+		c.plog.Warn("writing iq result failed", "err", err)
 	}
 }
 

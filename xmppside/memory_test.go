@@ -57,7 +57,7 @@ func BenchmarkMemoryPerPair(b *testing.B) {
 			}
 		}
 		cs := newContacts()
-		if err := cs.load(ctx, store.Subscriptions, func(string, error) {}); err != nil {
+		if _, err := cs.load(ctx, store.Subscriptions, func(string, error) {}); err != nil {
 			b.Fatal(err)
 		}
 		heap1, rss1 := heapInUse(), rss()

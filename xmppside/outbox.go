@@ -58,8 +58,10 @@ func (o *outbox) take() []mapping.UserID {
 // component has a stream; while it has none, the next connect announces it.
 // A command older than the last one (by Seq, when both are stamped) or one
 // that repeats it changes nothing, so redelivery is harmless. Unknown and
-// unset presences are not shown. It returns nil: a command for a Matrix
-// user who cannot have a puppet is logged and dropped.
+// unset presences are not shown, and the presence of a puppet without
+// contacts is not kept (nobody would see it; a later approval reads the
+// core's record). It returns nil: a command for a Matrix user who cannot
+// have a puppet is logged and dropped.
 func (c *Component) ShowPuppet(_ context.Context, cmd bridge.PuppetPresence) error {
 	if _, err := c.ns.PuppetJID(cmd.User); err != nil {
 		c.log.Warn("ignoring presence for a Matrix user without puppet", "mxid", cmd.User, "err", err)
@@ -67,6 +69,13 @@ func (c *Component) ShowPuppet(_ context.Context, cmd bridge.PuppetPresence) err
 	}
 	if st := cmd.Presence.State; st == mapping.StateUnknown || st == mapping.StateUnset {
 		c.log.Debug("not showing unknown presence", "mxid", cmd.User)
+		return nil
+	}
+	if !c.subs.hasPuppet(cmd.User) {
+		// Nobody to show it to: not kept (probes and approvals read the
+		// core's record), so that Matrix users without contacts on XMPP
+		// cost nothing here.
+		c.log.Debug("not keeping the presence of a puppet without contacts", "mxid", cmd.User)
 		return nil
 	}
 	at := cmd.ObservedAt

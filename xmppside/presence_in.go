@@ -15,13 +15,13 @@ import (
 func (c *Component) handlePresence(ctx context.Context, r xml.TokenReader, w xmlstream.TokenWriter, start xml.StartElement) {
 	p, err := stanza.DecodePresence(r, start, c.cfg.MaxStatusBytes)
 	if err != nil {
-		c.log.Warn("dropping undecodable presence", "err", err)
+		c.plog.Warn("dropping undecodable presence", "err", err)
 		return
 	}
 	if p.Type == stanza.Error {
 		// Typically a bounce of something sent while the server could not
 		// deliver it (or while we were away): nothing to retry.
-		c.log.Info("presence error received", "from", clip(p.From), "to", clip(p.To), "error_type", p.ErrorType, "condition", p.ErrorCondition)
+		c.plog.Info("presence error received", "from", clip(p.From), "to", clip(p.To), "error_type", p.ErrorType, "condition", p.ErrorCondition)
 		return
 	}
 	from, ok := c.checkFrom(p.Header)
@@ -29,11 +29,11 @@ func (c *Component) handlePresence(ctx context.Context, r xml.TokenReader, w xml
 		return
 	}
 	if !p.Type.Valid() {
-		c.log.Warn("dropping presence of unknown type", "from", clip(p.From), "type", clip(p.Header.Type))
+		c.plog.Warn("dropping presence of unknown type", "from", clip(p.From), "type", clip(p.Header.Type))
 		return
 	}
 	if p.Problems != nil {
-		c.log.Info("presence with bad content, using defaults", "from", clip(p.From), "problems", p.Problems.Error())
+		c.plog.Info("presence with bad content, using defaults", "from", clip(p.From), "problems", p.Problems.Error())
 	}
 	to, prob := c.checkTo(p.Header)
 	if prob != nil {
@@ -48,12 +48,22 @@ func (c *Component) handlePresence(ctx context.Context, r xml.TokenReader, w xml
 		return
 	}
 	if from.bare == "" {
-		c.log.Info("ignoring presence from a JID that cannot have a ghost", "from", clip(p.From))
+		c.plog.Info("ignoring presence from a JID that cannot have a ghost", "from", clip(p.From))
 		return
 	}
 	switch {
 	case p.Type == stanza.Available || p.Type == stanza.Unavailable:
-		if from.jid.Resourcepart() == "" && !c.subs.get(to.user, from.bare).To {
+		rel := c.subs.get(to.user, from.bare)
+		if isNone(rel) {
+			// A stranger to this puppet: directed presence asks nothing
+			// of its addressee (RFC 6121 §4.6), so it is ignored and
+			// nothing is kept of it. Only people with a subscription (or
+			// a pending request) with the puppet are heard.
+			c.refused.strangerPresence.Add(1)
+			c.log.Debug("ignoring presence from a stranger to the puppet", "from", clip(p.From), "to", p.To, "type", string(p.Type))
+			return
+		}
+		if from.jid.Resourcepart() == "" && !rel.To {
 			// Prosody acknowledges a subscription request with unavailable
 			// from the bare JID: it says nothing about the user. Presence
 			// from the bare JID only counts from a contact the puppet is
@@ -81,15 +91,29 @@ func (c *Component) presenceIn(ctx context.Context, from sender, p *stanza.Prese
 		x.IdleSince = now // a clock ahead of ours; idle cannot start in the future
 	}
 	np := c.tr.FromXMPP(x)
-	agg, changed := c.users.update(from.bare, from.jid.Resourcepart(), np, now)
-	c.log.Debug("presence received", "from", from.jid.String(), "to", p.To, "state", np.State.String(), "aggregate", agg.State.String(), "changed", changed)
-	if !changed {
-		return
+	r := c.users.update(from.bare, from.jid.Resourcepart(), np, now)
+	if r.resourceEvicted {
+		c.refused.resourcesEvicted.Add(1)
+		c.plog.Info("too many resources; the one heard from least recently forgotten", "user", from.bare, "limit", c.cfg.Limits.ResourcesPerAddress)
 	}
+	c.log.Debug("presence received", "from", from.jid.String(), "to", p.To, "state", np.State.String(), "aggregate", r.agg.State.String(), "changed", r.changed)
 	rctx, cancel := context.WithTimeout(ctx, reportTimeout)
 	defer cancel()
-	if err := c.obs.XMPPPresence(rctx, bridge.XMPPPresence{User: from.bare, Presence: agg}); err != nil {
-		c.log.Error("reporting presence failed", "user", from.bare, "err", err)
+	if r.userEvicted {
+		c.refused.usersEvicted.Add(1)
+	}
+	if r.offline != nil {
+		// Nobody would tell when this user leaves: show them offline.
+		c.plog.Info("too many XMPP users tracked; the one heard from least recently reported offline and forgotten", "user", *r.offline, "limit", c.cfg.Limits.TrackedUsers)
+		if err := c.obs.XMPPPresence(rctx, bridge.XMPPPresence{User: *r.offline, Presence: r.offlineAs}); err != nil {
+			c.plog.Error("reporting presence failed", "user", *r.offline, "err", err)
+		}
+	}
+	if !r.changed {
+		return
+	}
+	if err := c.obs.XMPPPresence(rctx, bridge.XMPPPresence{User: from.bare, Presence: r.agg}); err != nil {
+		c.plog.Error("reporting presence failed", "user", from.bare, "err", err)
 		c.users.unreport(from.bare)
 	}
 }

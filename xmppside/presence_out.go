@@ -25,7 +25,7 @@ func (c *Component) currentPresence(ctx context.Context, id mapping.UserID) (sho
 	case errors.Is(err, bridge.ErrNotFound):
 		return shown{}, false
 	case err != nil:
-		c.log.Warn("reading puppet presence failed", "mxid", id, "err", err)
+		c.plog.Warn("reading puppet presence failed", "mxid", id, "err", err)
 		return shown{}, false
 	}
 	if st := rec.Presence.State; st == mapping.StateUnknown || st == mapping.StateUnset {
@@ -59,6 +59,6 @@ func (c *Component) probeIn(ctx context.Context, w xmlstream.TokenWriter, from s
 	}
 	reply.ID = c.nextID()
 	if _, err := reply.WriteXML(w); err != nil {
-		c.log.Warn("answering probe failed", "from", from.jid.String(), "err", err)
+		c.plog.Warn("answering probe failed", "from", from.jid.String(), "err", err)
 	}
 }

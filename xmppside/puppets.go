@@ -65,3 +65,10 @@ func (p *puppets) get(id mapping.UserID) (shown, bool) {
 	s, ok := p.m[id]
 	return s, ok
 }
+
+// forget drops what is known of a puppet left without contacts.
+func (p *puppets) forget(id mapping.UserID) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.m, id)
+}

@@ -104,10 +104,10 @@ func (c *Component) serve(ctx context.Context, conn net.Conn, sess *xmpp.Session
 	return nil
 }
 
-// announce sends each puppet's current presence to its From/Both contacts
-// and probes its To/Both contacts.
+// announce sends each puppet's current presence to its From/Both contacts,
+// probes its To/Both contacts and asks its Pending Out contacts again.
 func (c *Component) announce(ctx context.Context, sess *xmpp.Session) {
-	sent, probes := 0, 0
+	sent, probes, requests := 0, 0, 0
 	for _, mxid := range c.subs.puppets() {
 		if ctx.Err() != nil {
 			return
@@ -133,8 +133,19 @@ func (c *Component) announce(ctx context.Context, sess *xmpp.Session) {
 			return
 		}
 		probes += len(to)
+		// The puppet's unanswered requests: the answer may have been lost
+		// (bounced while the component was away, or the component died
+		// before storing it). A contact who approved already gets an
+		// automatic subscribed from their server (RFC 6121 §3.1.3).
+		ask := c.subs.pendingOut(mxid)
+		sub := stanza.Presence{Header: stanza.Header{From: string(puppet)}, Type: stanza.Subscribe}
+		if err := c.writeFanOut(ctx, sess, &sub, ask); err != nil {
+			c.log.Warn("asking contacts again failed", "puppet", puppet, "err", err)
+			return
+		}
+		requests += len(ask)
 	}
-	c.log.Info("presence re-announced", "presences", sent, "probes", probes)
+	c.log.Info("presence re-announced", "presences", sent, "probes", probes, "requests", requests)
 }
 
 // goodbye sends unavailable from every puppet to every contact that may see

@@ -19,13 +19,15 @@ func TestSubscribeApprovePresenceFlows(t *testing.T) {
 	alice := r.login("alice", "laptop", 0, "", "")
 	const aliceJID mapping.BareJID = "alice@localhost"
 	puppet := r.puppet(bob)
-	r.show(bob, mapping.Presence{State: mapping.StateAway, Status: "lunch"})
 
 	// 1. Request: held as None + Pending In, reported once.
 	if err := alice.SendPresence(r.ctx(), "subscribe", puppet, "", "", 0); err != nil {
 		t.Fatal(err)
 	}
 	r.waitSub(bob, aliceJID, sNonePI)
+	// The core tells the puppet's presence (kept now that the puppet has a
+	// contact, if only a pending one).
+	r.show(bob, mapping.Presence{State: mapping.StateAway, Status: "lunch"})
 	waitFor(t, waitLong, "subscribe report", func() bool { return r.obs.subscriptions(aliceJID, bob, bridge.Subscribe) == 1 })
 	if got := r.roster(alice, puppet); got != "none" {
 		t.Errorf("alice's roster: puppet is %q, want none (pending)", got)

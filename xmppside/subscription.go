@@ -27,28 +27,49 @@ import (
 // that answers at once (SendSubscription) finds the state it answers. If
 // the report fails, the transition is undone, so that the server's re-send
 // at the contact's next login is news again.
+//
+// A request (subscribe) that would reach the core spends the sender's
+// budget (Config.Limits); over it, the request is ignored: nothing is
+// stored, reported or answered. Stanzas that change nothing (from a
+// stranger, most of them) cost no bucket access.
 func (c *Component) subscriptionIn(ctx context.Context, w xmlstream.TokenWriter, contact mapping.BareJID, to dest, p *stanza.Presence) {
 	t := bridge.SubscriptionType(p.Type)
+	cur := c.subs.get(to.user, contact)
+	_, news := Inbound(cur, t)
+	// A request stored Pending In before a restart may never have been
+	// reported (the bridge died in between): its first re-send is.
+	again := t == bridge.Subscribe && !news && cur.PendingIn && c.subs.isUnreported(to.user, contact)
+	autoReply := t == bridge.Subscribe && cur.From
+	if !news && !again && !autoReply {
+		c.log.Debug("subscription stanza changes nothing", "puppet", to.puppet, "contact", contact, "type", string(t), "state", StateName(cur))
+		return
+	}
+	if t == bridge.Subscribe && (news || again) && !c.allowSubscribe(contact) {
+		return
+	}
 	prev, next, err := c.transition(ctx, to.user, contact, func(s bridge.Subscription) bridge.Subscription {
 		n, _ := Inbound(s, t)
 		return n
 	})
 	if err != nil {
-		c.log.Error("storing subscription failed", "puppet", to.puppet, "contact", contact, "err", err)
+		c.plog.Error("storing subscription failed", "puppet", to.puppet, "contact", contact, "err", err)
 		return
 	}
 	changed := !SameState(prev, next)
-	c.log.Info("subscription stanza received", "puppet", to.puppet, "contact", contact, "type", string(t),
+	c.plog.Info("subscription stanza received", "puppet", to.puppet, "contact", contact, "type", string(t),
 		"state", StateName(prev), "next", StateName(next))
-	if changed {
+	if changed || again {
 		rctx, cancel := context.WithTimeout(ctx, reportTimeout)
 		err := c.obs.XMPPSubscription(rctx, bridge.XMPPSubscription{Contact: contact, Puppet: to.user, Type: t, Status: p.Status})
 		cancel()
 		if err != nil {
-			c.log.Error("reporting subscription failed; transition undone", "puppet", to.puppet, "contact", contact, "err", err)
-			c.undo(ctx, to.user, contact, prev, next)
+			c.plog.Error("reporting subscription failed; transition undone", "puppet", to.puppet, "contact", contact, "err", err)
+			if changed {
+				c.undo(ctx, to.user, contact, prev, next)
+			}
 			return
 		}
+		c.subs.reported(to.user, contact)
 	}
 	var out []stanza.Presence
 	switch {
@@ -65,20 +86,41 @@ func (c *Component) subscriptionIn(ctx context.Context, w xmlstream.TokenWriter,
 	for i := range out {
 		out[i].To, out[i].ID = string(contact), c.nextID()
 		if _, err := out[i].WriteXML(w); err != nil {
-			c.log.Warn("answering subscription failed", "err", err)
+			c.plog.Warn("answering subscription failed", "err", err)
 			return
 		}
 	}
 }
 
+// allowSubscribe spends the budget of a subscription request from
+// contact, or counts the refusal.
+func (c *Component) allowSubscribe(contact mapping.BareJID) bool {
+	switch c.subscribeBudget.allow(string(contact), contact.Domain(), c.now()) {
+	case overAddress:
+		c.refused.subscribePerAddress.Add(1)
+		c.plog.Info("subscription request over the address's budget; ignored", "contact", contact, "limit", c.cfg.Limits.SubscribePerAddress.String())
+		return false
+	case overDomain:
+		c.refused.subscribePerDomain.Add(1)
+		c.plog.Info("subscription request over the domain's budget; ignored", "contact", contact, "limit", c.cfg.Limits.SubscribePerDomain.String())
+		return false
+	}
+	return true
+}
+
 // SendSubscription makes the puppet of cmd.Puppet send cmd.Type to
 // cmd.Contact, applying RFC 6121 A.3. subscribed is followed by the
 // puppet's current presence when it approves a pending request, and
-// unsubscribed by unavailable when it revokes an approval. The stanzas are
-// sent before the state is stored, so a failure makes the command come
-// again and at worst repeats a stanza; a command that changes nothing sends
-// nothing (subscribe and unsubscribe excepted: repeating a request is
-// harmless and lets a lost one through).
+// unsubscribed by unavailable when it revokes an approval. A command that
+// changes nothing sends nothing (subscribe and unsubscribe excepted:
+// repeating a request is harmless and lets a lost one through).
+//
+// The order of the write and the store is chosen so that a crash between
+// them leaves a state that heals (see "What XEP-0114 cannot guarantee" in
+// doc.go): subscribe, subscribed and unsubscribed are stored first, then
+// sent; unsubscribe is sent first, then stored. When the write fails after
+// the store, the store is undone and an error returned, so that the
+// command comes again and finds the state it started from.
 //
 // It returns [ErrNotConnected] while the component has no stream, and
 // other errors when the stanzas could not be written or the state stored:
@@ -138,17 +180,52 @@ func (c *Component) SendSubscription(ctx context.Context, cmd bridge.PuppetSubsc
 		out[i].To, out[i].ID = string(contact), c.nextID()
 		toks[i] = out[i].TokenReader()
 	}
-	if err := c.writeStanzas(sess, toks...); err != nil {
-		return fmt.Errorf("xmppside: sending %s from %s: %w", t, puppet, err)
-	}
-	if SameState(cur, next) {
+	write := func() error {
+		if err := c.writeStanzas(sess, toks...); err != nil {
+			return fmt.Errorf("xmppside: sending %s from %s: %w", t, puppet, err)
+		}
 		return nil
 	}
-	_, _, err = c.storeLocked(ctx, cmd.Puppet, contact, func(s bridge.Subscription) bridge.Subscription {
+	step := func(s bridge.Subscription) bridge.Subscription {
 		n, _ := Outbound(s, t)
 		return n
-	})
-	return err
+	}
+	if SameState(cur, next) {
+		return write()
+	}
+	if t == bridge.Unsubscribe {
+		// Sent first: if it is lost with the state unchanged (To), the
+		// probe after the next connect finds out (the server answers
+		// unsubscribed), and the core's command comes again.
+		if err := write(); err != nil {
+			return err
+		}
+		_, _, err = c.storeLocked(ctx, cmd.Puppet, contact, step)
+		return err
+	}
+	// Stored first: if the stanza is lost after this (a crash, the stream
+	// gone), what was stored is what heals. Pending Out: subscribe is sent
+	// again after every connect. From: the contact's server re-sends its
+	// request at the contact's next login, and it is approved again. Not
+	// From: the contact's server probes at the next login, and gets
+	// unsubscribed. Sent first, a lost subscribed or unsubscribed would
+	// leave states no later stanza repairs.
+	prev, stored, err := c.storeLocked(ctx, cmd.Puppet, contact, step)
+	if err != nil {
+		return err
+	}
+	if err := write(); err != nil {
+		if _, _, uerr := c.storeLocked(ctx, cmd.Puppet, contact, func(s bridge.Subscription) bridge.Subscription {
+			if SameState(s, stored) {
+				return prev
+			}
+			return s
+		}); uerr != nil {
+			c.log.Error("undoing subscription command failed", "puppet", puppet, "contact", contact, "err", uerr)
+		}
+		return err
+	}
+	return nil
 }
 
 // transition applies step to the stored state of a pair with
@@ -170,21 +247,27 @@ func (c *Component) undo(ctx context.Context, id mapping.UserID, contact mapping
 		return s
 	})
 	if err != nil {
-		c.log.Error("undoing subscription transition failed", "mxid", id, "contact", contact, "err", err)
+		c.plog.Error("undoing subscription transition failed", "mxid", id, "contact", contact, "err", err)
 	}
 }
 
 // storeLocked is transition with the pair's lock held. The state written
 // is step applied to the state read by the successful compare-and-set, so
 // a concurrent writer (another instance) is never overwritten; nothing is
-// written when step changes nothing.
+// written when step changes nothing. A pair that returns to None is
+// deleted from the bucket: the bucket's single writer is this component,
+// and the pair's lock keeps this process from racing with itself between
+// the read and the delete.
 func (c *Component) storeLocked(ctx context.Context, id mapping.UserID, contact mapping.BareJID, step func(bridge.Subscription) bridge.Subscription) (prev, next bridge.Subscription, err error) {
 	uctx, cancel := context.WithTimeout(ctx, storeTimeout)
 	defer cancel()
-	stored, err := c.store.Subscriptions.Update(uctx, pairKey(id, contact), func(cur bridge.Subscription, _ bool) (bridge.Subscription, bool, error) {
+	key := pairKey(id, contact)
+	var del bool
+	stored, err := c.store.Subscriptions.Update(uctx, key, func(cur bridge.Subscription, exists bool) (bridge.Subscription, bool, error) {
 		cur = Normalize(cur)
 		prev, next = cur, Normalize(step(cur))
-		if SameState(cur, next) {
+		del = exists && isNone(next)
+		if del || SameState(cur, next) {
 			return cur, false, nil
 		}
 		next.UpdatedAt = c.now().UTC()
@@ -193,8 +276,45 @@ func (c *Component) storeLocked(ctx context.Context, id mapping.UserID, contact 
 	if err != nil {
 		return prev, prev, err
 	}
-	c.subs.set(id, contact, Normalize(stored))
+	if del {
+		if err := c.store.Subscriptions.Delete(uctx, key); err != nil {
+			return prev, prev, err
+		}
+		stored = bridge.Subscription{}
+	}
+	c.setIndex(id, contact, Normalize(stored))
 	return prev, next, nil
+}
+
+// setIndex records a stored state in the index, and forgets what is kept
+// in memory for a contact or a puppet left without any pair.
+func (c *Component) setIndex(id mapping.UserID, contact mapping.BareJID, s bridge.Subscription) {
+	contactKnown, puppetKnown := c.subs.set(id, contact, s)
+	if !contactKnown {
+		c.users.forget(contact)
+	}
+	if !puppetKnown {
+		c.puppets.forget(id)
+	}
+}
+
+// deleteNoneKeys deletes keys that hold None (written by older versions):
+// the bucket keeps only pairs that are something.
+func (c *Component) deleteNoneKeys(ctx context.Context, keys []string) {
+	n := 0
+	for _, key := range keys {
+		dctx, cancel := context.WithTimeout(ctx, storeTimeout)
+		err := c.store.Subscriptions.Delete(dctx, key)
+		cancel()
+		if err != nil {
+			c.log.Warn("deleting a subscription key that holds None failed", "key", key, "err", err)
+			continue
+		}
+		n++
+	}
+	if n > 0 {
+		c.log.Info("deleted subscription keys that held None", "keys", n)
+	}
 }
 
 // getSubscription reads a pair's state; None when nothing is stored.

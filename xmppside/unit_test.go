@@ -75,6 +75,7 @@ func TestSendSubscriptionCommands(t *testing.T) {
 func TestShowPuppet(t *testing.T) {
 	c, _ := newTestComponent(t)
 	ctx := context.Background()
+	befriendInStore(t, c, bob, "u@x.org")
 	show := func(seq uint64, p mapping.Presence) {
 		t.Helper()
 		done := make(chan error, 1)
@@ -107,7 +108,6 @@ func TestShowPuppet(t *testing.T) {
 	}
 
 	// A contact's probe gets it.
-	befriendInStore(t, c, bob, "u@x.org")
 	out := feed(t, c, `<presence type='probe' from='u@x.org/r' to='`+puppetOf(t, c, bob)+`'/>`)
 	if !strings.Contains(out, "<status>seven</status>") || !strings.Contains(out, `to="u@x.org/r"`) {
 		t.Errorf("probe answer %s", out)

@@ -18,6 +18,7 @@ import (
 	"mellium.im/sasl"
 	"mellium.im/xmlstream"
 	"mellium.im/xmpp"
+	"mellium.im/xmpp/component"
 	"mellium.im/xmpp/jid"
 	"mellium.im/xmpp/stanza"
 )
@@ -61,7 +62,8 @@ type Client struct {
 	serveErr  error // valid after serveDone is closed
 	closeOnce sync.Once
 
-	forget bool // drop stanzas once Wait returned them
+	forget    bool // drop stanzas once Wait returned them
+	component bool // an XEP-0114 component: no presence of its own
 
 	mu       sync.Mutex
 	received []Stanza
@@ -97,8 +99,13 @@ func Dial(ctx context.Context, addr, user, domain, password, resource string, op
 		return nil, err
 	}
 
+	return serve(sess.LocalAddr(), conn, sess, opts), nil
+}
+
+// serve makes the Client of an established session and starts reading.
+func serve(addr jid.JID, conn net.Conn, sess *xmpp.Session, opts []Option) *Client {
 	c := &Client{
-		JID:       sess.LocalAddr(),
+		JID:       addr,
 		conn:      conn,
 		sess:      sess,
 		serveDone: make(chan struct{}),
@@ -111,6 +118,33 @@ func Dial(ctx context.Context, addr, user, domain, password, resource string, op
 		defer close(c.serveDone)
 		c.serveErr = c.sess.Serve(xmpp.HandlerFunc(c.handle))
 	}()
+	return c
+}
+
+// DialComponent connects to the component port at addr (host:port) as the
+// XEP-0114 component domain with its secret. The Client it returns is a
+// component: it may send from any JID on its domain (set from on every
+// stanza), which is how a test plays a hostile server that forges its
+// users. Close it when done.
+func DialComponent(ctx context.Context, addr, domain, secret string, opts ...Option) (*Client, error) {
+	origin, err := jid.Parse(domain)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, loginTimeout)
+	defer cancel()
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	sess, err := component.NewSession(ctx, origin, []byte(secret), conn)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	c := serve(origin, conn, sess, opts)
+	c.component = true
 	return c, nil
 }
 
@@ -360,6 +394,27 @@ func (c *Client) Received() []Stanza {
 // Roster fetches the roster with a jabber:iq:roster get and returns bare JID
 // -> subscription ("none", "to", "from", "both").
 func (c *Client) Roster(ctx context.Context) (map[string]string, error) {
+	items, err := c.RosterItems(ctx)
+	if err != nil {
+		return nil, err
+	}
+	roster := make(map[string]string, len(items))
+	for j, it := range items {
+		roster[j] = it.Subscription
+	}
+	return roster, nil
+}
+
+// RosterItem is one roster entry (RFC 6121 §2.1.2).
+type RosterItem struct {
+	Subscription string // "none", "to", "from", "both"
+	// Ask is "subscribe" while the user's own request to the contact is
+	// pending.
+	Ask string
+}
+
+// RosterItems fetches the roster and returns bare JID -> item.
+func (c *Client) RosterItems(ctx context.Context) (map[string]RosterItem, error) {
 	id := "roster-" + randomID()
 	err := c.Send(ctx, `<iq type='get' id='`+id+`'><query xmlns='jabber:iq:roster'/></iq>`)
 	if err != nil {
@@ -376,14 +431,15 @@ func (c *Client) Roster(ctx context.Context) (map[string]string, error) {
 		Items []struct {
 			JID          string `xml:"jid,attr"`
 			Subscription string `xml:"subscription,attr"`
+			Ask          string `xml:"ask,attr"`
 		} `xml:"jabber:iq:roster query>item"`
 	}
 	if err := xml.Unmarshal([]byte(res.Raw), &v); err != nil {
 		return nil, fmt.Errorf("prosody: decoding roster: %w", err)
 	}
-	roster := make(map[string]string, len(v.Items))
+	roster := make(map[string]RosterItem, len(v.Items))
 	for _, it := range v.Items {
-		roster[it.JID] = it.Subscription
+		roster[it.JID] = RosterItem{Subscription: it.Subscription, Ask: it.Ask}
 	}
 	return roster, nil
 }
@@ -398,7 +454,9 @@ func (c *Client) Close() {
 		select {
 		case <-c.serveDone: // connection already gone
 		default:
-			_ = c.SendPresence(ctx, "unavailable", "", "", "", 0)
+			if !c.component {
+				_ = c.SendPresence(ctx, "unavailable", "", "", "", 0)
+			}
 			// Not sess.SetCloseDeadline: it races with Serve in mellium v0.23.0.
 			_ = c.conn.SetReadDeadline(time.Now().Add(closeTimeout))
 			_ = c.sess.Close()

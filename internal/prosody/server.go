@@ -45,6 +45,16 @@ type Config struct {
 	ComponentSecret string // required
 	C2SPort         int    // client port on 127.0.0.1; required
 	ComponentPort   int    // component port on 127.0.0.1; required
+	// ExtraComponents are more XEP-0114 components on the same port, for
+	// tests that play a hostile server: a component may send from any JID
+	// on its own domain (see DialComponent).
+	ExtraComponents []Component
+}
+
+// Component is an XEP-0114 component domain declared on the server.
+type Component struct {
+	Domain string
+	Secret string
 }
 
 // Server is a running (or stopped) Prosody.
@@ -52,6 +62,7 @@ type Server struct {
 	Domain          string
 	ComponentDomain string
 	ComponentSecret string
+	ExtraComponents []Component
 	C2SAddr         string // "127.0.0.1:PORT"
 	ComponentAddr   string // "127.0.0.1:PORT"
 	Dir             string
@@ -97,10 +108,16 @@ func Start(cfg Config) (*Server, error) {
 	if cfg.Dir == "" || cfg.ComponentSecret == "" || cfg.C2SPort == 0 || cfg.ComponentPort == 0 {
 		return nil, errors.New("prosody: Config needs Dir, ComponentSecret, C2SPort and ComponentPort")
 	}
+	for _, c := range cfg.ExtraComponents {
+		if c.Domain == "" || c.Secret == "" || c.Domain == cfg.ComponentDomain || c.Domain == cfg.Domain {
+			return nil, fmt.Errorf("prosody: extra component %q needs its own domain and a secret", c.Domain)
+		}
+	}
 	s := &Server{
 		Domain:          cfg.Domain,
 		ComponentDomain: cfg.ComponentDomain,
 		ComponentSecret: cfg.ComponentSecret,
+		ExtraComponents: cfg.ExtraComponents,
 		C2SAddr:         fmt.Sprintf("127.0.0.1:%d", cfg.C2SPort),
 		ComponentAddr:   fmt.Sprintf("127.0.0.1:%d", cfg.ComponentPort),
 		Dir:             cfg.Dir,
@@ -160,6 +177,9 @@ Component %[8]s
 		luaString(s.ComponentDomain),
 		luaString(s.ComponentSecret),
 	)
+	for _, c := range s.ExtraComponents {
+		fmt.Fprintf(&b, "\nComponent %s\n    component_secret = %s\n", luaString(c.Domain), luaString(c.Secret))
+	}
 	return b.String()
 }
 
@@ -345,6 +365,12 @@ func (s *Server) Log() string {
 		b.Write(out)
 	}
 	return b.String()
+}
+
+// DialComponent connects to this server's component port as domain, one
+// of the components it declares; see the package function DialComponent.
+func (s *Server) DialComponent(ctx context.Context, domain, secret string, opts ...Option) (*Client, error) {
+	return DialComponent(ctx, s.ComponentAddr, domain, secret, opts...)
 }
 
 // Dial logs in to this server as user@Domain; see the package function Dial.

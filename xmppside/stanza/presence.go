@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"mellium.im/xmlstream"
 
@@ -123,6 +124,7 @@ func DecodePresence(r xml.TokenReader, start xml.StartElement, maxStatus int) (P
 		haveStatus, statusHasLang bool
 		haveShow, havePrio        bool
 		text                      strings.Builder
+		textCut                   bool
 	)
 	depth := 0
 	var child xml.StartElement
@@ -140,12 +142,13 @@ func DecodePresence(r xml.TokenReader, start xml.StartElement, maxStatus int) (P
 			if depth == 1 {
 				child = t
 				text.Reset()
+				textCut = false
 			} else if depth == 2 && child.Name.Local == "error" && child.Name.Space == ns && t.Name.Space == NSStanzaError && t.Name.Local != "text" && p.ErrorCondition == "" {
 				p.ErrorCondition = t.Name.Local
 			}
 		case xml.CharData:
-			if depth == 1 && text.Len()+len(t) <= maxTextBytes {
-				text.Write(t)
+			if depth == 1 && !textCut {
+				textCut = appendBounded(&text, t)
 			}
 		case xml.EndElement:
 			if depth == 0 {
@@ -224,6 +227,24 @@ func (p *Presence) child(el xml.StartElement, ns, text string, haveShow, havePri
 		}
 	}
 	return problems
+}
+
+// appendBounded appends t to b up to maxTextBytes in all, cutting at a
+// character boundary, so that a long text is cut rather than dropped (the
+// decoder hands a text over in one chunk however long it is). It reports
+// whether the text was cut: nothing after a cut belongs to it (no holes).
+func appendBounded(b *strings.Builder, t []byte) (cut bool) {
+	room := maxTextBytes - b.Len()
+	if len(t) <= room {
+		b.Write(t)
+		return false
+	}
+	n := max(room, 0)
+	for n > 0 && !utf8.RuneStart(t[n]) {
+		n--
+	}
+	b.Write(t[:n])
+	return true
 }
 
 func validUTF8(s string) bool { return strings.ToValidUTF8(s, "\uFFFD") == s }

@@ -256,3 +256,42 @@ func TestParseIQType(t *testing.T) {
 		}
 	}
 }
+
+// TestLongStatusCut: a status longer than the decoder keeps of one element
+// (64 KiB), whether it comes in one text chunk or several, is cut to the
+// limit (at a character boundary: valid UTF-8), never dropped nor left
+// with holes; the configured limit then applies.
+func TestLongStatusCut(t *testing.T) {
+	long := strings.Repeat("ab€", 30000) // 150,000 bytes; € is 3 bytes
+	tests := []struct {
+		name, status string
+	}{
+		{"one chunk", long},
+		{"chunks", strings.Repeat("x", 60000) + "<![CDATA[" + strings.Repeat("y", 10000) + "]]>" + "zzz"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			raw := `<presence from='a@b/c'><status>` + tt.status + `</status></presence>`
+			want := strings.ReplaceAll(strings.ReplaceAll(tt.status, "<![CDATA[", ""), "]]>", "")
+			for _, limit := range []int{0, 1024} {
+				p, err := decode(t, raw, limit)
+				if err != nil {
+					t.Fatal(err)
+				}
+				max := maxTextBytes
+				if limit > 0 {
+					max = limit
+				}
+				if len(p.Status) == 0 || len(p.Status) > max || len(p.Status) < max-3 {
+					t.Errorf("limit %d: status of %d bytes, want about %d", limit, len(p.Status), max)
+				}
+				if !strings.HasPrefix(want, p.Status) {
+					t.Errorf("limit %d: the status is not a prefix of the one sent", limit)
+				}
+				if !validUTF8(p.Status) {
+					t.Errorf("limit %d: invalid UTF-8", limit)
+				}
+			}
+		})
+	}
+}

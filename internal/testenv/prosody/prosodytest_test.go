@@ -192,3 +192,35 @@ func readUntil(r *bufio.Reader, want string) (string, error) {
 	}
 	return b.String(), nil
 }
+
+// TestExtraComponentForgesItsUsers: an extra component domain can send as
+// any JID on its domain, as a hostile server can for its users; roster
+// items show a pending request as ask.
+func TestExtraComponentForgesItsUsers(t *testing.T) {
+	s := Start(t, Options{ExtraComponents: []Component{{Domain: "evil.localhost", Secret: "evil"}}})
+	s.Register(t, "alice", "alice-pw")
+	ctx := testContext(t)
+	alice := s.Login(t, "alice", "alice-pw", "test")
+	if err := alice.SendPresence(ctx, "", "", "", "", 0); err != nil {
+		t.Fatal(err)
+	}
+	evil := s.DialComponent(t, "evil.localhost", "evil")
+	if err := evil.Send(ctx, `<message type='chat' from='forged@evil.localhost/x' to='alice@localhost'><body>hi</body></message>`); err != nil {
+		t.Fatal(err)
+	}
+	m := alice.Wait(t, waitTimeout, "the forged message", func(st Stanza) bool { return st.Name == "message" && st.Body == "hi" })
+	if m.From != "forged@evil.localhost/x" {
+		t.Errorf("from %q", m.From)
+	}
+	if err := alice.SendPresence(ctx, "subscribe", "forged@evil.localhost", "", "", 0); err != nil {
+		t.Fatal(err)
+	}
+	evil.Wait(t, waitTimeout, "the request", func(st Stanza) bool { return st.Name == "presence" && st.Type == "subscribe" })
+	items, err := alice.RosterItems(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if it := items["forged@evil.localhost"]; it.Subscription != "none" || it.Ask != "subscribe" {
+		t.Errorf("roster item %+v, want none with ask subscribe", it)
+	}
+}

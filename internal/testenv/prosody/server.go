@@ -16,6 +16,9 @@ import (
 // Stanza is a received stanza; see prosody.Stanza.
 type Stanza = prosody.Stanza
 
+// RosterItem is a roster entry; see prosody.RosterItem.
+type RosterItem = prosody.RosterItem
+
 // Server is a running Prosody for one test.
 type Server struct {
 	Domain          string // "localhost"
@@ -32,7 +35,13 @@ type Server struct {
 type Options struct {
 	ComponentDomain string // default "matrix.localhost"
 	ComponentSecret string // default "secret"
+	// ExtraComponents are more component domains on the same port, for
+	// tests that play a hostile server (see Server.DialComponent).
+	ExtraComponents []Component
 }
+
+// Component is an XEP-0114 component domain declared on the server.
+type Component = prosody.Component
 
 // Start starts Prosody in a temporary directory, waits until both the c2s
 // and the component port accept connections and registers t.Cleanup to stop
@@ -62,6 +71,7 @@ func Start(t testing.TB, opts Options) *Server {
 		Dir:             dir,
 		ComponentDomain: opts.ComponentDomain,
 		ComponentSecret: opts.ComponentSecret,
+		ExtraComponents: opts.ExtraComponents,
 		C2SPort:         c2sPort,
 		ComponentPort:   compPort,
 	})
@@ -173,6 +183,20 @@ func (c *Client) Wait(t testing.TB, timeout time.Duration, desc string, pred fun
 		t.Fatalf("prosodytest: %s: waiting for %s: %v; received:\n%s", c.JID, desc, err, b.String())
 	}
 	return s
+}
+
+// DialComponent connects to the server's component port as domain, one of
+// Options.ExtraComponents, and returns a Client that may send from any JID
+// on that domain: a hostile server forging its users. It is closed when the
+// test ends.
+func (s *Server) DialComponent(t testing.TB, domain, secret string) *Client {
+	t.Helper()
+	c, err := s.srv.DialComponent(context.Background(), domain, secret)
+	if err != nil {
+		t.Fatalf("prosodytest: component %s: %v", domain, err)
+	}
+	t.Cleanup(c.Close)
+	return &Client{c}
 }
 
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
