@@ -3,6 +3,7 @@ package matrixside
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"time"
 
 	"maunium.net/go/mautrix"
@@ -30,8 +31,8 @@ func syncFilter() *mautrix.Filter {
 
 // botSyncer is mautrix's DefaultSyncer with the side's retry policy: a
 // failed /sync is retried after a backoff of its own (DefaultSyncer waits
-// a fixed 10 s), and every outcome tells the side whether the homeserver
-// answers.
+// a fixed 10 s). Its requests go through the homeserver gate like all
+// others, but never as the trial (see withoutTrial).
 type botSyncer struct {
 	*mautrix.DefaultSyncer
 	s       *Side
@@ -40,12 +41,16 @@ type botSyncer struct {
 
 // OnFailedSync implements mautrix.Syncer.
 func (y *botSyncer) OnFailedSync(_ *mautrix.RespSync, err error) (time.Duration, error) {
-	y.s.health.observe(err)
 	if errors.Is(err, mautrix.MUnknownToken) {
 		return 0, err // as_token refused: runSync reports it
 	}
 	y.backoff = min(max(y.backoff*2, time.Second), 30*time.Second)
-	y.s.log.Warn("sync failed, retrying", "retry_in", y.backoff, "err", err)
+	// The homeserver being away is logged once by the gate (health).
+	level := slog.LevelWarn
+	if retry, _ := retryable(err); retry {
+		level = slog.LevelDebug
+	}
+	y.s.log.Log(context.Background(), level, "sync failed, retrying", "retry_in", y.backoff, "err", err)
 	return y.backoff, nil
 }
 
@@ -62,7 +67,6 @@ func (s *Side) runSync(ctx context.Context) {
 	y.FilterJSON = syncFilter()
 	y.OnSync(func(context.Context, *mautrix.RespSync, string) bool {
 		y.backoff = 0
-		s.health.observe(nil)
 		if s.stopReading() {
 			cli.StopSync()
 			return false
@@ -71,15 +75,18 @@ func (s *Side) runSync(ctx context.Context) {
 	})
 	y.OnEventType(event.EphemeralEventPresence, s.onPresenceEvent)
 	cli.Syncer = y
+	syncCtx := withoutTrial(ctx)
 	for ctx.Err() == nil && !s.stopReading() {
-		err := cli.SyncWithContext(ctx)
+		err := cli.SyncWithContext(syncCtx)
 		if ctx.Err() != nil || err == nil {
 			return // stopped (StopSync returns nil)
 		}
 		// Fatal for mautrix's loop: the filter could not be made, or the
 		// token was refused. Try again later.
-		s.health.observe(err)
 		level, retry := s.log.Warn, 5*time.Second
+		if r, _ := retryable(err); r {
+			level = s.log.Debug // the gate logs the homeserver's state
+		}
 		if errors.Is(err, mautrix.MUnknownToken) {
 			level, retry = s.log.Error, 30*time.Second
 		}
