@@ -116,10 +116,12 @@ func TestConnectionFloodBounded(t *testing.T) {
 	req, _ := http.NewRequest(http.MethodPut, "http://"+addr+"/_matrix/app/v1/transactions/real",
 		strings.NewReader(inviteTxn(ghostOf(t, "alice@example.com"), "$real")))
 	req.Header.Set("Authorization", "Bearer "+testHS)
+	t0 := time.Now()
 	resp, err := client.Do(req)
 	if err != nil {
 		t.Fatalf("real transaction during the flood: %v", err)
 	}
+	t.Logf("real transaction during the flood answered in %v", time.Since(t0).Round(time.Microsecond))
 	resp.Body.Close()
 	if resp.StatusCode != 200 {
 		t.Fatalf("real transaction during the flood: %d", resp.StatusCode)
@@ -198,5 +200,33 @@ func TestBadTokenFloodLogBounded(t *testing.T) {
 	}
 	if n := s.Counts().BadToken; n != flood+1 {
 		t.Errorf("Counts().BadToken = %d, want %d", n, flood+1)
+	}
+}
+
+// TestHeaderSizeLimited: request headers are bounded (16 KiB): a peer
+// cannot make the side buffer more before it even reads the token.
+func TestHeaderSizeLimited(t *testing.T) {
+	hs := newFakeHS(t)
+	cfg := testConfig(hs.URL)
+	cfg.PresenceSource = SourceEphemeral
+	s := newTestSide(t, cfg, nil, &fakeObserver{})
+	ln := freeListener(t)
+	runSide(t, s, ln)
+	client := &http.Client{Transport: &http.Transport{}}
+	defer client.CloseIdleConnections()
+	for _, tt := range []struct {
+		size int
+		want int
+	}{{1 << 10, http.StatusForbidden}, {32 << 10, http.StatusRequestHeaderFieldsTooLarge}} {
+		req, _ := http.NewRequest(http.MethodPut, "http://"+ln.Addr().String()+"/_matrix/app/v1/transactions/h", strings.NewReader("{}"))
+		req.Header.Set("X-Padding", strings.Repeat("a", tt.size))
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tt.want {
+			t.Errorf("%d bytes of headers: %d, want %d", tt.size, resp.StatusCode, tt.want)
+		}
 	}
 }
