@@ -170,17 +170,44 @@ func (h *health) ready(now time.Time) error {
 // until the channel is closed), and a channel closed when the gate
 // changes.
 func (h *health) wait(now time.Time) (time.Duration, <-chan struct{}) {
+	return h.waitFor(now, false)
+}
+
+// waitFor is wait for a request that may (noTrial false) or may not be the
+// trial.
+func (h *health) waitFor(now time.Time, noTrial bool) (time.Duration, <-chan struct{}) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	switch {
 	case now.Before(h.limitedUntil):
 		return h.limitedUntil.Sub(now), h.changed
-	case h.down && h.trial:
+	case h.down && (h.trial || noTrial):
 		return -1, h.changed
 	case h.down && now.Before(h.retryAt):
 		return h.retryAt.Sub(now), h.changed
 	}
 	return 0, h.changed
+}
+
+// waitOpen waits until a request that is never the trial may go out, the
+// gate changes, at most max, or ctx ends. The bot's /sync waits so rather
+// than with a back-off of its own, which would keep it away long after the
+// homeserver is back.
+func (h *health) waitOpen(ctx context.Context, max time.Duration) {
+	d, ch := h.waitFor(time.Now(), true)
+	if d == 0 {
+		return
+	}
+	if d < 0 || d > max {
+		d = max
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ch:
+	case <-t.C:
+	case <-ctx.Done():
+	}
 }
 
 func (h *health) broadcastLocked() {

@@ -36,6 +36,7 @@ func syncFilter() *mautrix.Filter {
 type botSyncer struct {
 	*mautrix.DefaultSyncer
 	s       *Side
+	ctx     context.Context // runSync's
 	backoff time.Duration
 }
 
@@ -43,6 +44,11 @@ type botSyncer struct {
 func (y *botSyncer) OnFailedSync(_ *mautrix.RespSync, err error) (time.Duration, error) {
 	if errors.Is(err, mautrix.MUnknownToken) {
 		return 0, err // as_token refused: runSync reports it
+	}
+	if errors.Is(err, ErrHomeserverDown) {
+		// Not sent: try again as soon as the gate opens.
+		y.s.health.waitOpen(y.ctx, 30*time.Second)
+		return 0, nil
 	}
 	y.backoff = min(max(y.backoff*2, time.Second), 30*time.Second)
 	// The homeserver being away is logged once by the gate (health).
@@ -63,7 +69,7 @@ func (s *Side) runSync(ctx context.Context) {
 	cli := s.as.NewMautrixClient(s.cfg.BotMXID())
 	cli.Store = mautrix.NewMemorySyncStore()
 	cli.SyncPresence = event.PresenceOffline
-	y := &botSyncer{DefaultSyncer: mautrix.NewDefaultSyncer(), s: s}
+	y := &botSyncer{DefaultSyncer: mautrix.NewDefaultSyncer(), s: s, ctx: ctx}
 	y.FilterJSON = syncFilter()
 	y.OnSync(func(context.Context, *mautrix.RespSync, string) bool {
 		y.backoff = 0
@@ -91,7 +97,9 @@ func (s *Side) runSync(ctx context.Context) {
 			level, retry = s.log.Error, 30*time.Second
 		}
 		level("sync stopped, restarting", "retry_in", retry, "err", err)
-		if !sleepCtx(ctx, retry) {
+		if errors.Is(err, ErrHomeserverDown) {
+			s.health.waitOpen(ctx, retry)
+		} else if !sleepCtx(ctx, retry) {
 			return
 		}
 	}
