@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -17,15 +18,34 @@ import (
 	"github.com/presence-bridge/presence-bridge/mapping"
 )
 
-// sentCounter counts the requests the side really sent (past the gate).
+// sentCounter counts the requests the side really sent (past the gate),
+// and remembers when the first answered one and the first /sync after it
+// were sent.
 type sentCounter struct {
 	base http.RoundTripper
 	n    atomic.Int64
+
+	mu                 sync.Mutex
+	firstOK, syncAfter time.Time
 }
 
 func (c *sentCounter) RoundTrip(r *http.Request) (*http.Response, error) {
 	c.n.Add(1)
-	return c.base.RoundTrip(r)
+	sent := time.Now()
+	c.mu.Lock()
+	if !c.firstOK.IsZero() && c.syncAfter.IsZero() && strings.HasSuffix(r.URL.Path, "/sync") {
+		c.syncAfter = sent
+	}
+	c.mu.Unlock()
+	resp, err := c.base.RoundTrip(r)
+	if err == nil && resp.StatusCode < 500 {
+		c.mu.Lock()
+		if c.firstOK.IsZero() {
+			c.firstOK = time.Now()
+		}
+		c.mu.Unlock()
+	}
+	return resp, err
 }
 
 // deadHS is a homeserver that is down (it refuses connections, or a proxy
@@ -148,6 +168,16 @@ func TestDeadHomeserverBackoff(t *testing.T) {
 				defer hs.mu.Unlock()
 				return len(hs.puts) == n && len(hs.puts[ghost]) == 1
 			})
+			// The bot's /sync is back at once, not after a back-off of its
+			// own: Matrix presence flows again.
+			waitFor(t, 10*time.Second, "a /sync after the homeserver answered", func() bool {
+				sent.mu.Lock()
+				defer sent.mu.Unlock()
+				return !sent.syncAfter.IsZero()
+			})
+			if d := sent.syncAfter.Sub(sent.firstOK); d > time.Second {
+				t.Errorf("/sync resumed %v after the homeserver answered again", d)
+			}
 			if c := logs.count(slog.LevelInfo, "homeserver answers again"); c != 1 {
 				t.Errorf("%d 'answers again' lines, want 1", c)
 			}

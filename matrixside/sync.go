@@ -3,7 +3,6 @@ package matrixside
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"time"
 
 	"maunium.net/go/mautrix"
@@ -45,18 +44,16 @@ func (y *botSyncer) OnFailedSync(_ *mautrix.RespSync, err error) (time.Duration,
 	if errors.Is(err, mautrix.MUnknownToken) {
 		return 0, err // as_token refused: runSync reports it
 	}
-	if errors.Is(err, ErrHomeserverDown) {
-		// Not sent: try again as soon as the gate opens.
+	if retry, _ := retryable(err); retry {
+		// The homeserver is away or limiting: the gate has closed (and
+		// logged it). Try again as soon as it opens, not after a back-off
+		// of its own that would keep presence away long after it is back.
+		y.s.log.Debug("sync failed, retrying once the homeserver answers", "err", err)
 		y.s.health.waitOpen(y.ctx, 30*time.Second)
 		return 0, nil
 	}
 	y.backoff = min(max(y.backoff*2, time.Second), 30*time.Second)
-	// The homeserver being away is logged once by the gate (health).
-	level := slog.LevelWarn
-	if retry, _ := retryable(err); retry {
-		level = slog.LevelDebug
-	}
-	y.s.log.Log(context.Background(), level, "sync failed, retrying", "retry_in", y.backoff, "err", err)
+	y.s.log.Warn("sync failed, retrying", "retry_in", y.backoff, "err", err)
 	return y.backoff, nil
 }
 
@@ -90,16 +87,17 @@ func (s *Side) runSync(ctx context.Context) {
 		// Fatal for mautrix's loop: the filter could not be made, or the
 		// token was refused. Try again later.
 		level, retry := s.log.Warn, 5*time.Second
-		if r, _ := retryable(err); r {
-			level = s.log.Debug // the gate logs the homeserver's state
-		}
 		if errors.Is(err, mautrix.MUnknownToken) {
 			level, retry = s.log.Error, 30*time.Second
 		}
-		level("sync stopped, restarting", "retry_in", retry, "err", err)
-		if errors.Is(err, ErrHomeserverDown) {
+		if r, _ := retryable(err); r {
+			// The gate has closed and logs the homeserver's state.
+			s.log.Debug("sync stopped, restarting once the homeserver answers", "err", err)
 			s.health.waitOpen(ctx, retry)
-		} else if !sleepCtx(ctx, retry) {
+			continue
+		}
+		level("sync stopped, restarting", "retry_in", retry, "err", err)
+		if !sleepCtx(ctx, retry) {
 			return
 		}
 	}
