@@ -91,11 +91,20 @@ func (g *ghosts) evictedCount() uint64 {
 // ensure returns a client acting as ghost (the ghost of jid), registered
 // and named.
 func (g *ghosts) ensure(ctx context.Context, ghost id.UserID, jid mapping.BareJID) (*mautrix.Client, error) {
+	return g.ensureWith(ctx, ghost, jid, nil)
+}
+
+// ensureWith is ensure with the client to use and return, if the caller
+// keeps one for ghost (nil: make one).
+func (g *ghosts) ensureWith(ctx context.Context, ghost id.UserID, jid mapping.BareJID, cli *mautrix.Client) (*mautrix.Client, error) {
+	if cli == nil {
+		cli = g.client(ghost)
+	}
 	for {
 		g.mu.Lock()
 		if _, ok := g.registered.get(ghost); ok {
 			g.mu.Unlock()
-			return g.client(ghost), nil
+			return cli, nil
 		}
 		r, ok := g.inflight[ghost]
 		if !ok {
@@ -104,7 +113,6 @@ func (g *ghosts) ensure(ctx context.Context, ghost id.UserID, jid mapping.BareJI
 		}
 		g.mu.Unlock()
 		if !ok {
-			cli := g.client(ghost)
 			if ghost.Homeserver() != g.as.HomeserverDomain {
 				r.err = fmt.Errorf("%w: %s is not a user of %s", ErrBadCommand, ghost, g.as.HomeserverDomain)
 			} else {
@@ -125,7 +133,7 @@ func (g *ghosts) ensure(ctx context.Context, ghost id.UserID, jid mapping.BareJI
 		select {
 		case <-r.done:
 			if r.err == nil {
-				return g.client(ghost), nil
+				return cli, nil
 			}
 			// That attempt failed and was forgotten: try again.
 		case <-ctx.Done():

@@ -330,10 +330,14 @@ func (h *health) check(ctx context.Context, now time.Time) (goneDown, back bool)
 }
 
 // gatedTransport is the http.RoundTripper of every request the side makes
-// to the homeserver: it asks the gate, and tells it the outcome.
+// to the homeserver: it asks the gate, and tells it the outcome. It also
+// bounds each request, body included, by timeout: an http.Client with a
+// Timeout would do so with a goroutine and a timer per request for a
+// RoundTripper it does not know.
 type gatedTransport struct {
-	h    *health
-	base http.RoundTripper
+	h       *health
+	base    http.RoundTripper
+	timeout time.Duration
 }
 
 func (t *gatedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
@@ -344,14 +348,32 @@ func (t *gatedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 		}
 		return nil, err
 	}
-	resp, err := t.base.RoundTrip(r)
-	o, after := outcomeOf(r.Context(), resp, err)
+	ctx, cancel := context.WithTimeout(r.Context(), t.timeout)
+	resp, err := t.base.RoundTrip(r.WithContext(ctx))
+	o, after := outcomeOf(ctx, resp, err)
 	logErr := err
 	if err == nil && o != outcomeAnswered {
 		logErr = fmt.Errorf("HTTP %d", resp.StatusCode)
 	}
 	t.h.observe(trial, o, after, logErr, time.Now())
-	return resp, err
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
+	return resp, nil
+}
+
+// cancelOnClose ends a request's context when its body is closed.
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (b *cancelOnClose) Close() error {
+	err := b.ReadCloser.Close()
+	b.cancel()
+	return err
 }
 
 // outcomeOf classifies a request's result, with the wait a 429 asks for.

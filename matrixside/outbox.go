@@ -112,6 +112,7 @@ type outbox struct {
 	ghosts  *lru[id.UserID, *ghostOut]
 	ready   list.List // FIFO of *ghostOut due now
 	delayed dueHeap   // ghosts due later
+	pending int       // ghosts scheduled: queued, delayed or in flight
 	wake    chan struct{}
 	changed chan struct{} // closed and replaced when a PUT ends
 }
@@ -141,7 +142,7 @@ func (o *outbox) forgetLocked(_ id.UserID, g *ghostOut) {
 	if g.heapIdx >= 0 {
 		heap.Remove(&o.delayed, g.heapIdx)
 	}
-	g.scheduled = false
+	o.setScheduledLocked(g, false)
 }
 
 func (o *outbox) evictedCount() uint64 {
@@ -211,7 +212,7 @@ func (o *outbox) scheduleLocked(g *ghostOut) {
 		g.settle()
 		return
 	}
-	g.scheduled = true
+	o.setScheduledLocked(g, true)
 	g.readyEl = o.ready.PushBack(g)
 	o.signal()
 }
@@ -274,7 +275,7 @@ func (o *outbox) next(now time.Time) (g *ghostOut, w wireState, version uint64, 
 		g = o.ready.Remove(e).(*ghostOut)
 		g.readyEl = nil
 		if !g.needsSend() { // became unchanged while queued
-			g.scheduled = false
+			o.setScheduledLocked(g, false)
 			g.settle()
 			o.broadcastLocked()
 			continue
@@ -301,7 +302,7 @@ func (o *outbox) done(g *ghostOut, w wireState, version uint64, force bool, err 
 	if g.evicted {
 		return
 	}
-	g.scheduled = false
+	o.setScheduledLocked(g, false)
 	if err == nil {
 		g.sent, g.hasSent, g.hasFailed = w, true, false
 		g.sentVersion = max(g.sentVersion, version)
@@ -323,7 +324,7 @@ func (o *outbox) done(g *ghostOut, w wireState, version uint64, force bool, err 
 		}
 		o.log.Debug("ghost presence not sent, will retry", "ghost", g.ghost, "retry_in", after, "err", err)
 		g.force = g.force || force
-		g.scheduled = true
+		o.setScheduledLocked(g, true)
 		g.dueAt = now.Add(after)
 		heap.Push(&o.delayed, g)
 		return
@@ -348,7 +349,7 @@ func (o *outbox) refresh(period time.Duration, now time.Time) int {
 	})
 	for i, g := range gs {
 		g.force = true
-		g.scheduled = true
+		o.setScheduledLocked(g, true)
 		g.dueAt = now.Add(period * time.Duration(i) / time.Duration(len(gs)))
 		heap.Push(&o.delayed, g)
 	}
@@ -358,13 +359,22 @@ func (o *outbox) refresh(period time.Duration, now time.Time) int {
 	return len(gs)
 }
 
+// setScheduledLocked sets g.scheduled, keeping count.
+func (o *outbox) setScheduledLocked(g *ghostOut, on bool) {
+	switch {
+	case on && !g.scheduled:
+		o.pending++
+	case !on && g.scheduled:
+		o.pending--
+	}
+	g.scheduled = on
+}
+
 // idle reports whether nothing is queued or in flight.
 func (o *outbox) idle() bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	idle := true
-	o.ghosts.each(func(_ id.UserID, g *ghostOut) { idle = idle && !g.scheduled })
-	return idle
+	return o.pending == 0
 }
 
 // shownOnline returns the ghosts the homeserver last saw as not offline,

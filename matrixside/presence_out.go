@@ -51,7 +51,7 @@ func (s *Side) ghostOf(jid mapping.BareJID) (id.UserID, error) {
 func (s *Side) sendPresence(ctx context.Context, g *ghostOut, w wireState) error {
 	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
 	defer cancel()
-	cli, err := s.ghosts.ensure(ctx, g.ghost, g.jid)
+	cli, err := s.ghosts.ensureWith(ctx, g.ghost, g.jid, g.cli)
 	if err != nil {
 		return err
 	}

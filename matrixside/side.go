@@ -166,8 +166,8 @@ func New(cfg Config, ns mapping.Namespace, tr *mapping.Translator, store *bridge
 	as.StateStore = nil
 	base := http.DefaultTransport.(*http.Transport).Clone()
 	base.MaxIdleConnsPerHost = 64
-	s.transport = &gatedTransport{h: s.health, base: base}
-	as.HTTPClient = &http.Client{Transport: s.transport, Timeout: httpClientTimeout}
+	s.transport = &gatedTransport{h: s.health, base: base, timeout: httpClientTimeout}
+	as.HTTPClient = &http.Client{Transport: s.transport}
 
 	s.bot = as.NewMautrixClient(cfg.BotMXID())
 	s.prober = as.NewMautrixClient(cfg.BotMXID())
