@@ -197,10 +197,11 @@ type queryHandler struct{ s *Side }
 func (queryHandler) QueryAlias(id.RoomAlias) bool { return false }
 
 // QueryUser implements appservice.QueryHandler. The homeserver asks when
-// something names a ghost it does not know: a Matrix user inviting it or
-// looking up its profile and, on Synapse, any event about it, a federated
-// invite included. A yes registers the ghost, an account on the
-// homeserver for good, so it is given only
+// something names a ghost it does not know: a client looking its profile
+// up (Element does before inviting; Dendrite v0.15.2 asks only then) and,
+// on Synapse, events naming it, federated invites included. A yes
+// registers the ghost, an account on the homeserver for good, so it is
+// given only
 //   - for a ghost this process registered already (the homeserver lost
 //     it: it is registered again);
 //   - for the ghost of an XMPP user with a live link (asked or approved,
@@ -208,14 +209,15 @@ func (queryHandler) QueryAlias(id.RoomAlias) bool { return false }
 //     come with the core's commands, which register the ghost themselves);
 //   - else within the registration budget, per XMPP domain and in all
 //     (matrix.query_ghosts_per_domain_per_hour, query_ghosts_per_hour): a
-//     Matrix user inviting an XMPP user nobody linked yet is how the
-//     Matrix half of the consent flow starts, and Dendrite refuses the
-//     invite unless the invitee exists.
+//     Matrix user looking up and inviting an XMPP user nobody linked yet
+//     is how the Matrix half of the consent flow starts, and clients warn
+//     about users whose profile cannot be found.
 //
-// Past the budget the answer is no (the invite fails on Dendrite; on
-// Synapse it exists anyway and reaches the core, whose consent flow
-// registers the ghost if the XMPP user agrees), counted and logged at a
-// bounded rate.
+// Past the budget the answer is no, counted and logged at a bounded rate.
+// The user can still be invited (the client warns; Dendrite accepts an
+// invite of a local user it does not know, Synapse asks after the fact):
+// the invite reaches the core, and the ghost is registered when the core,
+// with the XMPP user's consent, has it join.
 func (q queryHandler) QueryUser(u id.UserID) bool {
 	s := q.s
 	kind, jid := s.classify(u)

@@ -28,10 +28,12 @@ func syncFilter() *mautrix.Filter {
 	}
 }
 
-// botSyncer is mautrix's DefaultSyncer with the side's retry policy: a
-// failed /sync is retried after a backoff of its own (DefaultSyncer waits
-// a fixed 10 s). Its requests go through the homeserver gate like all
-// others, but never as the trial (see withoutTrial).
+// botSyncer is mautrix's DefaultSyncer with the side's retry policy
+// (DefaultSyncer waits a fixed 10 s): a /sync that failed because the
+// homeserver is away or limiting is retried as soon as the homeserver
+// gate opens, any other failure after a back-off of its own. Its requests
+// go through the gate like all others, but never as the trial (see
+// withoutTrial).
 type botSyncer struct {
 	*mautrix.DefaultSyncer
 	s       *Side
