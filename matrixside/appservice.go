@@ -39,7 +39,16 @@ const appPrefix = "/_matrix/app/v1/"
 func (s *Side) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	tok := hsToken(r)
 	if tok == "" || subtle.ConstantTimeCompare([]byte(tok), []byte(s.cfg.HSToken)) != 1 {
-		s.log.Warn("appservice request refused: bad hs_token", "remote", r.RemoteAddr, "method", r.Method, "path", r.URL.Path, "token_given", tok != "")
+		// Anyone who reaches the listener can do this as often as they
+		// like: counted, logged at a bounded rate, and the connection
+		// closed after the answer. The server would otherwise wait up to
+		// the read timeout for a body the peer may never send (it reads
+		// an unread body after the handler, Connection: close or not);
+		// the expired read deadline makes that read fail at once.
+		s.counts.badToken.Add(1)
+		s.badTokenLog.note(time.Now(), "remote", r.RemoteAddr, "token_given", tok != "")
+		w.Header().Set("Connection", "close")
+		_ = http.NewResponseController(w).SetReadDeadline(time.Now())
 		mautrix.MForbidden.WithMessage("bad or missing hs_token").Write(w)
 		return
 	}
@@ -54,7 +63,7 @@ func (s *Side) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		mautrix.MUnrecognized.WithStatus(http.StatusMethodNotAllowed).WithMessage("method not allowed").Write(w)
 		return
 	}
-	s.health.observe(nil) // the homeserver is there
+	s.health.hint(time.Now()) // the homeserver is there
 	if route == "transactions" {
 		s.serveTransaction(w, r, arg)
 		return
@@ -73,10 +82,15 @@ func (s *Side) serveHTTP(w http.ResponseWriter, r *http.Request) {
 
 // serveAPI serves the appservice API on ln until ctx ends, in an
 // http.Server of our own around mautrix's router (AppService.Start has no
-// timeouts and cannot be waited for). It returns once the server and all
-// its handlers are done: nil when ctx ended, the server's error if it
-// failed.
+// timeouts and cannot be waited for). The listener is open to whoever can
+// reach it, so everything a peer holds is bounded: time (s.limits: header,
+// read, write and idle timeouts), header size, and the number of
+// connections (matrix.max_connections, see connCap). It returns once the
+// server and all its handlers are done: nil when ctx ended, the server's
+// error if it failed.
 func (s *Side) serveAPI(ctx context.Context, ln net.Listener) error {
+	capped := newConnCap(ln, s.cfg.MaxConnections, &s.counts.connsShed)
+	s.conns.Store(capped)
 	// handlers counts the requests in progress, so that serveAPI waits for
 	// them even if Shutdown gives up; once closing, a request that still
 	// gets in is refused.
@@ -97,18 +111,21 @@ func (s *Side) serveAPI(ctx context.Context, ln net.Listener) error {
 			defer handlers.Done()
 			api.ServeHTTP(w, r)
 		}),
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       60 * time.Second,
-		WriteTimeout:      120 * time.Second, // a transaction may wait for the core
-		IdleTimeout:       120 * time.Second,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		ReadHeaderTimeout: s.limits.readHeader,
+		ReadTimeout:       s.limits.read,
+		WriteTimeout:      s.limits.write, // a transaction may wait for the core
+		IdleTimeout:       s.limits.idle,
+		MaxHeaderBytes:    s.limits.maxHeaderBytes,
+		ConnState:         capped.track,
+		// The server's own lines (TLS handshakes, bad requests) are a
+		// peer's doing: debug only.
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 		// Handlers see ctx end: the transaction in progress fails fast
 		// (and comes again) rather than holding up the shutdown.
 		BaseContext: func(net.Listener) context.Context { return ctx },
 	}
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
+	go func() { served <- srv.Serve(capped) }()
 	var err error
 	select {
 	case err = <-served:
@@ -179,13 +196,43 @@ type queryHandler struct{ s *Side }
 // QueryAlias implements appservice.QueryHandler.
 func (queryHandler) QueryAlias(id.RoomAlias) bool { return false }
 
-// QueryUser implements appservice.QueryHandler: a ghost of a valid JID is
-// registered (and named) on the spot.
+// QueryUser implements appservice.QueryHandler. The homeserver asks when
+// something names a ghost it does not know: a client looking its profile
+// up (Element does before inviting; Dendrite v0.15.2 asks only then) and,
+// on Synapse, events naming it, federated invites included. A yes
+// registers the ghost, an account on the homeserver for good, so it is
+// given only
+//   - for a ghost this process registered already (the homeserver lost
+//     it: it is registered again);
+//   - for the ghost of an XMPP user with a live link (asked or approved,
+//     in the core's links bucket when the side started; links made later
+//     come with the core's commands, which register the ghost themselves);
+//   - else within the registration budget, per XMPP domain and in all
+//     (matrix.query_ghosts_per_domain_per_hour, query_ghosts_per_hour): a
+//     Matrix user looking up and inviting an XMPP user nobody linked yet
+//     is how the Matrix half of the consent flow starts, and clients warn
+//     about users whose profile cannot be found.
+//
+// Past the budget the answer is no, counted and logged at a bounded rate.
+// The user can still be invited (the client warns; Dendrite accepts an
+// invite of a local user it does not know, Synapse asks after the fact):
+// the invite reaches the core, and the ghost is registered when the core,
+// with the XMPP user's consent, has it join.
 func (q queryHandler) QueryUser(u id.UserID) bool {
 	s := q.s
 	kind, jid := s.classify(u)
 	if kind != kindGhost {
 		return false
+	}
+	now := time.Now()
+	registered := s.ghosts.isRegistered(u)
+	if !registered && !s.ghosts.isLinked(u) {
+		if !s.budget.take(jid.Domain(), now) {
+			s.counts.queriesRefused.Add(1)
+			s.queryLog.note(now, "xmpp_domain", jid.Domain())
+			return false
+		}
+		s.counts.queriesRegistered.Add(1)
 	}
 	// mautrix's QueryHandler gets no request context: Run's ends it.
 	base := context.Background()
@@ -194,7 +241,15 @@ func (q queryHandler) QueryUser(u id.UserID) bool {
 	}
 	ctx, cancel := context.WithTimeout(base, requestTimeout)
 	defer cancel()
-	if _, err := s.ghosts.ensure(ctx, u, jid); err != nil {
+	var err error
+	if registered {
+		// The homeserver asks only about users it does not know: it lost
+		// this one. Register it again (no budget: it was consented to).
+		err = s.ghosts.reregister(ctx, s.ghosts.client(u))
+	} else {
+		_, err = s.ghosts.ensure(ctx, u, jid)
+	}
+	if err != nil {
 		s.log.Warn("registering queried ghost failed", "ghost", u, "err", err)
 		return false
 	}
@@ -206,7 +261,7 @@ func (s *Side) queueBotJoin(roomID id.RoomID) {
 	select {
 	case s.botJoins <- roomID:
 	default:
-		s.log.Warn("bot join queue full, invite ignored", "room", roomID)
+		s.botJoinLog.note(time.Now(), "room", roomID)
 	}
 }
 

@@ -227,3 +227,45 @@ func BenchmarkTransactionCPU(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkDeadHomeserver: a homeserver that refuses connections, 1,000
+// ghosts with presence to show and 1,000 membership commands delivered
+// again and again with no delay at all (worse than the bus, which backs
+// off). One op is one delivery of the 1,000 commands. hs-req/s is the
+// requests the side sent per second of wall time, over the whole run: the
+// target is one per back-off step of the gate (250 ms doubling to 10 s),
+// not one per command; run it long (-benchtime=20s) to see the cap.
+func BenchmarkDeadHomeserver(b *testing.B) {
+	ln := freeListener(b)
+	dead := "http://" + ln.Addr().String()
+	ln.Close()
+	s := newTestSide(b, testConfig(dead), nil, &fakeObserver{})
+	base := &http.Transport{}
+	defer base.CloseIdleConnections()
+	sent := &sentCounter{base: base}
+	s.setTransport(sent)
+	stop := runSide(b, s, freeListener(b))
+	defer stop()
+	const n = 1000
+	cmds := make([]bridge.GhostMembership, n)
+	for i := range cmds {
+		jid := mapping.BareJID(fmt.Sprintf("user%d@example.com", i))
+		s.showGhost(jid, mapping.Presence{State: mapping.StateAvailable}, time.Now())
+		cmds[i] = bridge.GhostMembership{Ghost: jid, Peer: mapping.UserID(fmt.Sprintf("@peer%d:localhost", i)), Membership: bridge.MembershipInvite}
+	}
+	ctx := context.Background()
+	start := time.Now()
+	failed := 0
+	for b.Loop() {
+		for _, c := range cmds {
+			if s.GhostMembership(ctx, c) != nil {
+				failed++
+			}
+		}
+	}
+	elapsed := time.Since(start)
+	reqs := sent.n.Load()
+	b.ReportMetric(float64(reqs)/elapsed.Seconds(), "hs-req/s")
+	b.ReportMetric(float64(reqs), "hs-req")
+	b.ReportMetric(float64(failed)/float64(b.N*n), "retryable/cmd")
+}

@@ -80,6 +80,27 @@ type Config struct {
 	// MaxStatusLength caps a ghost's status message, in bytes (cut at a
 	// UTF-8 boundary).
 	MaxStatusLength int `yaml:"max_status_length"`
+	// MaxConnections caps the open connections of the appservice
+	// listener. When it is full, the oldest connection with no request in
+	// progress is closed to make room (see connCap).
+	MaxConnections int `yaml:"max_connections"`
+	// MaxTracked bounds each in-memory table keyed by what the homeserver
+	// or remote users send: ghosts (their outgoing presence, and which
+	// are registered), Matrix users (their last presence) and rooms. Past
+	// it the least recently used entry is forgotten (Counts.Evicted*).
+	MaxTracked int `yaml:"max_tracked"`
+	// QueryGhostsPerHour and QueryGhostsPerDomainPerHour budget the
+	// ghosts registered for the homeserver's user queries about XMPP users
+	// without a link (a Matrix user inviting someone nobody linked yet):
+	// in all, and per XMPP domain. Each is a burst of that size, refilled
+	// over an hour. 0: never (only ghosts with a link can be invited).
+	// Ghosts the core asks for (people with a link) are not counted.
+	QueryGhostsPerHour          int `yaml:"query_ghosts_per_hour"`
+	QueryGhostsPerDomainPerHour int `yaml:"query_ghosts_per_domain_per_hour"`
+	// InviteLocalOnly makes ghosts open direct chats only with users of
+	// HomeserverDomain: an invite to a user of another server is refused
+	// (logged, Counts.InvitesNotLocal) and not retried.
+	InviteLocalOnly bool `yaml:"invite_local_only"`
 }
 
 // Default returns the defaults documented in config.yaml. Tokens and
@@ -94,6 +115,11 @@ func Default() Config {
 		PollInterval:    30 * time.Second,
 		OfflineGrace:    30 * time.Second,
 		MaxStatusLength: 1024,
+		MaxConnections:  256,
+		MaxTracked:      65536,
+
+		QueryGhostsPerHour:          100,
+		QueryGhostsPerDomainPerHour: 20,
 	}
 }
 
@@ -182,6 +208,18 @@ func (c Config) Validate() error {
 	}
 	if c.MaxStatusLength < 1 || c.MaxStatusLength > 65536 {
 		add("max_status_length", "%d: must be between 1 and 65536", c.MaxStatusLength)
+	}
+	if c.MaxConnections < 8 || c.MaxConnections > 65536 {
+		add("max_connections", "%d: must be between 8 and 65536", c.MaxConnections)
+	}
+	if c.MaxTracked < 64 || c.MaxTracked > 1<<24 {
+		add("max_tracked", "%d: must be between 64 and %d", c.MaxTracked, 1<<24)
+	}
+	if c.QueryGhostsPerHour < 0 || c.QueryGhostsPerHour > 1_000_000 {
+		add("query_ghosts_per_hour", "%d: must be between 0 (never) and 1000000", c.QueryGhostsPerHour)
+	}
+	if c.QueryGhostsPerDomainPerHour < 0 || c.QueryGhostsPerDomainPerHour > 1_000_000 {
+		add("query_ghosts_per_domain_per_hour", "%d: must be between 0 (never) and 1000000", c.QueryGhostsPerDomainPerHour)
 	}
 	return errors.Join(errs...)
 }

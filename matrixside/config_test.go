@@ -48,6 +48,10 @@ func TestConfigValidateReportsEveryKey(t *testing.T) {
 		{"refresh", func(c *Config) { c.GhostRefreshInterval = time.Millisecond }, "ghost_refresh_interval"},
 		{"grace", func(c *Config) { c.OfflineGrace = time.Millisecond }, "offline_grace"},
 		{"status", func(c *Config) { c.MaxStatusLength = 0 }, "max_status_length"},
+		{"connections", func(c *Config) { c.MaxConnections = 1 }, "max_connections"},
+		{"tracked", func(c *Config) { c.MaxTracked = 0 }, "max_tracked"},
+		{"query budget", func(c *Config) { c.QueryGhostsPerHour = -1 }, "query_ghosts_per_hour"},
+		{"query budget per domain", func(c *Config) { c.QueryGhostsPerDomainPerHour = -1 }, "query_ghosts_per_domain_per_hour"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -81,6 +85,11 @@ ghost_refresh_interval: 1h
 coalesce_window: 1s
 offline_grace: 10s
 max_status_length: 100
+max_connections: 32
+max_tracked: 1000
+query_ghosts_per_hour: 0
+query_ghosts_per_domain_per_hour: 5
+invite_local_only: true
 `
 	c := Default()
 	dec := yaml.NewDecoder(strings.NewReader(src))
@@ -91,7 +100,8 @@ max_status_length: 100
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	if c.PollInterval != 10*time.Second || c.GhostRefreshInterval != time.Hour || c.PresenceSource != SourcePoll || c.MaxStatusLength != 100 || c.OfflineGrace != 10*time.Second {
+	if c.PollInterval != 10*time.Second || c.GhostRefreshInterval != time.Hour || c.PresenceSource != SourcePoll || c.MaxStatusLength != 100 || c.OfflineGrace != 10*time.Second ||
+		c.MaxConnections != 32 || c.MaxTracked != 1000 || c.QueryGhostsPerHour != 0 || c.QueryGhostsPerDomainPerHour != 5 || !c.InviteLocalOnly {
 		t.Fatalf("decoded %+v", c)
 	}
 }

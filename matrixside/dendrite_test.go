@@ -3,6 +3,7 @@ package matrixside
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"strings"
@@ -34,6 +35,12 @@ type env struct {
 // listening where the registration says, reporting to a fake observer.
 func startEnv(t *testing.T, edit func(*Config), beforeRun func(*Side)) *env {
 	t.Helper()
+	return startEnvLog(t, testLogger(t), edit, beforeRun)
+}
+
+// startEnvLog is startEnv with the side logging to log.
+func startEnvLog(t *testing.T, log *slog.Logger, edit func(*Config), beforeRun func(*Side)) *env {
+	t.Helper()
 	ln := freeListener(t)
 	cfg := testConfig("http://placeholder")
 	cfg.ASToken, cfg.HSToken = "", ""
@@ -54,7 +61,7 @@ func startEnv(t *testing.T, edit func(*Config), beforeRun func(*Side)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(cfg, testNS, mapping.NewTranslator(mapping.DefaultTable(), busy), e.store, e.obs, testLogger(t))
+	s, err := New(cfg, testNS, mapping.NewTranslator(mapping.DefaultTable(), busy), e.store, e.obs, log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,25 +11,40 @@
 //     whether the homeserver has MSC3026 busy presence before building the
 //     mapping.Translator.
 //   - [Side], made by [New] and run by [Side.Run], which serves the
-//     appservice API in an http.Server of its own (with timeouts) and runs
-//     the workers below until its context ends; Run returns only after all
-//     of them, and the server's handlers, have exited.
-//   - Appservice API in (appservice.go, txn.go, txnlog.go): the hs_token
-//     check, then transactions handled in order, one at a time, before the
-//     answer (a failed durable report makes it a 500, and the homeserver
-//     sends the transaction again), de-duplicated across restarts; user
-//     queries register ghosts.
+//     appservice API in an http.Server of its own and runs the workers
+//     below until its context ends; Run returns only after all of them,
+//     and the server's handlers, have exited.
+//   - Appservice API in (appservice.go, conncap.go, txn.go, txnlog.go):
+//     the listener is open to whoever reaches it, so what a peer can hold
+//     is bounded: header, read, write and idle timeouts, header size, and
+//     matrix.max_connections (idle connections are shed to make room); a
+//     bad hs_token gets 403, its connection closed, and is counted and
+//     logged at a bounded rate. Then transactions are handled in order,
+//     one at a time, before the answer (a failed durable report makes it a
+//     500, and the homeserver sends the transaction again), de-duplicated
+//     across restarts. User queries register a ghost only with a link or
+//     within the registration budget (matrix.query_ghosts_per_hour,
+//     query_ghosts_per_domain_per_hour): see queryHandler.QueryUser.
+//   - The homeserver gate (health.go): every request to the homeserver
+//     goes through it. While the homeserver is down (network errors, 5xx)
+//     one trial request goes per back-off step (250 ms doubling to 10 s)
+//     and every other request fails at once with [ErrHomeserverDown]; a
+//     429 holds everything for its retry_after_ms. One log line per change
+//     of state, not per request.
 //   - Ghost presence out (presence_out.go, outbox.go, ghosts.go):
 //     [Side.ShowGhost] never blocks; the outbox keeps only the latest
-//     wanted state per ghost, sends only real changes, honours 429
-//     retry_after_ms and backs off on 5xx and network errors behind one
-//     gate for all ghosts. It does not coalesce by time: the core does.
-//     Ghosts are registered and named on first use.
+//     wanted state per ghost, sends only real changes, waits behind the
+//     gate, and backs off per ghost on failures of its own. It does not
+//     coalesce by time: the core does. Ghosts are registered and named on
+//     first use by a command of the core (which speaks only of people with
+//     a link).
 //   - Memberships out (membership_out.go): [Side.GhostMembership] makes a
 //     ghost open a direct chat (with the bot invited, so that /sync sees
 //     the peer), join, reject or leave, after showing GhostMembership.Before
 //     (a revoked ghost goes offline, and lingers a second so that syncing
-//     clients see it, before it leaves).
+//     clients see it, before it leaves). While the gate is closed it fails
+//     at once with ErrHomeserverDown, before any work; with
+//     matrix.invite_local_only an invite to another server is refused.
 //   - Memberships in (membership_in.go, rooms.go): m.room.member events
 //     that concern a ghost, the ghost's own included, are reported
 //     natively addressed; rooms.go remembers who shares which room.
@@ -39,21 +54,28 @@
 //     the bot never are. health.go: when the homeserver cannot be reached
 //     for matrix.offline_grace, the Matrix users believed online are
 //     reported offline, and read again once it answers.
+//   - Bounds (lru.go, budget.go, counts.go): every table keyed by what the
+//     homeserver or remote users send (outgoing ghost presence, registered
+//     ghosts, Matrix users' last presence, rooms and their members,
+//     per-domain budgets) is bounded by matrix.max_tracked or a constant;
+//     [Side.Counts] returns what was refused, held back or forgotten, by
+//     reason, for metrics.
 //   - Commands (commands.go): "!presence off|on|help" from a Matrix user
 //     become opt-out reports, answered by the bot.
 //
 // State: the side writes only the pb_txns bucket (transaction ids). It
-// reads pb_links (the core's) for the room of a link and the users to
-// poll; the core learns rooms from the membership reports.
+// reads pb_links (the core's) for the room of a link, the users to poll
+// and, at start, the ghosts with a live link; the core learns rooms from
+// the membership reports.
 //
 // mautrix-go (maunium.net/go/mautrix) does the Matrix work:
 // appservice.Registration, appservice.AppService with its router (user
-// and alias queries, ping) and IntentAPI for the ghosts (registration,
-// display name, createRoom, invite, join, leave), mautrix.Client with
-// DefaultSyncer for the bot's /sync (a presence filter, set_presence
-// offline) and GET /versions, mautrix.HTTPError for the homeserver's
-// errors, and the id and event types throughout. Where it has gaps, a
-// thin wrapper says which, at its definition:
+// and alias queries, ping), mautrix.Client for the ghosts (registration,
+// display name, createRoom, invite, join, leave) and for the bot, with
+// DefaultSyncer for its /sync (a presence filter, set_presence offline)
+// and GET /versions, mautrix.HTTPError for the homeserver's errors, and
+// the id and event types throughout. Where it has gaps, a thin wrapper
+// says which, at its definition:
 //   - a wrong hs_token gets 403 M_FORBIDDEN, also in the legacy
 //     access_token query form (mautrix: 401, header only) — Side.Handler;
 //   - the legacy un-prefixed paths are served — splitRoute;
@@ -64,9 +86,12 @@
 //   - transaction ids are kept across restarts (mautrix: memory only) —
 //     txnLog;
 //   - clearing a status needs "status_msg": "", which ReqPresence omits —
-//     putPresence; a GET of the display name answering 404 means none —
-//     ghosts.register; a ghost the homeserver lost is registered again —
+//     putPresence; a ghost the homeserver lost is registered again —
 //     ghosts.reregister;
+//   - AppService.Intent and AppService.Client cache a client per user ID
+//     forever, and the memory state store every registration and
+//     membership: ghosts get uncached clients and there is no state store
+//     (IntentAPI, which needs one, is not used) — ghosts;
 //   - last_active_ago absent and 0 look alike in RespPresence and
 //     PresenceEventContent — presenceContent;
 //   - mautrix logs with zerolog, the project with slog — zerologFor.
@@ -74,5 +99,6 @@
 // The library never gets to exit the process or to retry on its own:
 // EnsureAppserviceConnection and AppService.Start are not used, and its
 // clients make one attempt per request (the outbox and the transport
-// retry), except the bot's join of a room it was invited to.
+// retry), except the bot's join of a room it was invited to; all of them
+// go through the homeserver gate (gatedTransport).
 package matrixside

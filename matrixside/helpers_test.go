@@ -352,3 +352,91 @@ func ghostOf(t testing.TB, jid mapping.BareJID) string {
 	}
 	return string(g)
 }
+
+// logRecords is a slog handler that keeps the level and message of every
+// record, for tests that count log lines (what an operator would see).
+// With MATRIXSIDE_LOG set, records also go to the test log.
+type logRecords struct {
+	mu   *sync.Mutex
+	recs *[]logRecord
+	next slog.Handler
+}
+
+type logRecord struct {
+	level slog.Level
+	msg   string
+}
+
+func newLogRecords(t testing.TB) (*logRecords, *slog.Logger) {
+	l := &logRecords{mu: &sync.Mutex{}, recs: &[]logRecord{}, next: testLogger(t).Handler()}
+	return l, slog.New(l)
+}
+
+func (l *logRecords) Enabled(context.Context, slog.Level) bool { return true }
+
+func (l *logRecords) Handle(ctx context.Context, r slog.Record) error {
+	l.mu.Lock()
+	*l.recs = append(*l.recs, logRecord{r.Level, r.Message})
+	l.mu.Unlock()
+	if l.next.Enabled(ctx, r.Level) {
+		return l.next.Handle(ctx, r)
+	}
+	return nil
+}
+
+func (l *logRecords) WithAttrs(as []slog.Attr) slog.Handler {
+	c := *l
+	c.next = l.next.WithAttrs(as)
+	return &c
+}
+
+func (l *logRecords) WithGroup(g string) slog.Handler {
+	c := *l
+	c.next = l.next.WithGroup(g)
+	return &c
+}
+
+// count returns how many records at level or above contain substr.
+func (l *logRecords) count(level slog.Level, substr string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, r := range *l.recs {
+		if r.level >= level && strings.Contains(r.msg, substr) {
+			n++
+		}
+	}
+	return n
+}
+
+// since returns the records at level or above logged after the first n.
+func (l *logRecords) since(n int, level slog.Level) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for _, r := range (*l.recs)[min(n, len(*l.recs)):] {
+		if r.level >= level {
+			out = append(out, r.level.String()+" "+r.msg)
+		}
+	}
+	return out
+}
+
+func (l *logRecords) len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(*l.recs)
+}
+
+// newTestSideLog is newTestSide with a logger of the test's choosing.
+func newTestSideLog(t testing.TB, cfg Config, store *bridge.Store, obs bridge.MatrixObserver, log *slog.Logger) *Side {
+	t.Helper()
+	if store == nil {
+		store = openTestStore(t, "")
+	}
+	s, err := New(cfg, testNS, mapping.NewTranslator(mapping.DefaultTable(), false), store, obs, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}

@@ -3,6 +3,7 @@ package matrixside
 import (
 	"errors"
 	"strings"
+	"time"
 
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
@@ -95,7 +96,7 @@ func (s *Side) membershipReports(m memberEvent) []bridge.MatrixMembership {
 	targetKind, targetJID := s.classify(m.Target)
 	senderKind, senderJID := s.classify(m.Sender)
 	if targetKind == kindBadGhost || senderKind == kindBadGhost {
-		s.log.Warn("ignoring membership of an undecodable ghost", "room", m.RoomID, "sender", m.Sender, "state_key", m.Target)
+		s.badGhostLog.note(time.Now(), "room", m.RoomID, "sender", m.Sender, "state_key", m.Target)
 		return nil
 	}
 	if targetKind == kindInvalid || senderKind == kindInvalid || targetKind == kindBot {

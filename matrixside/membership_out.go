@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"maunium.net/go/mautrix"
-	"maunium.net/go/mautrix/appservice"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
@@ -38,9 +37,22 @@ const (
 // Before until the homeserver shows that presence (at most beforeTimeout)
 // plus beforeLinger. It returns an error for failures that may pass
 // (homeserver away, 5xx, 429), so that the command is delivered again;
-// commands that can never work are logged and acknowledged (nil). It is
-// idempotent: a second invite finds the chat, a second leave is done.
+// while the homeserver is known to be down or limiting, that error
+// (ErrHomeserverDown) comes at once, before any request, behind the same
+// gate as ghost presence. Commands that can never work, and invites
+// refused by matrix.invite_local_only, are logged and acknowledged (nil).
+// It is idempotent: a second invite finds the chat, a second leave is
+// done.
 func (s *Side) GhostMembership(ctx context.Context, c bridge.GhostMembership) error {
+	if err := s.health.ready(time.Now()); err != nil {
+		return err
+	}
+	if c.Membership == bridge.MembershipInvite && s.cfg.InviteLocalOnly && c.Peer.Server() != s.cfg.HomeserverDomain {
+		s.counts.invitesNotLocal.Add(1)
+		s.log.Info("invite refused: the Matrix user is not on the local homeserver (matrix.invite_local_only)",
+			"id", c.ID, "ghost", c.Ghost, "peer_server", c.Peer.Server())
+		return nil
+	}
 	err := s.ghostMembership(ctx, c)
 	if err == nil {
 		return nil
@@ -68,7 +80,7 @@ func (s *Side) ghostMembership(ctx context.Context, c bridge.GhostMembership) er
 	}
 	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
 	defer cancel()
-	intent, err := s.ghosts.ensure(ctx, ghost, c.Ghost)
+	cli, err := s.ghosts.ensure(ctx, ghost, c.Ghost)
 	if err != nil {
 		return err
 	}
@@ -78,12 +90,12 @@ func (s *Side) ghostMembership(ctx context.Context, c bridge.GhostMembership) er
 	}
 	switch c.Membership {
 	case bridge.MembershipInvite:
-		return s.openDirect(ctx, intent, peer, roomID)
+		return s.openDirect(ctx, cli, peer, roomID)
 	case bridge.MembershipJoin:
 		if roomID == "" {
 			return fmt.Errorf("%w: join without a room", ErrBadCommand)
 		}
-		if _, err := intent.JoinRoomByID(ctx, roomID); err != nil {
+		if _, err := cli.JoinRoomByID(ctx, roomID); err != nil {
 			return err
 		}
 		s.rooms.add(roomID, ghost, peer)
@@ -92,7 +104,7 @@ func (s *Side) ghostMembership(ctx context.Context, c bridge.GhostMembership) er
 		if roomID == "" {
 			return fmt.Errorf("%w: %s without a room", ErrBadCommand, c.Membership)
 		}
-		_, err := intent.LeaveRoom(ctx, roomID)
+		_, err := cli.LeaveRoom(ctx, roomID)
 		if st := httpStatus(err); st == 400 || st == 403 || st == 404 {
 			// Not (or no longer) in the room: done. Synapse says 403,
 			// Dendrite 400 M_UNKNOWN "not joined".
@@ -144,23 +156,21 @@ func (s *Side) knownRoom(ctx context.Context, user mapping.UserID, jid mapping.B
 // openDirect makes sure the ghost and peer share a direct chat: roomID if
 // the ghost is still in it (inviting peer again if peer left), else a new
 // one.
-func (s *Side) openDirect(ctx context.Context, intent *appservice.IntentAPI, peer id.UserID, roomID id.RoomID) error {
+func (s *Side) openDirect(ctx context.Context, cli *mautrix.Client, peer id.UserID, roomID id.RoomID) error {
 	if roomID != "" {
 		var member event.MemberEventContent
-		// The client's StateEvent: IntentAPI's would first make the ghost
-		// join (and have the bot invite it), which is not asked for here.
-		err := intent.Client.StateEvent(ctx, roomID, event.StateMember, string(peer), &member)
+		err := cli.StateEvent(ctx, roomID, event.StateMember, string(peer), &member)
 		if retry, _ := retryable(err); retry {
 			return err
 		}
 		switch st := httpStatus(err); {
 		case err == nil && (member.Membership == event.MembershipJoin || member.Membership == event.MembershipInvite):
-			s.rooms.add(roomID, intent.UserID, peer)
+			s.rooms.add(roomID, cli.UserID, peer)
 			return nil // already there: nothing to do
 		case err == nil || st == 404: // peer left, or never had a member event
-			_, err = intent.InviteUser(ctx, roomID, &mautrix.ReqInviteUser{UserID: peer})
+			_, err = cli.InviteUser(ctx, roomID, &mautrix.ReqInviteUser{UserID: peer})
 			if err == nil {
-				s.rooms.add(roomID, intent.UserID, peer)
+				s.rooms.add(roomID, cli.UserID, peer)
 				return nil
 			}
 			if retry, _ := retryable(err); retry {
@@ -173,16 +183,16 @@ func (s *Side) openDirect(ctx context.Context, intent *appservice.IntentAPI, pee
 	// and a room shared with the bot makes the peer's presence reach the
 	// bot's /sync at once instead of at the next poll.
 	bot := s.cfg.BotMXID()
-	resp, err := intent.CreateRoom(ctx, &mautrix.ReqCreateRoom{
+	resp, err := cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{
 		Preset: "trusted_private_chat", IsDirect: true, Invite: []id.UserID{peer, bot},
 	})
 	if err != nil {
 		return err
 	}
-	if _, err := s.as.BotIntent().JoinRoomByID(ctx, resp.RoomID); err != nil {
+	if _, err := s.bot.JoinRoomByID(ctx, resp.RoomID); err != nil {
 		s.log.Warn("bot could not join the direct chat; presence falls back to polling", "room", resp.RoomID, "err", err)
 	}
-	s.rooms.add(resp.RoomID, intent.UserID, peer)
-	s.log.Info("direct chat opened", "ghost", intent.UserID, "peer", peer, "room", resp.RoomID)
+	s.rooms.add(resp.RoomID, cli.UserID, peer)
+	s.log.Info("direct chat opened", "ghost", cli.UserID, "peer", peer, "room", resp.RoomID)
 	return nil
 }

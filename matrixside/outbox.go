@@ -2,12 +2,14 @@ package matrixside
 
 import (
 	"container/heap"
+	"container/list"
 	"context"
 	"errors"
 	"log/slog"
 	"sync"
 	"time"
 
+	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
@@ -26,7 +28,8 @@ type wireState struct {
 type ghostOut struct {
 	ghost id.UserID
 	jid   mapping.BareJID
-	url   string // of its presence, built once by the worker that sends it
+	cli   *mautrix.Client // made by the worker that first sends it
+	url   string          // of its presence, likewise
 
 	desired   wireState // latest state asked for
 	version   uint64    // of desired: one more per set
@@ -41,6 +44,10 @@ type ghostOut struct {
 	scheduled bool // queued, delayed or in flight
 	force     bool // send even if unchanged (refresh)
 	dueAt     time.Time
+	retries   int           // failed PUTs in a row, for its own back-off
+	readyEl   *list.Element // in ready
+	heapIdx   int           // in delayed; -1 if not
+	evicted   bool          // forgotten at the max_tracked bound
 }
 
 // needsSend reports whether the desired state still has to go out.
@@ -67,43 +74,81 @@ func (g *ghostOut) settle() {
 // sendFunc sets a ghost's presence on the homeserver.
 type sendFunc func(ctx context.Context, g *ghostOut, w wireState) error
 
-// errPresenceRefused is what waitShown returns when the homeserver refused
-// the state for good.
-var errPresenceRefused = errors.New("matrixside: ghost presence refused")
+var (
+	// errPresenceRefused is what waitShown returns when the homeserver
+	// refused the state for good.
+	errPresenceRefused = errors.New("matrixside: ghost presence refused")
+	// errPresenceForgotten is what waitShown returns when the ghost was
+	// forgotten at the max_tracked bound before its state was shown.
+	errPresenceForgotten = errors.New("matrixside: ghost presence forgotten (max_tracked)")
+)
+
+// gateWaiter is the homeserver gate as the outbox sees it (health.wait).
+type gateWaiter interface {
+	wait(now time.Time) (time.Duration, <-chan struct{})
+}
 
 // outbox sends ghost presence: per ghost only the latest desired state is
 // kept and a PUT goes out only when it differs from what the homeserver
-// last accepted. It does not coalesce by time (the core does). Failures
-// that may pass (network, 5xx, 429) close a gate for all ghosts: while
-// the homeserver is away or limiting nothing is sent, and the states pile
-// up one per ghost, to be sent once each when the gate opens (after
-// retry_after_ms, or a backoff that doubles up to maxBackoff).
+// last accepted. It does not coalesce by time (the core does). While the
+// homeserver gate is closed (it is down or limiting, see health) nothing
+// is sent, and the states pile up one per ghost, to be sent once each
+// when it opens; a ghost whose own PUT fails also waits a back-off of its
+// own (minBackoff doubling to maxBackoff), or the retry_after_ms it got.
+//
+// At most max ghosts are kept: setting one more forgets the one set least
+// recently, whatever its state (its pending state is dropped, and it is
+// not set offline on shutdown). The core sends presence only for people
+// with a link, so the bound is reached only if there are more of them.
 type outbox struct {
 	minBackoff time.Duration
 	maxBackoff time.Duration
 	send       sendFunc
+	gate       gateWaiter
 	log        *slog.Logger
+	refusedLog *sampledLog
 
-	mu        sync.Mutex
-	ghosts    map[id.UserID]*ghostOut
-	ready     []*ghostOut // FIFO of ghosts due now
-	delayed   dueHeap     // ghosts due later
-	gateUntil time.Time   // no PUT before this
-	backoff   time.Duration
-	wake      chan struct{}
-	changed   chan struct{} // closed and replaced when a PUT ends
+	mu      sync.Mutex
+	ghosts  *lru[id.UserID, *ghostOut]
+	ready   list.List // FIFO of *ghostOut due now
+	delayed dueHeap   // ghosts due later
+	pending int       // ghosts scheduled: queued, delayed or in flight
+	wake    chan struct{}
+	changed chan struct{} // closed and replaced when a PUT ends
 }
 
-func newOutbox(send sendFunc, log *slog.Logger) *outbox {
-	return &outbox{
+func newOutbox(send sendFunc, gate gateWaiter, max int, log *slog.Logger) *outbox {
+	o := &outbox{
 		minBackoff: 250 * time.Millisecond,
 		maxBackoff: 10 * time.Second,
 		send:       send,
+		gate:       gate,
 		log:        log,
-		ghosts:     map[id.UserID]*ghostOut{},
+		refusedLog: newSampledLog(log, slog.LevelError, "ghost presence refused by the homeserver"),
 		wake:       make(chan struct{}, 1),
 		changed:    make(chan struct{}),
 	}
+	o.ghosts = newLRU(max, o.forgetLocked)
+	return o
+}
+
+// forgetLocked takes an evicted ghost out of the queues.
+func (o *outbox) forgetLocked(_ id.UserID, g *ghostOut) {
+	g.evicted = true
+	if g.readyEl != nil {
+		o.ready.Remove(g.readyEl)
+		g.readyEl = nil
+	}
+	if g.heapIdx >= 0 {
+		heap.Remove(&o.delayed, g.heapIdx)
+	}
+	o.setScheduledLocked(g, false)
+}
+
+func (o *outbox) evictedCount() uint64 {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.ghosts.evicted
 }
 
 // set records the desired state of a ghost and schedules it; it returns
@@ -112,10 +157,10 @@ func newOutbox(send sendFunc, log *slog.Logger) *outbox {
 func (o *outbox) set(ghost id.UserID, jid mapping.BareJID, w wireState) (uint64, bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	g := o.ghosts[ghost]
-	if g == nil {
-		g = &ghostOut{ghost: ghost, jid: jid}
-		o.ghosts[ghost] = g
+	g, ok := o.ghosts.get(ghost)
+	if !ok {
+		g = &ghostOut{ghost: ghost, jid: jid, heapIdx: -1}
+		o.ghosts.put(ghost, g)
 	}
 	g.desired = w
 	g.version++
@@ -129,17 +174,21 @@ func (o *outbox) set(ghost id.UserID, jid mapping.BareJID, w wireState) (uint64,
 
 // waitShown waits until version of ghost's state (or a newer one) is
 // shown by the homeserver. It returns errPresenceRefused if the
-// homeserver refused it for good, or ctx's error.
+// homeserver refused it for good, errPresenceForgotten if the ghost was
+// forgotten meanwhile, or ctx's error.
 func (o *outbox) waitShown(ctx context.Context, ghost id.UserID, version uint64) error {
 	for {
 		o.mu.Lock()
-		g, ch := o.ghosts[ghost], o.changed
+		g, ok := o.ghosts.peek(ghost)
+		ch := o.changed
 		var shown, refused bool
-		if g != nil {
+		if ok {
 			shown, refused = g.sentVersion >= version, g.failedVersion >= version
 		}
 		o.mu.Unlock()
 		switch {
+		case !ok:
+			return errPresenceForgotten
 		case shown:
 			return nil
 		case refused:
@@ -163,8 +212,8 @@ func (o *outbox) scheduleLocked(g *ghostOut) {
 		g.settle()
 		return
 	}
-	g.scheduled = true
-	o.ready = append(o.ready, g)
+	o.setScheduledLocked(g, true)
+	g.readyEl = o.ready.PushBack(g)
 	o.signal()
 }
 
@@ -186,7 +235,7 @@ func (o *outbox) run(ctx context.Context) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
-		g, w, version, force, wait := o.next(time.Now())
+		g, w, version, force, wait, gateChanged := o.next(time.Now())
 		if g == nil {
 			if wait < 0 {
 				wait = time.Hour
@@ -196,6 +245,7 @@ func (o *outbox) run(ctx context.Context) {
 			case <-ctx.Done():
 				return
 			case <-o.wake:
+			case <-gateChanged:
 			case <-timer.C:
 			}
 			continue
@@ -209,37 +259,38 @@ func (o *outbox) run(ctx context.Context) {
 }
 
 // next pops the next ghost due at now and marks its PUT as started. With
-// nothing due it returns how long to wait (-1: until woken).
-func (o *outbox) next(now time.Time) (g *ghostOut, w wireState, version uint64, force bool, wait time.Duration) {
+// nothing due, or the gate closed, it returns how long to wait (-1: until
+// woken) and the gate's channel.
+func (o *outbox) next(now time.Time) (g *ghostOut, w wireState, version uint64, force bool, wait time.Duration, gateChanged <-chan struct{}) {
+	if d, ch := o.gate.wait(now); d != 0 {
+		return nil, w, 0, false, d, ch
+	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if now.Before(o.gateUntil) {
-		return nil, w, 0, false, o.gateUntil.Sub(now)
-	}
 	for len(o.delayed) > 0 && !o.delayed[0].dueAt.After(now) {
-		o.ready = append(o.ready, heap.Pop(&o.delayed).(*ghostOut))
+		g := heap.Pop(&o.delayed).(*ghostOut)
+		g.readyEl = o.ready.PushBack(g)
 	}
-	for len(o.ready) > 0 {
-		g = o.ready[0]
-		o.ready[0] = nil
-		o.ready = o.ready[1:]
+	for e := o.ready.Front(); e != nil; e = o.ready.Front() {
+		g = o.ready.Remove(e).(*ghostOut)
+		g.readyEl = nil
 		if !g.needsSend() { // became unchanged while queued
-			g.scheduled = false
+			o.setScheduledLocked(g, false)
 			g.settle()
 			o.broadcastLocked()
 			continue
 		}
-		if len(o.ready) > 0 {
+		if o.ready.Len() > 0 {
 			o.signal()
 		}
 		w, version, force = g.desired, g.version, g.force
 		g.force = false
-		return g, w, version, force, 0
+		return g, w, version, force, 0, nil
 	}
 	if len(o.delayed) > 0 {
-		return nil, w, 0, false, o.delayed[0].dueAt.Sub(now)
+		return nil, w, 0, false, o.delayed[0].dueAt.Sub(now), nil
 	}
-	return nil, w, 0, false, -1
+	return nil, w, 0, false, -1, nil
 }
 
 // done records the outcome of a PUT of w (version) and reschedules g if
@@ -248,32 +299,40 @@ func (o *outbox) done(g *ghostOut, w wireState, version uint64, force bool, err 
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	defer o.broadcastLocked()
-	g.scheduled = false
+	if g.evicted {
+		return
+	}
+	o.setScheduledLocked(g, false)
 	if err == nil {
 		g.sent, g.hasSent, g.hasFailed = w, true, false
 		g.sentVersion = max(g.sentVersion, version)
-		o.backoff = 0
+		g.retries = 0
 		o.scheduleLocked(g)
 		return
 	}
 	if retry, after := retryable(err); retry {
-		if after <= 0 {
-			o.backoff = min(max(o.backoff*2, o.minBackoff), o.maxBackoff)
-			after = o.backoff
+		// Not sent through the closed gate: the gate paces it. Otherwise
+		// a back-off of the ghost's own, so that a ghost the homeserver
+		// fails on (a 500 for it alone) is not retried at the gate's pace.
+		if !errors.Is(err, ErrHomeserverDown) {
+			g.retries++
+			if after <= 0 {
+				after = min(o.minBackoff<<min(g.retries-1, 16), o.maxBackoff)
+			}
+		} else {
+			after = 0
 		}
-		if until := now.Add(after); until.After(o.gateUntil) {
-			o.gateUntil = until
-		}
-		o.log.Warn("ghost presence not sent, will retry", "ghost", g.ghost, "retry_in", after, "err", err)
+		o.log.Debug("ghost presence not sent, will retry", "ghost", g.ghost, "retry_in", after, "err", err)
 		g.force = g.force || force
-		g.scheduled = true
-		g.dueAt = o.gateUntil
+		o.setScheduledLocked(g, true)
+		g.dueAt = now.Add(after)
 		heap.Push(&o.delayed, g)
 		return
 	}
-	o.log.Error("ghost presence refused", "ghost", g.ghost, "presence", w.Presence, "err", err)
+	o.refusedLog.note(now, "ghost", g.ghost, "presence", w.Presence, "err", err)
 	g.failed, g.hasFailed = w, true
 	g.failedVersion = max(g.failedVersion, version)
+	g.retries = 0
 	o.scheduleLocked(g)
 }
 
@@ -283,14 +342,14 @@ func (o *outbox) refresh(period time.Duration, now time.Time) int {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	var gs []*ghostOut
-	for _, g := range o.ghosts {
+	o.ghosts.each(func(_ id.UserID, g *ghostOut) {
 		if g.hasSent && !g.scheduled {
 			gs = append(gs, g)
 		}
-	}
+	})
 	for i, g := range gs {
 		g.force = true
-		g.scheduled = true
+		o.setScheduledLocked(g, true)
 		g.dueAt = now.Add(period * time.Duration(i) / time.Duration(len(gs)))
 		heap.Push(&o.delayed, g)
 	}
@@ -300,16 +359,22 @@ func (o *outbox) refresh(period time.Duration, now time.Time) int {
 	return len(gs)
 }
 
+// setScheduledLocked sets g.scheduled, keeping count.
+func (o *outbox) setScheduledLocked(g *ghostOut, on bool) {
+	switch {
+	case on && !g.scheduled:
+		o.pending++
+	case !on && g.scheduled:
+		o.pending--
+	}
+	g.scheduled = on
+}
+
 // idle reports whether nothing is queued or in flight.
 func (o *outbox) idle() bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	for _, g := range o.ghosts {
-		if g.scheduled {
-			return false
-		}
-	}
-	return true
+	return o.pending == 0
 }
 
 // shownOnline returns the ghosts the homeserver last saw as not offline,
@@ -318,25 +383,34 @@ func (o *outbox) shownOnline() map[*ghostOut]wireState {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	out := make(map[*ghostOut]wireState)
-	for _, g := range o.ghosts {
+	o.ghosts.each(func(_ id.UserID, g *ghostOut) {
 		if g.hasSent && g.sent.Presence != event.PresenceOffline {
 			out[g] = g.sent
 		}
-	}
+	})
 	return out
 }
 
-// dueHeap orders delayed ghosts by due time.
+// dueHeap orders delayed ghosts by due time; each knows its index, so
+// that a forgotten ghost can be taken out.
 type dueHeap []*ghostOut
 
 func (h dueHeap) Len() int           { return len(h) }
 func (h dueHeap) Less(i, j int) bool { return h[i].dueAt.Before(h[j].dueAt) }
-func (h dueHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *dueHeap) Push(x any)        { *h = append(*h, x.(*ghostOut)) }
+func (h dueHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].heapIdx, h[j].heapIdx = i, j
+}
+func (h *dueHeap) Push(x any) {
+	g := x.(*ghostOut)
+	g.heapIdx = len(*h)
+	*h = append(*h, g)
+}
 func (h *dueHeap) Pop() any {
 	old := *h
 	g := old[len(old)-1]
 	old[len(old)-1] = nil
 	*h = old[:len(old)-1]
+	g.heapIdx = -1
 	return g
 }

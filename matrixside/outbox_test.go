@@ -137,6 +137,7 @@ func TestRetry5xx(t *testing.T) {
 	}
 	s := newTestSide(t, testConfig(hs.URL), nil, &fakeObserver{})
 	s.out.minBackoff = 50 * time.Millisecond
+	s.health.minBackoff = 50 * time.Millisecond
 	startWorkers(t, s)
 	alice, bad := ghostOf(t, "alice@example.com"), ghostOf(t, "bad@example.com")
 	s.showGhost("alice@example.com", presenceIs(mapping.StateAvailable, "hi"), time.Now())

@@ -14,13 +14,24 @@ import (
 )
 
 // inbound remembers the last presence reported per Matrix user, so that
-// only changes reach the core whichever way presence was read.
+// only changes reach the core whichever way presence was read. It keeps
+// at most max_tracked users, the one changed least recently forgotten: its
+// next presence is reported again even if unchanged, and it is not
+// reported offline if the homeserver becomes unreachable.
 type inbound struct {
 	mu   sync.Mutex
-	last map[mapping.UserID]mapping.Presence
+	last *lru[mapping.UserID, mapping.Presence]
 }
 
-func newInbound() *inbound { return &inbound{last: map[mapping.UserID]mapping.Presence{}} }
+func newInbound(max int) *inbound {
+	return &inbound{last: newLRU[mapping.UserID, mapping.Presence](max, nil)}
+}
+
+func (in *inbound) evictedCount() uint64 {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.last.evicted
+}
 
 // lastActiveSlack: last_active_ago is relative and read at slightly
 // different moments, so the absolute instant jitters; differences below
@@ -42,16 +53,16 @@ func samePresence(a, b mapping.Presence) bool {
 func (in *inbound) changed(u mapping.UserID, p mapping.Presence) bool {
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	if old, ok := in.last[u]; ok && samePresence(old, p) {
+	if old, ok := in.last.peek(u); ok && samePresence(old, p) {
 		return false
 	}
-	in.last[u] = p
+	in.last.put(u, p)
 	return true
 }
 
 func (in *inbound) forget(u mapping.UserID) {
 	in.mu.Lock()
-	delete(in.last, u)
+	in.last.remove(u)
 	in.mu.Unlock()
 }
 
@@ -61,12 +72,14 @@ func (in *inbound) goOffline() map[mapping.UserID]mapping.Presence {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	out := map[mapping.UserID]mapping.Presence{}
-	for u, p := range in.last {
+	in.last.each(func(u mapping.UserID, p mapping.Presence) {
 		if p.State.Online() {
 			p.State, p.CurrentlyActive = mapping.StateOffline, false
-			in.last[u] = p
 			out[u] = p
 		}
+	})
+	for u, p := range out {
+		in.last.put(u, p)
 	}
 	return out
 }
@@ -167,7 +180,6 @@ func (s *Side) readPresence(ctx context.Context, u id.UserID) error {
 	defer cancel()
 	var w presenceContent
 	_, err := s.bot.MakeRequest(ctx, http.MethodGet, s.bot.BuildClientURL("v3", "presence", u, "status"), nil, &w)
-	s.health.observe(err)
 	if err != nil {
 		return err
 	}

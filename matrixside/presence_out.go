@@ -51,20 +51,20 @@ func (s *Side) ghostOf(jid mapping.BareJID) (id.UserID, error) {
 func (s *Side) sendPresence(ctx context.Context, g *ghostOut, w wireState) error {
 	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
 	defer cancel()
-	intent, err := s.ghosts.ensure(ctx, g.ghost, g.jid)
-	if err == nil {
-		if g.url == "" {
-			g.url = presenceURL(intent)
-		}
-		err = putPresence(ctx, intent, g.url, w)
-		if httpStatus(err) == 403 {
-			s.log.Warn("ghost request forbidden, registering again", "ghost", g.ghost)
-			if err = s.ghosts.reregister(ctx, g.ghost); err == nil {
-				err = putPresence(ctx, intent, g.url, w)
-			}
+	cli, err := s.ghosts.ensureWith(ctx, g.ghost, g.jid, g.cli)
+	if err != nil {
+		return err
+	}
+	if g.cli == nil {
+		g.cli, g.url = cli, presenceURL(cli)
+	}
+	err = putPresence(ctx, g.cli, g.url, w)
+	if httpStatus(err) == 403 {
+		s.log.Debug("ghost request forbidden, registering again", "ghost", g.ghost)
+		if err = s.ghosts.reregister(ctx, g.cli); err == nil {
+			err = putPresence(ctx, g.cli, g.url, w)
 		}
 	}
-	s.health.observe(err)
 	return err
 }
 

@@ -14,10 +14,19 @@ import (
 // links bucket at start. It lets the side name the ghost a Matrix user's
 // leave concerns, the counterpart of a ghost's own join, the room a ghost
 // shares with someone, and whom to poll.
+//
+// It is bounded: at most max_tracked rooms, the one changed least recently
+// forgotten, and at most maxRoomMembers ghosts, users and invitees each
+// per room (the bridge is made of direct chats; in a big room with a
+// ghost, members past the bound are not remembered, so their own joins
+// and leaves are still reported but the ghost's are not reported to them).
 type rooms struct {
 	mu     sync.Mutex
-	byRoom map[id.RoomID]*roomInfo
+	byRoom *lru[id.RoomID, *roomInfo]
 }
+
+// maxRoomMembers bounds each member set of a room in the index.
+const maxRoomMembers = 1024
 
 type roomInfo struct {
 	ghosts map[id.UserID]struct{}
@@ -28,15 +37,29 @@ type roomInfo struct {
 	invited map[id.UserID]struct{}
 }
 
-func newRooms() *rooms { return &rooms{byRoom: map[id.RoomID]*roomInfo{}} }
+func newRooms(max int) *rooms { return &rooms{byRoom: newLRU[id.RoomID, *roomInfo](max, nil)} }
 
+func (r *rooms) evictedCount() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.byRoom.evicted
+}
+
+// info returns the room's entry, made if needed, and marks it used.
 func (r *rooms) info(roomID id.RoomID) *roomInfo {
-	ri := r.byRoom[roomID]
-	if ri == nil {
+	ri, ok := r.byRoom.get(roomID)
+	if !ok {
 		ri = &roomInfo{ghosts: map[id.UserID]struct{}{}, users: map[id.UserID]struct{}{}, invited: map[id.UserID]struct{}{}}
-		r.byRoom[roomID] = ri
+		r.byRoom.put(roomID, ri)
 	}
 	return ri
+}
+
+// addMember adds u to set unless the set is full.
+func addMember(set map[id.UserID]struct{}, u id.UserID) {
+	if len(set) < maxRoomMembers {
+		set[u] = struct{}{}
+	}
 }
 
 // add records that ghost and/or user (either may be empty) are in roomID.
@@ -48,10 +71,10 @@ func (r *rooms) add(roomID id.RoomID, ghost, user id.UserID) {
 	defer r.mu.Unlock()
 	ri := r.info(roomID)
 	if ghost != "" {
-		ri.ghosts[ghost] = struct{}{}
+		addMember(ri.ghosts, ghost)
 	}
 	if user != "" {
-		ri.users[user] = struct{}{}
+		addMember(ri.users, user)
 	}
 }
 
@@ -59,14 +82,14 @@ func (r *rooms) add(roomID id.RoomID, ghost, user id.UserID) {
 func (r *rooms) remove(roomID id.RoomID, ghost, user id.UserID) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	ri := r.byRoom[roomID]
-	if ri == nil {
+	ri, ok := r.byRoom.peek(roomID)
+	if !ok {
 		return
 	}
 	delete(ri.ghosts, ghost)
 	delete(ri.users, user)
 	if len(ri.ghosts) == 0 && len(ri.users) == 0 && len(ri.invited) == 0 {
-		delete(r.byRoom, roomID)
+		r.byRoom.remove(roomID)
 	}
 }
 
@@ -75,12 +98,21 @@ func (r *rooms) remove(roomID id.RoomID, ghost, user id.UserID) {
 func (r *rooms) setInvited(roomID id.RoomID, member id.UserID, invited bool) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	ri := r.info(roomID)
+	ri, ok := r.byRoom.peek(roomID)
+	if !ok && !invited {
+		return false // nothing to forget: no entry made for it
+	}
+	if !ok {
+		ri = r.info(roomID)
+	}
 	_, was := ri.invited[member]
 	if invited {
-		ri.invited[member] = struct{}{}
+		addMember(ri.invited, member)
 	} else {
 		delete(ri.invited, member)
+		if len(ri.ghosts) == 0 && len(ri.users) == 0 && len(ri.invited) == 0 {
+			r.byRoom.remove(roomID)
+		}
 	}
 	return was
 }
@@ -91,8 +123,8 @@ func (r *rooms) usersIn(roomID id.RoomID) []id.UserID  { return r.members(roomID
 func (r *rooms) members(roomID id.RoomID, ghosts bool) []id.UserID {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	ri := r.byRoom[roomID]
-	if ri == nil {
+	ri, ok := r.byRoom.peek(roomID)
+	if !ok {
 		return nil
 	}
 	set := ri.users
@@ -110,14 +142,15 @@ func (r *rooms) members(roomID id.RoomID, ghosts bool) []id.UserID {
 func (r *rooms) shared(ghost, user id.UserID) id.RoomID {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for roomID, ri := range r.byRoom {
+	var found id.RoomID
+	r.byRoom.each(func(roomID id.RoomID, ri *roomInfo) {
 		_, g := ri.ghosts[ghost]
 		_, u := ri.users[user]
-		if g && u {
-			return roomID
+		if g && u && found == "" {
+			found = roomID
 		}
-	}
-	return ""
+	})
+	return found
 }
 
 // allUsers returns every Matrix user sharing a room with a ghost.
@@ -125,27 +158,30 @@ func (r *rooms) allUsers() map[id.UserID]struct{} {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	out := map[id.UserID]struct{}{}
-	for _, ri := range r.byRoom {
+	r.byRoom.each(func(_ id.RoomID, ri *roomInfo) {
 		if len(ri.ghosts) == 0 {
-			continue
+			return
 		}
 		for u := range ri.users {
 			out[u] = struct{}{}
 		}
-	}
+	})
 	return out
 }
 
-// loadLinks fills the room index from the links bucket (the core's; the
-// side only reads it).
+// loadLinks fills the room index, and the set of ghosts with a live link,
+// from the links bucket (the core's; the side only reads it).
 func (s *Side) loadLinks(ctx context.Context) {
 	n := 0
 	err := s.store.Links.Range(ctx, func(_ string, l bridge.Link) error {
-		if l.RoomID == "" {
-			return nil
-		}
 		ghost, err := s.ghostOf(l.XMPPUser)
 		if err != nil {
+			return nil
+		}
+		if l.State == bridge.LinkAsked || l.State == bridge.LinkApproved {
+			s.ghosts.markLinked(ghost)
+		}
+		if l.RoomID == "" {
 			return nil
 		}
 		s.rooms.add(id.RoomID(l.RoomID), ghost, id.UserID(l.MatrixUser))

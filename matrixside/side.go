@@ -41,7 +41,17 @@ type Side struct {
 	in     *inbound
 	txns   *txnLog
 	health *health
+	budget *queryBudget
 	txnMu  sync.Mutex // transactions are handled one at a time, in order
+
+	transport   *gatedTransport
+	counts      counters
+	badTokenLog *sampledLog
+	queryLog    *sampledLog
+	badGhostLog *sampledLog
+	botJoinLog  *sampledLog
+	sampled     []*sampledLog // flushed by runHealth
+	conns       atomic.Pointer[connCap]
 
 	runCtx        atomic.Pointer[context.Context] // Run's, for the homeserver's user queries
 	ephemeralSeen atomic.Bool
@@ -53,6 +63,27 @@ type Side struct {
 	// Test hooks.
 	listener net.Listener
 	workers  int
+	limits   httpLimits
+}
+
+// httpLimits bounds the appservice listener's connections in time and
+// size (defaultHTTPLimits; tests shorten them). Their number is bounded by
+// matrix.max_connections.
+type httpLimits struct {
+	readHeader, read, write, idle time.Duration
+	maxHeaderBytes                int
+}
+
+// defaultHTTPLimits: a peer must send its request headers within 5 s and
+// its body within 60 s of connecting; a transaction may take 120 s to
+// answer (it waits for the core); an idle keep-alive is closed after
+// 60 s. Requests refused for a bad token close their connection at once.
+var defaultHTTPLimits = httpLimits{
+	readHeader:     5 * time.Second,
+	read:           60 * time.Second,
+	write:          120 * time.Second,
+	idle:           60 * time.Second,
+	maxHeaderBytes: 16 << 10,
 }
 
 var _ bridge.MatrixActor = (*Side)(nil)
@@ -108,35 +139,48 @@ func New(cfg Config, ns mapping.Namespace, tr *mapping.Translator, store *bridge
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
-	// Before the first client is made: clients copy these.
-	as.Log = zerologFor(log.Handler())
-	as.DefaultHTTPRetries = 0 // the outbox and the transport retry, behind one gate
-	transport := http.DefaultTransport.(*http.Transport).Clone()
-	transport.MaxIdleConnsPerHost = 64
-	as.HTTPClient = &http.Client{Transport: transport, Timeout: httpClientTimeout}
-
 	s := &Side{
 		cfg: cfg, ns: ns, tr: tr, store: store, obs: obs, log: log,
 		as:       as,
-		bot:      as.BotClient(),
-		prober:   as.NewMautrixClient(cfg.BotMXID()),
-		ghosts:   newGhosts(as),
-		rooms:    newRooms(),
-		in:       newInbound(),
+		rooms:    newRooms(cfg.MaxTracked),
+		in:       newInbound(cfg.MaxTracked),
 		txns:     newTxnLog(store.Txns, log),
+		budget:   newQueryBudget(cfg.QueryGhostsPerHour, cfg.QueryGhostsPerDomainPerHour, time.Now()),
 		botJoins: make(chan id.RoomID, 64),
 		ready:    make(chan struct{}),
 		workers:  sendWorkers,
+		limits:   defaultHTTPLimits,
 	}
-	s.out = newOutbox(s.sendPresence, log)
-	s.health = newHealth(cfg.OfflineGrace, s.probe)
+	s.health = newHealth(cfg.OfflineGrace, s.probe, log, &s.counts.gated)
+	s.badTokenLog = newSampledLog(log, slog.LevelWarn, "appservice requests refused: bad hs_token")
+	s.queryLog = newSampledLog(log, slog.LevelWarn, "user queries for ghosts without a link refused: registration budget spent")
+	s.badGhostLog = newSampledLog(log, slog.LevelWarn, "ignoring memberships of undecodable ghosts")
+	s.botJoinLog = newSampledLog(log, slog.LevelWarn, "bot join queue full, invites ignored")
+	s.sampled = []*sampledLog{s.badTokenLog, s.queryLog, s.badGhostLog, s.botJoinLog}
+
+	// Before the first client is made: clients copy these.
+	as.Log = zerologFor(log.Handler())
+	as.DefaultHTTPRetries = 0 // the outbox and the transport retry, behind one gate
+	// No state store: mautrix's memory store keeps every registration and
+	// membership forever; the side keeps its own, bounded (see ghosts).
+	as.StateStore = nil
+	base := http.DefaultTransport.(*http.Transport).Clone()
+	base.MaxIdleConnsPerHost = 64
+	s.transport = &gatedTransport{h: s.health, base: base, timeout: httpClientTimeout}
+	as.HTTPClient = &http.Client{Transport: s.transport}
+
+	s.bot = as.NewMautrixClient(cfg.BotMXID())
+	s.prober = as.NewMautrixClient(cfg.BotMXID())
+	s.ghosts = newGhosts(as, cfg.MaxTracked)
+	s.out = newOutbox(s.sendPresence, s.health, cfg.MaxTracked, log)
+	s.sampled = append(s.sampled, s.out.refusedLog)
 	as.QueryHandler = queryHandler{s}
 	return s, nil
 }
 
-// setTransport makes every request to the homeserver go through rt (a
-// test hook; call it before Run).
-func (s *Side) setTransport(rt http.RoundTripper) { s.as.HTTPClient.Transport = rt }
+// setTransport makes every request to the homeserver go through rt,
+// behind the gate (a test hook; call it before Run).
+func (s *Side) setTransport(rt http.RoundTripper) { s.transport.base = rt }
 
 // probe asks the homeserver whether it answers (GET /versions).
 func (s *Side) probe(ctx context.Context) error {
@@ -214,9 +258,7 @@ func (s *Side) Run(ctx context.Context) error {
 	}
 	wg.Go(func() { s.txns.run(ctx) })
 	wg.Go(func() { s.runBotJoins(ctx) })
-	if s.cfg.OfflineGrace > 0 {
-		wg.Go(func() { s.runHealth(ctx) })
-	}
+	wg.Go(func() { s.runHealth(ctx) })
 	switch s.cfg.PresenceSource {
 	case SourceAuto:
 		wg.Go(func() { s.runSync(ctx) })
@@ -234,6 +276,9 @@ func (s *Side) Run(ctx context.Context) error {
 	wg.Wait()
 	s.ghostsOffline(context.WithoutCancel(ctx))
 	s.as.HTTPClient.CloseIdleConnections()
+	for _, l := range s.sampled {
+		l.flush(time.Now().Add(sampledLogEvery))
+	}
 	s.log.Info("matrix side stopped")
 	return firstErr
 }
@@ -255,8 +300,8 @@ func (s *Side) ghostsOffline(ctx context.Context) {
 		wg.Go(func() {
 			for g := range jobs {
 				w := wireState{Presence: event.PresenceOffline, Status: online[g].Status}
-				intent := s.as.Intent(g.ghost)
-				if err := putPresence(ctx, intent, presenceURL(intent), w); err != nil {
+				cli := s.ghosts.client(g.ghost)
+				if err := putPresence(ctx, cli, presenceURL(cli), w); err != nil {
 					failed.Add(1)
 				}
 			}

@@ -28,21 +28,31 @@ func syncFilter() *mautrix.Filter {
 	}
 }
 
-// botSyncer is mautrix's DefaultSyncer with the side's retry policy: a
-// failed /sync is retried after a backoff of its own (DefaultSyncer waits
-// a fixed 10 s), and every outcome tells the side whether the homeserver
-// answers.
+// botSyncer is mautrix's DefaultSyncer with the side's retry policy
+// (DefaultSyncer waits a fixed 10 s): a /sync that failed because the
+// homeserver is away or limiting is retried as soon as the homeserver
+// gate opens, any other failure after a back-off of its own. Its requests
+// go through the gate like all others, but never as the trial (see
+// withoutTrial).
 type botSyncer struct {
 	*mautrix.DefaultSyncer
 	s       *Side
+	ctx     context.Context // runSync's
 	backoff time.Duration
 }
 
 // OnFailedSync implements mautrix.Syncer.
 func (y *botSyncer) OnFailedSync(_ *mautrix.RespSync, err error) (time.Duration, error) {
-	y.s.health.observe(err)
 	if errors.Is(err, mautrix.MUnknownToken) {
 		return 0, err // as_token refused: runSync reports it
+	}
+	if retry, _ := retryable(err); retry {
+		// The homeserver is away or limiting: the gate has closed (and
+		// logged it). Try again as soon as it opens, not after a back-off
+		// of its own that would keep presence away long after it is back.
+		y.s.log.Debug("sync failed, retrying once the homeserver answers", "err", err)
+		y.s.health.waitOpen(y.ctx, 30*time.Second)
+		return 0, nil
 	}
 	y.backoff = min(max(y.backoff*2, time.Second), 30*time.Second)
 	y.s.log.Warn("sync failed, retrying", "retry_in", y.backoff, "err", err)
@@ -58,11 +68,10 @@ func (s *Side) runSync(ctx context.Context) {
 	cli := s.as.NewMautrixClient(s.cfg.BotMXID())
 	cli.Store = mautrix.NewMemorySyncStore()
 	cli.SyncPresence = event.PresenceOffline
-	y := &botSyncer{DefaultSyncer: mautrix.NewDefaultSyncer(), s: s}
+	y := &botSyncer{DefaultSyncer: mautrix.NewDefaultSyncer(), s: s, ctx: ctx}
 	y.FilterJSON = syncFilter()
 	y.OnSync(func(context.Context, *mautrix.RespSync, string) bool {
 		y.backoff = 0
-		s.health.observe(nil)
 		if s.stopReading() {
 			cli.StopSync()
 			return false
@@ -71,17 +80,23 @@ func (s *Side) runSync(ctx context.Context) {
 	})
 	y.OnEventType(event.EphemeralEventPresence, s.onPresenceEvent)
 	cli.Syncer = y
+	syncCtx := withoutTrial(ctx)
 	for ctx.Err() == nil && !s.stopReading() {
-		err := cli.SyncWithContext(ctx)
+		err := cli.SyncWithContext(syncCtx)
 		if ctx.Err() != nil || err == nil {
 			return // stopped (StopSync returns nil)
 		}
 		// Fatal for mautrix's loop: the filter could not be made, or the
 		// token was refused. Try again later.
-		s.health.observe(err)
 		level, retry := s.log.Warn, 5*time.Second
 		if errors.Is(err, mautrix.MUnknownToken) {
 			level, retry = s.log.Error, 30*time.Second
+		}
+		if r, _ := retryable(err); r {
+			// The gate has closed and logs the homeserver's state.
+			s.log.Debug("sync stopped, restarting once the homeserver answers", "err", err)
+			s.health.waitOpen(ctx, retry)
+			continue
 		}
 		level("sync stopped, restarting", "retry_in", retry, "err", err)
 		if !sleepCtx(ctx, retry) {
