@@ -2,7 +2,6 @@ package matrixside
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"time"
@@ -18,12 +17,8 @@ import (
 
 var _ bridge.PresenceRequester = (*Side)(nil)
 
-// ErrHomeserverDown is what [Side.Healthy] returns while the homeserver
-// does not answer.
-var ErrHomeserverDown = errors.New("matrixside: homeserver unreachable")
-
 // Healthy reports whether the homeserver answered the last request or
-// probe.
+// probe: nil, or [ErrHomeserverDown].
 func (s *Side) Healthy() error {
 	s.health.mu.Lock()
 	defer s.health.mu.Unlock()
@@ -58,8 +53,10 @@ func (s *Side) RequestPresence(ctx context.Context, r bridge.PresenceRequest) er
 // long it took: "ok" (2xx), "rate_limited" (429), "unreachable" (no
 // answer, or 502-504), "error" (any other status). Call it before Run.
 // observe must not block.
+// Only requests that reach the network are seen: those the homeserver
+// gate holds back are counted by [Side.Counts].
 func (s *Side) InstrumentRequests(observe func(outcome string, took time.Duration)) {
-	s.as.HTTPClient.Transport = timedTransport{next: s.as.HTTPClient.Transport, observe: observe}
+	s.transport.base = timedTransport{next: s.transport.base, observe: observe}
 }
 
 type timedTransport struct {
