@@ -97,10 +97,6 @@ type Config struct {
 	// Ghosts the core asks for (people with a link) are not counted.
 	QueryGhostsPerHour          int `yaml:"query_ghosts_per_hour"`
 	QueryGhostsPerDomainPerHour int `yaml:"query_ghosts_per_domain_per_hour"`
-	// InviteLocalOnly makes ghosts open direct chats only with users of
-	// HomeserverDomain: an invite to a user of another server is refused
-	// (logged, Counts.InvitesNotLocal) and not retried.
-	InviteLocalOnly bool `yaml:"invite_local_only"`
 }
 
 // Default returns the defaults documented in config.yaml. Tokens and

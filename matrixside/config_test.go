@@ -89,7 +89,6 @@ max_connections: 32
 max_tracked: 1000
 query_ghosts_per_hour: 0
 query_ghosts_per_domain_per_hour: 5
-invite_local_only: true
 `
 	c := Default()
 	dec := yaml.NewDecoder(strings.NewReader(src))
@@ -101,7 +100,7 @@ invite_local_only: true
 		t.Fatal(err)
 	}
 	if c.PollInterval != 10*time.Second || c.GhostRefreshInterval != time.Hour || c.PresenceSource != SourcePoll || c.MaxStatusLength != 100 || c.OfflineGrace != 10*time.Second ||
-		c.MaxConnections != 32 || c.MaxTracked != 1000 || c.QueryGhostsPerHour != 0 || c.QueryGhostsPerDomainPerHour != 5 || !c.InviteLocalOnly {
+		c.MaxConnections != 32 || c.MaxTracked != 1000 || c.QueryGhostsPerHour != 0 || c.QueryGhostsPerDomainPerHour != 5 {
 		t.Fatalf("decoded %+v", c)
 	}
 }

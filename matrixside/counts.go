@@ -26,9 +26,6 @@ type Counts struct {
 	// GhostQueriesRegistered: ghosts without a link registered for a user
 	// query, within the budget.
 	GhostQueriesRegistered uint64
-	// InvitesNotLocal: invites the core asked for refused because the
-	// Matrix user is on another server (matrix.invite_local_only).
-	InvitesNotLocal uint64
 	// HomeserverGated: requests not sent, and membership commands sent
 	// back to be retried, because the homeserver was down or rate-limiting.
 	HomeserverGated uint64
@@ -42,7 +39,7 @@ type Counts struct {
 
 // counters are the live values behind [Counts].
 type counters struct {
-	badToken, connsShed, queriesRefused, queriesRegistered, invitesNotLocal, gated atomic.Uint64
+	badToken, connsShed, queriesRefused, queriesRegistered, gated atomic.Uint64
 }
 
 // Counts returns what the side refused, held back or forgot so far.
@@ -52,7 +49,6 @@ func (s *Side) Counts() Counts {
 		ConnectionsShed:        s.counts.connsShed.Load(),
 		GhostQueriesRefused:    s.counts.queriesRefused.Load(),
 		GhostQueriesRegistered: s.counts.queriesRegistered.Load(),
-		InvitesNotLocal:        s.counts.invitesNotLocal.Load(),
 		HomeserverGated:        s.counts.gated.Load(),
 		EvictedGhosts:          s.out.evictedCount() + s.ghosts.evictedCount(),
 		EvictedMatrixUsers:     s.in.evictedCount(),

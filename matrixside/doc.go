@@ -43,8 +43,8 @@
 //     the peer), join, reject or leave, after showing GhostMembership.Before
 //     (a revoked ghost goes offline, and lingers a second so that syncing
 //     clients see it, before it leaves). While the gate is closed it fails
-//     at once with ErrHomeserverDown, before any work; with
-//     matrix.invite_local_only an invite to another server is refused.
+//     at once with ErrHomeserverDown, before any work. Whom ghosts may
+//     invite is the core's decision (core.invite_local_only).
 //   - Memberships in (membership_in.go, rooms.go): m.room.member events
 //     that concern a ghost, the ghost's own included, are reported
 //     natively addressed; rooms.go remembers who shares which room.

@@ -39,19 +39,14 @@ const (
 // (homeserver away, 5xx, 429), so that the command is delivered again;
 // while the homeserver is known to be down or limiting, that error
 // (ErrHomeserverDown) comes at once, before any request, behind the same
-// gate as ghost presence. Commands that can never work, and invites
-// refused by matrix.invite_local_only, are logged and acknowledged (nil).
+// gate as ghost presence. Commands that can never work are logged and
+// acknowledged (nil). Whom a ghost may invite is the core's decision
+// (core.invite_local_only).
 // It is idempotent: a second invite finds the chat, a second leave is
 // done.
 func (s *Side) GhostMembership(ctx context.Context, c bridge.GhostMembership) error {
 	if err := s.health.ready(time.Now()); err != nil {
 		return err
-	}
-	if c.Membership == bridge.MembershipInvite && s.cfg.InviteLocalOnly && c.Peer.Server() != s.cfg.HomeserverDomain {
-		s.counts.invitesNotLocal.Add(1)
-		s.log.Info("invite refused: the Matrix user is not on the local homeserver (matrix.invite_local_only)",
-			"id", c.ID, "ghost", c.Ghost, "peer_server", c.Peer.Server())
-		return nil
 	}
 	err := s.ghostMembership(ctx, c)
 	if err == nil {
