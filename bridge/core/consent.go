@@ -206,7 +206,18 @@ func (c *Core) matrixInvite(ctx context.Context, l bridge.Link, p pair, roomID s
 			c.toXMPP(ctx, p, bridge.Subscribe),
 		)
 	}
-	// The XMPP user decides: the puppet asks.
+	// The XMPP user decides: the puppet asks. A new request spends the
+	// Matrix user's budget (and their server's, unless it is the local
+	// homeserver), the mirror of XMPP requests: invites from anywhere on
+	// the federation must not become a flood of subscription requests.
+	if l.State == "" {
+		if reason, ok := c.matrixLimits.allow(string(p.mxid), p.mxid.Server(), c.clock()); !ok {
+			// Declined rather than left pending: nobody would ever answer
+			// it, and the Matrix user may invite again later.
+			c.refuse(slog.LevelWarn, reason, "invite of a ghost over budget declined", "matrix_server", p.mxid.Server())
+			return c.toMatrix(ctx, p, bridge.MembershipReject, roomID)()
+		}
+	}
 	return all(
 		c.setLink(ctx, p, func(l *bridge.Link) { l.State, l.Initiator, l.RoomID = bridge.LinkAsked, mapping.NetworkMatrix, roomID }),
 		c.toXMPP(ctx, p, bridge.Subscribe),

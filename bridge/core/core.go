@@ -36,9 +36,10 @@ type Core struct {
 	persist  *persister
 	ready    chan struct{}
 
-	limits   *limiter
-	refused  refusals
-	logLimit logLimiter
+	limits       *limiter // XMPP requests
+	matrixLimits *limiter // Matrix invites of ghosts
+	refused      refusals
+	logLimit     logLimiter
 
 	watcher atomic.Pointer[bridge.PresenceWatcher] // optional; see SetWatcher
 }
@@ -81,7 +82,7 @@ func New(cfg Config, ns mapping.Namespace, store *bridge.Store, xmpp bridge.XMPP
 	}
 	c := &Core{cfg: cfg, ns: ns, store: store, xmpp: xmpp, matrix: matrix, log: log, clock: time.Now,
 		people: make(map[string]*person), ready: make(chan struct{}),
-		limits: newLimiter(cfg.Limits, ns.ComponentDomain), logLimit: logLimiter{every: refusalLogEvery}}
+		limits: newLimiter(cfg.Limits, ns.ComponentDomain), matrixLimits: newMatrixLimiter(cfg.Limits, ns.HomeserverDomain), logLimit: logLimiter{every: refusalLogEvery}}
 	c.persist = newPersister(store, log)
 	c.presence = newCoalescer(cfg.CoalesceWindow, c.show)
 	return c, nil

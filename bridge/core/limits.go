@@ -95,6 +95,12 @@ func newLimiter(l Limits, componentDomain string) *limiter {
 	return &limiter{local: l.localDomains(componentDomain), address: newBuckets(l.PerAddress), domain: newBuckets(l.PerDomain), total: newBuckets(l.Total)}
 }
 
+// newMatrixLimiter is the same budgets for Matrix users inviting ghosts:
+// the users of the local homeserver spend only their own.
+func newMatrixLimiter(l Limits, homeserverDomain string) *limiter {
+	return &limiter{local: map[string]bool{homeserverDomain: true}, address: newBuckets(l.PerAddress), domain: newBuckets(l.PerDomain), total: newBuckets(l.Total)}
+}
+
 // allow spends a token of address, of domain and of the total if all
 // three have one, and otherwise spends nothing and says which budget is
 // exhausted. A request refused by its domain does not eat into the

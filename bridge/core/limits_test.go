@@ -177,3 +177,34 @@ func TestBucketsPruneRefilledKeys(t *testing.T) {
 		t.Fatal("a bucket spent its burst but has a token, or did not refill")
 	}
 }
+
+// TestMatrixInviteFloodWithinBudget: the mirror of XMPP requests: invites
+// of ghosts from one remote Matrix server become puppet subscription
+// requests only within the budgets; the rest are declined (the ghost
+// rejects), and a local user is still served.
+func TestMatrixInviteFloodWithinBudget(t *testing.T) {
+	cfg := Default()
+	cfg.Limits.PerDomain = Budget{Every: time.Hour, Burst: 5}
+	h := start(t, cfg, nil)
+	h.stopClock()
+	for i := range 50 {
+		mxid := fmt.Sprintf("@spam%d:spam.example", i)
+		h.membership(mxid, fmt.Sprintf("victim%d@xmpp.example", i), "invite", fmt.Sprintf("victim%d@xmpp.example", i), mxid, fmt.Sprintf("!r%d:spam.example", i))
+	}
+	asked := 0
+	for _, d := range h.rec.all() {
+		if strings.HasPrefix(d, "xmpp @spam") && strings.HasSuffix(d, " subscribe") {
+			asked++
+		}
+	}
+	if asked != 5 {
+		t.Fatalf("50 invites from one server became %d subscription requests, want its burst of 5", asked)
+	}
+	if got := h.core.Refusals()[ReasonDomainBudget]; got != 45 {
+		t.Errorf("refusals[domain_budget] = %d, want 45", got)
+	}
+	h.waitOut(`matrix victim49@xmpp.example→@spam49:spam.example reject !r49:spam.example`)
+	// bob is on the bridge's own homeserver: his server's budget is not spent.
+	h.membership(bob, alice, "invite", alice, bob, "!room:example.org")
+	h.waitOut(`xmpp @bob:example.org→alice@xmpp.example subscribe`)
+}
