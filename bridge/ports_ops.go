@@ -49,9 +49,10 @@ type PresenceWatcher interface {
 // DropReason says why the core did not pass a presence on.
 type DropReason string
 
-// The reasons. NoConsent is decided by the sides (only subscribed
-// contacts and room members see a presence) and not counted by the core.
+// The reasons. Beyond NoConsent the sides decide too (only subscribed
+// contacts and room members see a presence); that is not counted here.
 const (
+	DropNoConsent  DropReason = "no_consent"  // the person holds no link with anyone on the other network
 	DropOptOut     DropReason = "opt_out"     // the person opted out
 	DropAccessList DropReason = "access_list" // their domain or server is not allowed
 	DropStale      DropReason = "stale"       // an older report arrived after a newer one

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -195,5 +196,34 @@ func TestOptOutBeforeLinking(t *testing.T) {
 	h.waitOut(`presence xmpp→matrix alice@xmpp.example "secret/away"`)
 	if _, _, err := h.store.Settings.Get(context.Background(), bridge.PresenceKey(mapping.NetworkXMPP, alice)); err == nil {
 		t.Error("opting in left a settings record")
+	}
+}
+
+// dropCounter is a watcher that counts the presences the core dropped.
+type dropCounter struct {
+	mu sync.Mutex
+	n  map[bridge.DropReason]int
+}
+
+func (d *dropCounter) PresenceChanged(mapping.Network, string, bridge.PresenceRecord, bool) {}
+func (d *dropCounter) PresenceDropped(_ mapping.Network, r bridge.DropReason) {
+	d.mu.Lock()
+	d.n[r]++
+	d.mu.Unlock()
+}
+
+// TestStrangersCountedAsNoConsent: what the core drops for want of a link
+// is visible to the operator's metrics, by reason, without identifiers.
+func TestStrangersCountedAsNoConsent(t *testing.T) {
+	h := start(t, Default(), nil)
+	d := &dropCounter{n: map[bridge.DropReason]int{}}
+	h.core.SetWatcher(d)
+	for i := range 3 {
+		h.presence(mapping.NetworkXMPP, fmt.Sprintf("stranger%d@evil.example", i), mapping.Presence{State: mapping.StateAway})
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.n[bridge.DropNoConsent] != 3 {
+		t.Fatalf("drops %v, want 3 no_consent", d.n)
 	}
 }

@@ -207,6 +207,7 @@ func (c *Core) onPresence(net mapping.Network, user string, st bridge.Stamp, p m
 	if pe == nil {
 		c.mu.Unlock()
 		c.refused.add(ReasonNoLink)
+		c.drop(net, bridge.DropNoConsent)
 		return
 	}
 	if st.Seq != 0 && st.Seq <= pe.lastSeq {

@@ -111,7 +111,7 @@ func New(src Sources) (*Metrics, error) {
 	for _, o := range []string{"ok", "rate_limited", "error", "unreachable"} {
 		m.hsReqs.WithLabelValues(o)
 	}
-	for _, r := range []bridge.DropReason{bridge.DropOptOut, bridge.DropAccessList, bridge.DropStale, bridge.DropLoop} {
+	for _, r := range []bridge.DropReason{bridge.DropNoConsent, bridge.DropOptOut, bridge.DropAccessList, bridge.DropStale, bridge.DropLoop} {
 		m.dropped.WithLabelValues(string(r))
 	}
 	for _, d := range []string{"in", "out"} {
