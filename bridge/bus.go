@@ -145,15 +145,8 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Bus, error) {
 		}
 		log.Info("embedded nats started", "data_dir", cfg.Embedded.DataDir, "listen", cfg.Embedded.Listen)
 	} else {
-		url = joinURLs(cfg.URLs)
-		switch {
-		case cfg.CredentialsFile != "":
-			opts = append(opts, nats.UserCredentials(cfg.CredentialsFile))
-		case cfg.Token != "":
-			opts = append(opts, nats.Token(cfg.Token))
-		case cfg.User != "":
-			opts = append(opts, nats.UserInfo(cfg.User, cfg.Password))
-		}
+		url = strings.Join(cfg.URLs, ",")
+		opts = append(opts, cfg.ClusterAuth()...)
 	}
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
@@ -174,17 +167,6 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Bus, error) {
 		return nil, err
 	}
 	return b, nil
-}
-
-func joinURLs(urls []string) string {
-	s := ""
-	for i, u := range urls {
-		if i > 0 {
-			s += ","
-		}
-		s += u
-	}
-	return s
 }
 
 // TokenFile is the file in the embedded server's data dir that holds the

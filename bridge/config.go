@@ -6,6 +6,8 @@ import (
 	"net"
 	"strings"
 	"time"
+
+	"github.com/nats-io/nats.go"
 )
 
 // Config is the "nats" section of config.yaml.
@@ -50,6 +52,20 @@ const DefaultMaxDeliver = 300
 // Default returns the defaults documented in config.yaml.
 func Default() Config {
 	return Config{Replicas: 1, Embedded: EmbeddedConfig{DataDir: "./data/nats"}, ControlMaxAge: 7 * 24 * time.Hour, MaxDeliver: DefaultMaxDeliver}
+}
+
+// ClusterAuth returns the options that authenticate to the cluster of
+// URLs: credentials file, token or user and password, whichever is set.
+func (c Config) ClusterAuth() []nats.Option {
+	switch {
+	case c.CredentialsFile != "":
+		return []nats.Option{nats.UserCredentials(c.CredentialsFile)}
+	case c.Token != "":
+		return []nats.Option{nats.Token(c.Token)}
+	case c.User != "":
+		return []nats.Option{nats.UserInfo(c.User, c.Password)}
+	}
+	return nil
 }
 
 // Embedded reports whether the bridge runs its own NATS server.

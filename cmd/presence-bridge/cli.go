@@ -141,14 +141,7 @@ func connectBridge(cfg bridge.Config) (*nats.Conn, error) {
 		opts = append(opts, nats.Token(strings.TrimSpace(string(tok))))
 	} else {
 		url = strings.Join(cfg.URLs, ",")
-		switch {
-		case cfg.CredentialsFile != "":
-			opts = append(opts, nats.UserCredentials(cfg.CredentialsFile))
-		case cfg.Token != "":
-			opts = append(opts, nats.Token(cfg.Token))
-		case cfg.User != "":
-			opts = append(opts, nats.UserInfo(cfg.User, cfg.Password))
-		}
+		opts = append(opts, cfg.ClusterAuth()...)
 	}
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
