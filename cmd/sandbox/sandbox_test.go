@@ -48,6 +48,7 @@ func TestSandbox(t *testing.T) {
 	t.Logf("credentials: %+v", creds.redacted())
 	first.checkChildren(true)
 	presenceBothWays(t, first, creds, "first")
+	askTheBridge(t, bin, first, creds)
 	first.interrupt()
 
 	second := startSandbox(t, bin, dir, dendriteBin)
@@ -60,6 +61,21 @@ func TestSandbox(t *testing.T) {
 	}
 	presenceBothWays(t, second, again, "second")
 	second.interrupt()
+}
+
+// askTheBridge runs the command the banner gives for asking the bridge
+// itself (the operations CLI), as a newcomer would copy it.
+func askTheBridge(t *testing.T, bin string, r *sandboxRun, c credentials) {
+	t.Helper()
+	const prefix = "Ask the bridge itself: .build/bin/presence-bridge watch -config "
+	line := r.waitLine(5*time.Second, "how to ask the bridge", func(l string) bool { return strings.HasPrefix(l, prefix) })
+	cfg := strings.TrimPrefix(line, prefix)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, filepath.Join(bin, "presence-bridge"), "presence", "-config", cfg, "-json", c.XMPPUser).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), c.XMPPUser) {
+		t.Errorf("presence-bridge presence %s, as the banner says: %v\n%s", c.XMPPUser, err, out)
+	}
 }
 
 // requirePrograms returns the directory of the Dendrite binaries, skipping

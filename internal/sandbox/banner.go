@@ -41,6 +41,8 @@ func (s *sandbox) printBanner() {
 	line("To show what each side sees, the sandbox itself stays logged in as alice (resource %q,", observerRes)
 	line("priority -1: your client's presence wins) and as bob (without ever making bob online).")
 	line("Data, configs and logs: %s (the bridge's config: %s).", s.paths.root, s.paths.bridgeConfig)
+	line("Ask the bridge itself: .build/bin/presence-bridge watch -config %s", s.paths.bridgeConfig)
+	line("  (or presence alice@%s @%s:%s, subscriptions @%s:%s, statuses)", xmppDomain, matrixUser, homeserver, matrixUser, homeserver)
 	line("make run again reuses the same users and state; make clean removes it.")
 	line("")
 	line("%s", BannerEnd)

@@ -43,7 +43,7 @@ matrix:
 nats:
   embedded:
     data_dir: ` + yamlString(s.paths.nats) + `
-    listen: ""                  # in-process only
+    listen: 127.0.0.1:` + strconv.Itoa(s.st.Ports.NATS) + `   # token-protected: for presence-bridge presence/watch
 logging:
   level: info
   format: text

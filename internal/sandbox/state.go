@@ -19,6 +19,7 @@ const (
 	preferredComponentPort  = 15347
 	preferredMatrixPort     = 18008
 	preferredAppServicePort = 29330
+	preferredNATSPort       = 14222
 )
 
 // The sandbox's fixed names. Plain lower-case names keep the bridged
@@ -50,6 +51,7 @@ type ports struct {
 	Component  int `json:"component"`
 	Matrix     int `json:"matrix"`
 	AppService int `json:"appservice"`
+	NATS       int `json:"nats"` // the bridge's NATS listener, for its CLI
 }
 
 // loadState reads path, or makes a fresh state when it does not exist, and
@@ -107,6 +109,7 @@ func (st *state) choosePorts() error {
 		{&st.Ports.Component, preferredComponentPort},
 		{&st.Ports.Matrix, preferredMatrixPort},
 		{&st.Ports.AppService, preferredAppServicePort},
+		{&st.Ports.NATS, preferredNATSPort},
 	} {
 		chosen := 0
 		for _, candidate := range []int{*p.port, p.preferred} {
