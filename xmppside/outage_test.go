@@ -47,8 +47,8 @@ func TestServerKilledGhostsGoOffline(t *testing.T) {
 	erin.Close() // erin goes offline before the crash
 	waitFor(t, waitLong, "erin offline", func() bool { return r.obs.lastPresence(erinJID).State == mapping.StateOffline })
 
+	killed := time.Now() // before: the component may see the stream end before Kill returns
 	r.srv.Kill()
-	killed := time.Now()
 	waitFor(t, waitLong, "alice and dave reported offline", func() bool {
 		return r.obs.lastPresence(aliceJID).State == mapping.StateOffline && r.obs.lastPresence(daveJID).State == mapping.StateOffline
 	})
