@@ -271,9 +271,11 @@ func (b *Bus) Store() *Store { return b.store }
 // Conn returns the underlying NATS connection.
 func (b *Bus) Conn() *nats.Conn { return b.nc }
 
-// Publish completes ev (version, id, sequence, time) and publishes it in
-// direction dir: In on ev.Origin's subject, Out on the other network's.
-// Durable kinds wait for the stream's acknowledgement.
+// Publish completes ev (version, id, sequence, and for a report the time)
+// and publishes it in direction dir: In on ev.Origin's subject, Out on the
+// other network's. A command (Out) keeps a zero ObservedAt: it carries the
+// time the presence it shows was observed, and one the core made up
+// itself has none. Durable kinds wait for the stream's acknowledgement.
 func (b *Bus) Publish(ctx context.Context, dir Direction, ev *Event) error {
 	if ev.V == 0 {
 		ev.V = SchemaVersion
@@ -284,7 +286,7 @@ func (b *Bus) Publish(ctx context.Context, dir Direction, ev *Event) error {
 	if ev.Seq == 0 {
 		ev.Seq = b.seq.Next()
 	}
-	if ev.ObservedAt.IsZero() {
+	if ev.ObservedAt.IsZero() && dir == In {
 		ev.ObservedAt = time.Now().UTC()
 	}
 	data, err := EncodeEvent(ev)

@@ -28,7 +28,7 @@
 //	  "user": "alice@example.com",             // the person it is about: bare JID or Matrix user ID
 //	  "peer": "@bob:example.org",              // the other person of a pair, in their own network's form
 //	  "seq": 1763700000000000000,              // per-user sequence: larger is newer
-//	  "observed_at": "2026-11-21T12:00:00Z",   // when the adapter saw it
+//	  "observed_at": "2026-11-21T12:00:00Z",   // when the adapter saw it (out: the shown presence's; may be zero)
 //	  "presence": {"state": "away", "status": "lunch", "last_active": "...", "currently_active": false, "priority": 5},
 //	  "subscription": {"type": "subscribe"},   // RFC 6121 subscription stanza type
 //	  "membership": {"membership": "invite", "room_id": "!r:example.org", "member": "...", "sender": "@bob:example.org",

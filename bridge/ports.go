@@ -98,7 +98,9 @@ type Stamp struct {
 	// Seq orders the reports of one person: larger is newer. Zero: the
 	// transport stamps it when publishing.
 	Seq uint64 `json:"seq,omitempty"`
-	// ObservedAt is when the side saw it. Zero: now.
+	// ObservedAt is when the side saw it. Zero in a report: now. In a
+	// presence command, when the presence it shows was observed on the
+	// other network; zero for a presence the core made up itself.
 	ObservedAt time.Time `json:"observed_at,omitzero"`
 }
 

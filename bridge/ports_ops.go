@@ -3,6 +3,7 @@ package bridge
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/presence-bridge/presence-bridge/mapping"
 )
@@ -79,4 +80,18 @@ type Health interface {
 // answer. It must not block for long.
 type ResourceLister interface {
 	XMPPResources(ctx context.Context, users []mapping.BareJID) (map[mapping.BareJID][]mapping.Resource, error)
+}
+
+// DeliveryReporter is optionally implemented by a side: it tells when a
+// presence the core asked it to show reached its network, for the
+// end-to-end metric. delivered is called once per delivered change, with
+// the ObservedAt of the command that carried it, when the change was
+// written to the network: the XMPP stanzas of one puppet change written
+// to the stream, the Matrix PUT of a ghost's presence answered 2xx. A
+// side keeping only the latest presence (per puppet or ghost) reports
+// only the one it delivered. Commands with a zero ObservedAt, changes
+// never sent and re-sends of what was delivered already report nothing.
+// delivered must not block. Call OnDelivered before the side runs.
+type DeliveryReporter interface {
+	OnDelivered(delivered func(observedAt time.Time))
 }

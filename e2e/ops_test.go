@@ -228,11 +228,17 @@ func TestOpsMetricsAndReadiness(t *testing.T) {
 		sendPresence(t, l.alice, "", "", show, status)
 		l.bob.waitPresence(waitLatency, l.ghost, status, func(p dendritetest.Presence) bool { return statusOf(p) == status })
 	}
+	// One end-to-end sample per change: each is delivered (its PUT
+	// answered 2xx) once, and bob saw each before the next was sent. The
+	// side observes it after the homeserver's answer, which may come after
+	// bob saw the presence: poll for it too.
 	var after map[string]float64
 	poll(t, 10*time.Second, "counters", func() error {
 		after = scrape(t, base)
-		if d := after[out] - before[out]; d != 3 {
-			return fmt.Errorf("%s moved by %v, want 3", out, d)
+		for _, name := range []string{out, e2eCount} {
+			if d := after[name] - before[name]; d != 3 {
+				return fmt.Errorf("%s moved by %v, want 3", name, d)
+			}
 		}
 		return nil
 	})

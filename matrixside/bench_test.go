@@ -250,7 +250,7 @@ func BenchmarkDeadHomeserver(b *testing.B) {
 	cmds := make([]bridge.GhostMembership, n)
 	for i := range cmds {
 		jid := mapping.BareJID(fmt.Sprintf("user%d@example.com", i))
-		s.showGhost(jid, mapping.Presence{State: mapping.StateAvailable}, time.Now())
+		s.showGhost(jid, mapping.Presence{State: mapping.StateAvailable}, time.Time{}, time.Now())
 		cmds[i] = bridge.GhostMembership{Ghost: jid, Peer: mapping.UserID(fmt.Sprintf("@peer%d:localhost", i)), Membership: bridge.MembershipInvite}
 	}
 	ctx := context.Background()

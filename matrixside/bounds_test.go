@@ -41,7 +41,7 @@ func remoteInput(t testing.TB, s *Side, first, n int) {
 	t.Helper()
 	now := time.Now()
 	for i := first; i < first+n; i++ {
-		s.showGhost(mapping.BareJID(fmt.Sprintf("u%d@example.com", i)), presenceIs(mapping.StateAvailable, "x"), now)
+		s.showGhost(mapping.BareJID(fmt.Sprintf("u%d@example.com", i)), presenceIs(mapping.StateAvailable, "x"), time.Time{}, now)
 	}
 	const batch = 500
 	for b := first; b < first+n; b += batch {

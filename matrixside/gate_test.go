@@ -119,7 +119,7 @@ func TestDeadHomeserverBackoff(t *testing.T) {
 			const n = 1000
 			jid := func(i int) mapping.BareJID { return mapping.BareJID(fmt.Sprintf("user%d@example.com", i)) }
 			for i := range n {
-				s.showGhost(jid(i), presenceIs(mapping.StateAvailable, "here"), time.Now())
+				s.showGhost(jid(i), presenceIs(mapping.StateAvailable, "here"), time.Time{}, time.Now())
 			}
 			const window = 3 * time.Second
 			start := time.Now()

@@ -118,7 +118,7 @@ func (s *Side) ghostMembership(ctx context.Context, c bridge.GhostMembership) er
 // is ordered with ShowGhost, waits until the homeserver has it, and, if
 // that took a change, lingers for clients to see it.
 func (s *Side) showBefore(ctx context.Context, jid mapping.BareJID, p mapping.Presence) error {
-	ghost, version, pending := s.showGhost(jid, p, time.Now())
+	ghost, version, pending := s.showGhost(jid, p, time.Time{}, time.Now())
 	if version == 0 {
 		return nil
 	}

@@ -15,7 +15,21 @@ import (
 // The operations capabilities (bridge/ports_ops.go): a presence read on
 // request, and whether the homeserver answers for the health check.
 
-var _ bridge.PresenceRequester = (*Side)(nil)
+var (
+	_ bridge.PresenceRequester = (*Side)(nil)
+	_ bridge.DeliveryReporter  = (*Side)(nil)
+)
+
+// OnDelivered makes delivered see every ghost presence the homeserver
+// accepted (a PUT answered 2xx), with the ObservedAt of the command that
+// asked for it ([bridge.DeliveryReporter]): once per delivered state,
+// the latest asked for when several were (only the latest is sent).
+// Presences without an ObservedAt, those shown before a membership change
+// and the periodic refresh report nothing. Call it before Run; delivered
+// must not block.
+func (s *Side) OnDelivered(delivered func(observedAt time.Time)) {
+	s.out.delivered = delivered
+}
 
 // Healthy reports whether the homeserver answered the last request or
 // probe: nil, or [ErrHomeserverDown].

@@ -31,8 +31,11 @@ type ghostOut struct {
 	cli   *mautrix.Client // made by the worker that first sends it
 	url   string          // of its presence, likewise
 
-	desired   wireState // latest state asked for
-	version   uint64    // of desired: one more per set
+	desired wireState // latest state asked for
+	version uint64    // of desired: one more per set
+	// desiredAt is when the presence desired shows was observed on XMPP,
+	// reported on its delivery; zero once reported, or if unknown.
+	desiredAt time.Time
 	sent      wireState // last state the homeserver accepted
 	hasSent   bool
 	failed    wireState // a state the homeserver refused for good
@@ -62,8 +65,10 @@ func (g *ghostOut) needsSend() bool {
 }
 
 // settle records that the desired state needs no PUT: it is what the
-// homeserver shows, or what it refused for good.
+// homeserver shows, or what it refused for good. No delivery of it is
+// reported.
 func (g *ghostOut) settle() {
+	g.desiredAt = time.Time{}
 	if g.hasFailed && g.desired == g.failed {
 		g.failedVersion = g.version
 	} else {
@@ -115,6 +120,8 @@ type outbox struct {
 	pending int       // ghosts scheduled: queued, delayed or in flight
 	wake    chan struct{}
 	changed chan struct{} // closed and replaced when a PUT ends
+
+	delivered func(observedAt time.Time) // see bridge.DeliveryReporter; may be nil
 }
 
 func newOutbox(send sendFunc, gate gateWaiter, max int, log *slog.Logger) *outbox {
@@ -151,10 +158,11 @@ func (o *outbox) evictedCount() uint64 {
 	return o.ghosts.evicted
 }
 
-// set records the desired state of a ghost and schedules it; it returns
-// the version of that state, for waitShown, and whether a PUT is needed
-// (false: the homeserver shows it already). It never blocks on I/O.
-func (o *outbox) set(ghost id.UserID, jid mapping.BareJID, w wireState) (uint64, bool) {
+// set records the desired state of a ghost, observed at observedAt (zero:
+// unknown), and schedules it; it returns the version of that state, for
+// waitShown, and whether a PUT is needed (false: the homeserver shows it
+// already). It never blocks on I/O.
+func (o *outbox) set(ghost id.UserID, jid mapping.BareJID, w wireState, observedAt time.Time) (uint64, bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	g, ok := o.ghosts.get(ghost)
@@ -163,6 +171,7 @@ func (o *outbox) set(ghost id.UserID, jid mapping.BareJID, w wireState) (uint64,
 		o.ghosts.put(ghost, g)
 	}
 	g.desired = w
+	g.desiredAt = observedAt
 	g.version++
 	o.scheduleLocked(g)
 	if !g.scheduled { // settled at once: what the homeserver shows already
@@ -235,7 +244,7 @@ func (o *outbox) run(ctx context.Context) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
-		g, w, version, force, wait, gateChanged := o.next(time.Now())
+		g, w, at, version, force, wait, gateChanged := o.next(time.Now())
 		if g == nil {
 			if wait < 0 {
 				wait = time.Hour
@@ -254,16 +263,19 @@ func (o *outbox) run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		o.done(g, w, version, force, err, time.Now())
+		if o.done(g, w, at, version, force, err, time.Now()) && o.delivered != nil {
+			o.delivered(at)
+		}
 	}
 }
 
-// next pops the next ghost due at now and marks its PUT as started. With
-// nothing due, or the gate closed, it returns how long to wait (-1: until
-// woken) and the gate's channel.
-func (o *outbox) next(now time.Time) (g *ghostOut, w wireState, version uint64, force bool, wait time.Duration, gateChanged <-chan struct{}) {
+// next pops the next ghost due at now and marks its PUT as started,
+// returning the state to send and when it was observed. With nothing due,
+// or the gate closed, it returns how long to wait (-1: until woken) and
+// the gate's channel.
+func (o *outbox) next(now time.Time) (g *ghostOut, w wireState, at time.Time, version uint64, force bool, wait time.Duration, gateChanged <-chan struct{}) {
 	if d, ch := o.gate.wait(now); d != 0 {
-		return nil, w, 0, false, d, ch
+		return nil, w, at, 0, false, d, ch
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -283,32 +295,38 @@ func (o *outbox) next(now time.Time) (g *ghostOut, w wireState, version uint64, 
 		if o.ready.Len() > 0 {
 			o.signal()
 		}
-		w, version, force = g.desired, g.version, g.force
+		w, at, version, force = g.desired, g.desiredAt, g.version, g.force
 		g.force = false
-		return g, w, version, force, 0, nil
+		return g, w, at, version, force, 0, nil
 	}
 	if len(o.delayed) > 0 {
-		return nil, w, 0, false, o.delayed[0].dueAt.Sub(now), nil
+		return nil, w, at, 0, false, o.delayed[0].dueAt.Sub(now), nil
 	}
-	return nil, w, 0, false, -1, nil
+	return nil, w, at, 0, false, -1, nil
 }
 
-// done records the outcome of a PUT of w (version) and reschedules g if
-// needed.
-func (o *outbox) done(g *ghostOut, w wireState, version uint64, force bool, err error, now time.Time) {
+// done records the outcome of a PUT of w (version, observed at at) and
+// reschedules g if needed. It reports whether w was delivered with an
+// observation time not reported yet: the caller reports at.
+func (o *outbox) done(g *ghostOut, w wireState, at time.Time, version uint64, force bool, err error, now time.Time) (report bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	defer o.broadcastLocked()
 	if g.evicted {
-		return
+		return false
 	}
 	o.setScheduledLocked(g, false)
 	if err == nil {
 		g.sent, g.hasSent, g.hasFailed = w, true, false
 		g.sentVersion = max(g.sentVersion, version)
 		g.retries = 0
+		if g.desired == w {
+			// Reported once: a forced re-send (a refresh) reports
+			// nothing. A newer state keeps its own time.
+			g.desiredAt = time.Time{}
+		}
 		o.scheduleLocked(g)
-		return
+		return !at.IsZero()
 	}
 	if retry, after := retryable(err); retry {
 		// Not sent through the closed gate: the gate paces it. Otherwise
@@ -327,13 +345,14 @@ func (o *outbox) done(g *ghostOut, w wireState, version uint64, force bool, err 
 		o.setScheduledLocked(g, true)
 		g.dueAt = now.Add(after)
 		heap.Push(&o.delayed, g)
-		return
+		return false
 	}
 	o.refusedLog.note(now, "ghost", g.ghost, "presence", w.Presence, "err", err)
 	g.failed, g.hasFailed = w, true
 	g.failedVersion = max(g.failedVersion, version)
 	g.retries = 0
-	o.scheduleLocked(g)
+	o.scheduleLocked(g) // settles the refused state: nothing reported
+	return false
 }
 
 // refresh re-sends the presence of every ghost that has one, spread evenly

@@ -17,14 +17,15 @@ import (
 // presence leaves the ghost as it is (unknown must never look offline);
 // a user without a ghost is logged and dropped.
 func (s *Side) ShowGhost(_ context.Context, c bridge.GhostPresence) error {
-	s.showGhost(c.User, c.Presence, time.Now())
+	s.showGhost(c.User, c.Presence, c.ObservedAt, time.Now())
 	return nil
 }
 
-// showGhost translates p for the ghost of jid and hands it to the outbox.
-// It returns the ghost, the version of its state (zero if nothing was
-// asked for), and whether a PUT is needed for it.
-func (s *Side) showGhost(jid mapping.BareJID, p mapping.Presence, now time.Time) (id.UserID, uint64, bool) {
+// showGhost translates p, observed on XMPP at observedAt (zero: unknown),
+// for the ghost of jid and hands it to the outbox. It returns the ghost,
+// the version of its state (zero if nothing was asked for), and whether a
+// PUT is needed for it.
+func (s *Side) showGhost(jid mapping.BareJID, p mapping.Presence, observedAt, now time.Time) (id.UserID, uint64, bool) {
 	if p.State == mapping.StateUnknown || p.State == mapping.StateUnset {
 		return "", 0, false
 	}
@@ -35,7 +36,7 @@ func (s *Side) showGhost(jid mapping.BareJID, p mapping.Presence, now time.Time)
 	}
 	m := s.tr.ToMatrix(p, now)
 	w := wireState{Presence: event.Presence(m.Presence.String()), Status: truncateUTF8(m.StatusMsg, s.cfg.MaxStatusLength)}
-	version, pending := s.out.set(ghost, jid, w)
+	version, pending := s.out.set(ghost, jid, w, observedAt)
 	return ghost, version, pending
 }
 

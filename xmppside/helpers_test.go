@@ -241,6 +241,13 @@ func startHostileRig(t testing.TB, policy Policy, mutate ...func(*Config)) (*rig
 // domain and secret are the rig's).
 func startRigWith(t testing.TB, opts prosodytest.Options, policy Policy, mutate ...func(*Config)) *rig {
 	t.Helper()
+	return startRigSetup(t, opts, policy, nil, mutate...)
+}
+
+// startRigSetup is startRigWith calling setup, if not nil, on the
+// component before it runs.
+func startRigSetup(t testing.TB, opts prosodytest.Options, policy Policy, setup func(*Component), mutate ...func(*Config)) *rig {
+	t.Helper()
 	opts.ComponentDomain, opts.ComponentSecret = "matrix.localhost", "test-secret"
 	srv := prosodytest.Start(t, opts)
 	cfg := rigConfig(t, srv)
@@ -254,6 +261,9 @@ func startRigWith(t testing.TB, opts prosodytest.Options, policy Policy, mutate 
 		t.Fatal(err)
 	}
 	r.comp = comp
+	if setup != nil {
+		setup(comp)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
 	go func() { r.done <- comp.Run(ctx) }()

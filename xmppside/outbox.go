@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"time"
 
 	"mellium.im/xmpp"
 
@@ -18,6 +19,8 @@ type outbox struct {
 	mu    sync.Mutex
 	dirty map[mapping.UserID]struct{}
 	wake  chan struct{} // one pending wake-up is enough
+
+	delivered func(observedAt time.Time) // see OnDelivered; may be nil
 }
 
 func newOutbox() *outbox {
@@ -82,12 +85,34 @@ func (c *Component) ShowPuppet(_ context.Context, cmd bridge.PuppetPresence) err
 	if at.IsZero() {
 		at = c.now()
 	}
-	if !c.puppets.set(cmd.User, shown{presence: cmd.Presence, seq: cmd.Seq, at: at.UTC()}) {
+	if !c.puppets.set(cmd.User, shown{presence: cmd.Presence, seq: cmd.Seq, at: at.UTC(), observed: cmd.ObservedAt}) {
 		c.log.Debug("puppet presence unchanged or stale", "mxid", cmd.User, "seq", cmd.Seq)
 		return nil
 	}
 	c.out.mark(cmd.User)
 	return nil
+}
+
+var _ bridge.DeliveryReporter = (*Component)(nil)
+
+// OnDelivered makes delivered see every puppet presence change written to
+// the stream (its stanzas to all the puppet's From/Both contacts), with
+// the ObservedAt of the command that asked for it
+// ([bridge.DeliveryReporter]): once per change, the latest when several
+// came before the sender got to the puppet, whether the outbox or the
+// announce after a connect wrote it. Commands without an ObservedAt, and
+// presences of puppets with no contact to write to, report nothing. Call
+// it before Run; delivered must not block.
+func (c *Component) OnDelivered(delivered func(observedAt time.Time)) {
+	c.out.delivered = delivered
+}
+
+// reportDelivered reports cur, written for id to n contacts, if it is a
+// change not reported yet. Only the sender calls it.
+func (c *Component) reportDelivered(id mapping.UserID, cur shown, n int) {
+	if c.puppets.delivered(id, cur) && n > 0 && c.out.delivered != nil {
+		c.out.delivered(cur.observed)
+	}
 }
 
 // sendLoop is the only goroutine that fans puppet presence out, so that a
@@ -128,11 +153,13 @@ func (c *Component) flushOutbox(ctx context.Context, sess *xmpp.Session) {
 			continue // ShowPuppet checked it
 		}
 		p := c.outPresence(puppet, cur.presence)
-		if err := c.writeFanOut(ctx, sess, &p, c.subs.from(nil, id)); err != nil {
+		to := c.subs.from(nil, id)
+		if err := c.writeFanOut(ctx, sess, &p, to); err != nil {
 			if !errors.Is(err, context.Canceled) {
 				c.log.Warn("sending puppet presence failed; the next connect announces it", "puppet", puppet, "err", err)
 			}
 			return
 		}
+		c.reportDelivered(id, cur, len(to))
 	}
 }

@@ -1,7 +1,9 @@
 package xmppside
 
 import (
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -282,5 +284,71 @@ func TestUnavailableTextIsNotStatus(t *testing.T) {
 	}
 	if p := r.obs.lastPresence(aliceJID); p.State == mapping.StateOffline && p.Status != "before the restart" {
 		t.Errorf("offline after the server's shutdown with status %q", p.Status)
+	}
+}
+
+// deliveries records what the component reports through OnDelivered.
+type deliveries struct {
+	mu  sync.Mutex
+	got []time.Time
+}
+
+func (d *deliveries) add(at time.Time) { d.mu.Lock(); d.got = append(d.got, at); d.mu.Unlock() }
+
+func (d *deliveries) all() []time.Time {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]time.Time(nil), d.got...)
+}
+
+// TestDeliveryReported: a puppet presence written to the stream reports
+// the ObservedAt of its command, once; a command without ObservedAt, a
+// repeat, and the presence of a puppet without contacts report nothing;
+// a change queued while the stream is down is reported when the
+// re-announce after the reconnect writes it.
+func TestDeliveryReported(t *testing.T) {
+	var d deliveries
+	r := startRigSetup(t, prosodytest.Options{}, PolicyAccept, func(c *Component) { c.OnDelivered(d.add) })
+	alice := r.login("alice", "laptop", 0, "", "")
+	puppet := r.puppet(bob)
+	r.befriend(alice, bob)
+	t0 := time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
+	at := func(i int) time.Time { return t0.Add(time.Duration(i) * time.Second) }
+	show := func(id mapping.UserID, status string, at time.Time) {
+		t.Helper()
+		if err := r.comp.ShowPuppet(r.ctx(), bridge.PuppetPresence{Stamp: bridge.Stamp{ObservedAt: at}, User: id, Presence: mapping.Presence{State: mapping.StateAway, Status: status}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seen := func(status string) {
+		t.Helper()
+		alice.Wait(t, waitLong, "bob "+status, func(s prosodytest.Stanza) bool { return from("presence", "", puppet)(s) && s.Status == status })
+	}
+	reported := func(at time.Time) {
+		t.Helper()
+		waitFor(t, waitLong, "delivery of "+at.String()+" reported", func() bool { return slices.Contains(d.all(), at) })
+	}
+
+	show(bob, "one", at(1))
+	seen("one")
+	reported(at(1))
+	show(bob, "two", time.Time{}) // nothing observed
+	seen("two")
+	show(bob, "two", at(2))   // a repeat: nothing written
+	show(carol, "x", at(3))   // no contacts: nothing written
+	show(bob, "three", at(4)) // the marker: one sender, so the above are done
+	seen("three")
+	reported(at(4))
+	if got, want := d.all(), []time.Time{at(1), at(4)}; !slices.EqualFunc(got, want, time.Time.Equal) {
+		t.Fatalf("reported %v, want %v", got, want)
+	}
+
+	r.srv.Stop()
+	waitFor(t, waitLong, "stream down", func() bool { return !r.comp.connected() })
+	show(bob, "four", at(5))
+	r.srv.Restart(t)
+	reported(at(5))
+	if got, want := d.all(), []time.Time{at(1), at(4), at(5)}; !slices.EqualFunc(got, want, time.Time.Equal) {
+		t.Errorf("reported %v, want %v", got, want)
 	}
 }

@@ -12,6 +12,10 @@ type shown struct {
 	presence mapping.Presence
 	seq      uint64    // the command's sequence; 0 if not stamped
 	at       time.Time // when it was observed on Matrix (UTC)
+	// observed is the command's ObservedAt, reported once when the
+	// presence is written to the stream; zero once reported, or if the
+	// command had none.
+	observed time.Time
 }
 
 // puppets remembers, per Matrix user, the last presence the core asked the
@@ -56,6 +60,23 @@ func (p *puppets) setIfUnknown(id mapping.UserID, s shown) shown {
 	}
 	p.m[id] = s
 	return s
+}
+
+// delivered records that s, read for id, was written to the stream, and
+// reports whether its observation time is to be reported: once, so that
+// it is cleared if s is still the puppet's presence (a newer one keeps
+// its own).
+func (p *puppets) delivered(id mapping.UserID, s shown) bool {
+	if s.observed.IsZero() {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if cur, ok := p.m[id]; ok && cur.observed.Equal(s.observed) && cur.presence.Equal(s.presence) {
+		cur.observed = time.Time{}
+		p.m[id] = cur
+	}
+	return true
 }
 
 // get returns the last presence shown by the puppet.

@@ -124,6 +124,7 @@ func (c *Component) announce(ctx context.Context, sess *xmpp.Session) {
 				c.log.Warn("re-announcing presence failed", "puppet", puppet, "err", err)
 				return
 			}
+			c.reportDelivered(mxid, cur, len(to))
 			sent += len(to)
 		}
 		to := c.subs.to(mxid)

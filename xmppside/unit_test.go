@@ -151,3 +151,34 @@ func befriendInStore(t *testing.T, c *Component, id mapping.UserID, contact mapp
 		t.Fatalf("befriend: %s, %v", StateName(next), err)
 	}
 }
+
+// TestPuppetDeliveredOnce: a presence's observation time is reported on
+// its first delivery only; a newer presence set meanwhile keeps its own;
+// a presence without one reports nothing.
+func TestPuppetDeliveredOnce(t *testing.T) {
+	p := newPuppets()
+	t1, t2 := time.Unix(100, 0).UTC(), time.Unix(200, 0).UTC()
+	one := shown{presence: mapping.Presence{State: mapping.StateAway, Status: "one"}, observed: t1}
+	two := shown{presence: mapping.Presence{State: mapping.StateBusy, Status: "two"}, observed: t2}
+	p.set(bob, one)
+	cur, _ := p.get(bob)
+	if !p.delivered(bob, cur) {
+		t.Fatal("first delivery not reported")
+	}
+	if again, _ := p.get(bob); p.delivered(bob, again) {
+		t.Error("a re-send of a delivered presence reported again")
+	}
+	p.set(bob, two)
+	cur, _ = p.get(bob)
+	p.set(bob, one) // newer than what the sender is writing
+	if !p.delivered(bob, cur) {
+		t.Error("delivery of a presence replaced meanwhile not reported")
+	}
+	if now, _ := p.get(bob); !now.observed.Equal(t1) || !p.delivered(bob, now) {
+		t.Errorf("the newer presence lost its time: %+v", now)
+	}
+	p.set(carol, shown{presence: mapping.Presence{State: mapping.StateAway}})
+	if cur, _ := p.get(carol); p.delivered(carol, cur) {
+		t.Error("a presence without an observation time reported")
+	}
+}

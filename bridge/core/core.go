@@ -52,12 +52,16 @@ var (
 // shown is one presence the core asks a side to show: the presence of
 // user, a person of network net, shown by their puppet or ghost. notice
 // is the offline shown once when the person opts out: it goes out
-// although they opted out.
+// although they opted out. at is when the presence was observed on its
+// network (the report's ObservedAt), passed on to the side that shows it
+// for the end-to-end metric; zero for a presence the core makes up itself
+// (an opt-out's offline, a stored presence shown again).
 type shown struct {
 	net    mapping.Network
 	user   string
 	p      mapping.Presence
 	notice bool
+	at     time.Time
 }
 
 // refusalLogEvery bounds the log lines about refused requests: one per
@@ -100,11 +104,12 @@ func (c *Core) show(key string, s shown) {
 		return
 	}
 	ctx := context.Background()
+	st := bridge.Stamp{ObservedAt: s.at}
 	var err error
 	if s.net == mapping.NetworkXMPP {
-		err = c.matrix.ShowGhost(ctx, bridge.GhostPresence{User: mapping.BareJID(s.user), Presence: s.p})
+		err = c.matrix.ShowGhost(ctx, bridge.GhostPresence{Stamp: st, User: mapping.BareJID(s.user), Presence: s.p})
 	} else {
-		err = c.xmpp.ShowPuppet(ctx, bridge.PuppetPresence{User: mapping.UserID(s.user), Presence: s.p})
+		err = c.xmpp.ShowPuppet(ctx, bridge.PuppetPresence{Stamp: st, User: mapping.UserID(s.user), Presence: s.p})
 	}
 	if err != nil {
 		c.log.Error("handing presence to the other side failed", "network", s.net, "err", err)
@@ -227,7 +232,7 @@ func (c *Core) onPresence(net mapping.Network, user string, st bridge.Stamp, p m
 	if optOut {
 		return
 	}
-	c.presence.Offer(key, shown{net: net, user: user, p: p})
+	c.presence.Offer(key, shown{net: net, user: user, p: p, at: st.ObservedAt})
 }
 
 // XMPPOptOut records an XMPP user's choice and makes Matrix see it.

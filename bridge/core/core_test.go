@@ -33,8 +33,9 @@ type harness struct {
 // recorder is an in-memory fake of both sides: it records every command
 // the core gives, rendered by describe.
 type recorder struct {
-	mu  sync.Mutex
-	out []string
+	mu       sync.Mutex
+	out      []string
+	observed map[string]time.Time // description → ObservedAt of its last command
 }
 
 var (
@@ -45,13 +46,30 @@ var (
 func (r *recorder) add(s string) { r.mu.Lock(); r.out = append(r.out, s); r.mu.Unlock() }
 
 func (r *recorder) ShowPuppet(_ context.Context, c bridge.PuppetPresence) error {
-	r.add(describePresence(mapping.NetworkMatrix, string(c.User), c.Presence))
+	r.addObserved(describePresence(mapping.NetworkMatrix, string(c.User), c.Presence), c.ObservedAt)
 	return nil
 }
 
 func (r *recorder) ShowGhost(_ context.Context, c bridge.GhostPresence) error {
-	r.add(describePresence(mapping.NetworkXMPP, string(c.User), c.Presence))
+	r.addObserved(describePresence(mapping.NetworkXMPP, string(c.User), c.Presence), c.ObservedAt)
 	return nil
+}
+
+func (r *recorder) addObserved(s string, at time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.out = append(r.out, s)
+	if r.observed == nil {
+		r.observed = make(map[string]time.Time)
+	}
+	r.observed[s] = at
+}
+
+// observedAt returns the ObservedAt of the last command described by s.
+func (r *recorder) observedAt(s string) time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.observed[s]
 }
 
 func (r *recorder) SendSubscription(_ context.Context, c bridge.PuppetSubscription) error {
@@ -234,6 +252,31 @@ func TestPresenceFlowsBothWays(t *testing.T) {
 	h.presence(mapping.NetworkXMPP, alice, mapping.Presence{State: mapping.StateBusy, Status: "call"})
 	h.presence(mapping.NetworkMatrix, bob, mapping.Presence{State: mapping.StateAway, Status: "lunch"})
 	h.waitOut(`presence xmpp→matrix alice@xmpp.example "call/busy"`, `presence matrix→xmpp @bob:example.org "lunch/away"`)
+}
+
+// TestObservedAtPassedOn: a presence command carries the ObservedAt of
+// the report it shows (for the end-to-end metric, measured at delivery);
+// a presence the core makes up itself (an opt-out's offline) carries none.
+func TestObservedAtPassedOn(t *testing.T) {
+	h := start(t, Default(), nil, aliceBob)
+	t1 := time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
+	t2 := t1.Add(time.Second)
+	h.check(h.core.XMPPPresence(context.Background(), bridge.XMPPPresence{Stamp: bridge.Stamp{ObservedAt: t1}, User: alice, Presence: mapping.Presence{State: mapping.StateAway, Status: "x"}}))
+	h.check(h.core.MatrixPresence(context.Background(), bridge.MatrixPresence{Stamp: bridge.Stamp{ObservedAt: t2}, User: bob, Presence: mapping.Presence{State: mapping.StateBusy, Status: "m"}}))
+	ghost, puppet := `presence xmpp→matrix alice@xmpp.example "x/away"`, `presence matrix→xmpp @bob:example.org "m/busy"`
+	h.waitOut(ghost, puppet)
+	if got := h.rec.observedAt(ghost); !got.Equal(t1) {
+		t.Errorf("ghost presence observed at %v, want %v", got, t1)
+	}
+	if got := h.rec.observedAt(puppet); !got.Equal(t2) {
+		t.Errorf("puppet presence observed at %v, want %v", got, t2)
+	}
+	h.optOut(alice, true)
+	offline := `presence xmpp→matrix alice@xmpp.example "/offline"`
+	h.waitOut(offline)
+	if got := h.rec.observedAt(offline); !got.IsZero() {
+		t.Errorf("the opt-out's offline observed at %v, want none", got)
+	}
 }
 
 func TestOwnPuppetsAndGhostsNeverBridgedBack(t *testing.T) {

@@ -10,11 +10,12 @@
 // are counted by a passive subscription to the bus (every report and
 // command crosses it, so "in" per side and kind and "out" per side and
 // kind are exact); the end-to-end histogram is the time from a side's
-// observation (the event's observed_at) to the core handing the presence
-// to the other side (its command on the bus); drops and opt-outs come
-// from the core's watcher hooks, coalescing from the core's counter,
-// subscriptions and links from the state buckets (read at most every
-// 15 s), the XMPP stream and homeserver from the sides' small
+// observation (the report's ObservedAt, which the core passes on in its
+// command) to the delivery on the other network, which the other side
+// reports through [bridge.DeliveryReporter] ([Metrics.Delivered]); drops
+// and opt-outs come from the core's watcher hooks, coalescing from the
+// core's counter, subscriptions and links from the state buckets (read
+// at most every 15 s), the XMPP stream and homeserver from the sides' small
 // [bridge.Health] methods, homeserver requests from a timing
 // RoundTripper the Matrix side installs ([Metrics.ObserveHomeserverRequest]). No metric has a user identifier as a label.
 //

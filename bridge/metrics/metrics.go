@@ -56,10 +56,6 @@ type Sources struct {
 	Log       *slog.Logger
 }
 
-// maxInFlight bounds the observations waiting for their delivery (one per
-// user at most), for the end-to-end histogram.
-const maxInFlight = 100_000
-
 // stateEvery is how often the buckets are read for the state gauges.
 const stateEvery = 15 * time.Second
 
@@ -76,9 +72,6 @@ type Metrics struct {
 	hsReqs  *prometheus.CounterVec
 	hsTime  *prometheus.HistogramVec
 
-	mu       sync.Mutex
-	inFlight map[string]time.Time // network + user token → observed at
-
 	stateMu   sync.Mutex
 	stateAt   time.Time
 	subStates map[string]float64
@@ -94,14 +87,14 @@ func New(src Sources) (*Metrics, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	m := &Metrics{src: src, log: log, reg: prometheus.NewRegistry(), inFlight: make(map[string]time.Time)}
+	m := &Metrics{src: src, log: log, reg: prometheus.NewRegistry()}
 	m.events = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "presence_bridge_events_total",
 		Help: "Events on the bus: direction in (a side's report) or out (a command to a side), the side's network, the kind."},
 		[]string{"direction", "network", "kind"})
 	m.dropped = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "presence_bridge_dropped_total",
 		Help: "Presences the core did not pass on, by reason (opt_out, access_list, stale, loop)."}, []string{"reason"})
 	m.e2e = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "presence_bridge_end_to_end_seconds",
-		Help:    "From a presence observed on one side to the command to show it on the other, by the network it came from.",
+		Help:    "From a presence observed on one network to its delivery on the other (XMPP stanzas written, Matrix PUT answered 2xx), by the network it came from.",
 		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}}, []string{"from"})
 	m.hsReqs = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "presence_bridge_homeserver_requests_total",
 		Help: "Requests to the homeserver by outcome: ok, rate_limited (429), error (other error status), unreachable (no answer, 502-504)."}, []string{"outcome"})
@@ -113,6 +106,9 @@ func New(src Sources) (*Metrics, error) {
 	}
 	for _, r := range []bridge.DropReason{bridge.DropNoConsent, bridge.DropOptOut, bridge.DropAccessList, bridge.DropStale, bridge.DropLoop} {
 		m.dropped.WithLabelValues(string(r))
+	}
+	for _, n := range []string{"xmpp", "matrix"} {
+		m.e2e.WithLabelValues(n)
 	}
 	for _, d := range []string{"in", "out"} {
 		for _, n := range []string{"xmpp", "matrix"} {
@@ -224,6 +220,20 @@ func (m *Metrics) ObserveHomeserverRequest(outcome string, took time.Duration) {
 	m.hsTime.WithLabelValues(outcome).Observe(took.Seconds())
 }
 
+// Delivered returns the hook a side calls when it delivered a presence
+// observed on the network from ([bridge.DeliveryReporter]: the Matrix
+// side's deliveries come from XMPP, the XMPP side's from Matrix): it
+// observes the time since observedAt in the end-to-end histogram. A zero
+// observedAt is ignored.
+func (m *Metrics) Delivered(from mapping.Network) func(observedAt time.Time) {
+	h := m.e2e.WithLabelValues(from.String())
+	return func(observedAt time.Time) {
+		if !observedAt.IsZero() {
+			h.Observe(time.Since(observedAt).Seconds())
+		}
+	}
+}
+
 // Invalidate makes the next scrape read the buckets again (tests).
 func (m *Metrics) Invalidate() {
 	m.stateMu.Lock()
@@ -269,36 +279,7 @@ func (m *Metrics) observe(msg *nats.Msg) {
 	if len(tok) != 6 || (tok[2] != "in" && tok[2] != "out") {
 		return
 	}
-	dir, net, kind, user := tok[2], tok[3], tok[4], tok[5]
-	m.events.WithLabelValues(dir, net, kind).Inc()
-	if kind != string(bridge.KindPresence) {
-		return
-	}
-	if dir == "in" {
-		ev, err := bridge.DecodeEvent(msg.Data)
-		if err != nil || ev.ObservedAt.IsZero() {
-			return
-		}
-		m.mu.Lock()
-		if len(m.inFlight) < maxInFlight {
-			m.inFlight[net+"."+user] = ev.ObservedAt
-		}
-		m.mu.Unlock()
-		return
-	}
-	// A command to show on net the presence of a user of the other network.
-	from := "xmpp"
-	if net == "xmpp" {
-		from = "matrix"
-	}
-	key := from + "." + user
-	m.mu.Lock()
-	at, ok := m.inFlight[key]
-	delete(m.inFlight, key)
-	m.mu.Unlock()
-	if ok {
-		m.e2e.WithLabelValues(from).Observe(time.Since(at).Seconds())
-	}
+	m.events.WithLabelValues(tok[2], tok[3], tok[4]).Inc()
 }
 
 // Ready checks NATS and both sides; the error names each that is down.

@@ -89,6 +89,10 @@ func TestMetricsAndHealth(t *testing.T) {
 		_ = pub.XMPPPresence(t.Context(), bridge.XMPPPresence{User: "a@x.example", Presence: mapping.Presence{State: mapping.StateAway}})
 	}
 	_ = pub.ShowGhost(t.Context(), bridge.GhostPresence{User: "a@x.example", Presence: mapping.Presence{State: mapping.StateAway}})
+	// Deliveries as the sides report them: the command on the bus alone
+	// is no delivery, and a zero observation time is not observed.
+	m.Delivered(mapping.NetworkXMPP)(time.Now().Add(-20 * time.Millisecond))
+	m.Delivered(mapping.NetworkMatrix)(time.Time{})
 	m.ObserveHomeserverRequest("rate_limited", 30*time.Millisecond)
 	m.ObserveHomeserverRequest("rate_limited", 40*time.Millisecond)
 	m.ObserveHomeserverRequest("ok", 10*time.Millisecond)
@@ -101,6 +105,8 @@ func TestMetricsAndHealth(t *testing.T) {
 		`presence_bridge_events_total{direction="in",kind="presence",network="xmpp"} 3`,
 		`presence_bridge_events_total{direction="out",kind="presence",network="matrix"} 1`,
 		`presence_bridge_end_to_end_seconds_count{from="xmpp"} 1`,
+		`presence_bridge_end_to_end_seconds_bucket{from="xmpp",le="0.01"} 0`,
+		`presence_bridge_end_to_end_seconds_count{from="matrix"} 0`,
 		`presence_bridge_dropped_total{reason="opt_out"} 1`,
 		`presence_bridge_dropped_total{reason="stale"} 1`,
 		`presence_bridge_dropped_total{reason="loop"} 0`,

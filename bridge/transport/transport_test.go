@@ -42,7 +42,7 @@ func (s *sink) has(want string) bool {
 }
 
 func (s *sink) XMPPPresence(_ context.Context, r bridge.XMPPPresence) error {
-	return s.add("xmpp presence %s %s %q seq>0:%v", r.User, r.Presence.State, r.Presence.Status, r.Seq > 0)
+	return s.add("xmpp presence %s %s %q seq>0:%v observed:%v", r.User, r.Presence.State, r.Presence.Status, r.Seq > 0, !r.ObservedAt.IsZero())
 }
 func (s *sink) XMPPSubscription(_ context.Context, r bridge.XMPPSubscription) error {
 	return s.add("xmpp subscription %s→%s %s %q", r.Contact, r.Puppet, r.Type, r.Status)
@@ -60,7 +60,7 @@ func (s *sink) MatrixOptOut(_ context.Context, r bridge.OptOut[mapping.UserID]) 
 	return s.add("matrix optout %s %v", r.User, r.Enabled)
 }
 func (s *sink) ShowPuppet(_ context.Context, c bridge.PuppetPresence) error {
-	return s.add("puppet %s %s", c.User, c.Presence.State)
+	return s.add("puppet %s %s observed:%s", c.User, c.Presence.State, observed(c.ObservedAt))
 }
 func (s *sink) SendSubscription(_ context.Context, c bridge.PuppetSubscription) error {
 	s.mu.Lock()
@@ -73,7 +73,14 @@ func (s *sink) SendSubscription(_ context.Context, c bridge.PuppetSubscription) 
 	return s.add("puppet subscription %s→%s %s", c.Puppet, c.Contact, c.Type)
 }
 func (s *sink) ShowGhost(_ context.Context, c bridge.GhostPresence) error {
-	return s.add("ghost %s %s", c.User, c.Presence.State)
+	return s.add("ghost %s %s observed:%s", c.User, c.Presence.State, observed(c.ObservedAt))
+}
+
+func observed(at time.Time) string {
+	if at.IsZero() {
+		return "none"
+	}
+	return at.UTC().Format(time.RFC3339)
 }
 func (s *sink) GhostMembership(_ context.Context, c bridge.GhostMembership) error {
 	before := "-"
@@ -135,7 +142,9 @@ func TestEveryPortCrossesTheBus(t *testing.T) {
 		func() error {
 			return pub.SendSubscription(ctx, bridge.PuppetSubscription{Puppet: bob, Contact: alice, Type: bridge.Subscribed})
 		},
-		func() error { return pub.ShowGhost(ctx, bridge.GhostPresence{User: alice, Presence: away}) },
+		func() error {
+			return pub.ShowGhost(ctx, bridge.GhostPresence{Stamp: bridge.Stamp{ObservedAt: time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)}, User: alice, Presence: away})
+		},
 		func() error {
 			return pub.GhostMembership(ctx, bridge.GhostMembership{Ghost: alice, Peer: bob, Membership: bridge.MembershipLeave, RoomID: "!r:x", Before: &offline})
 		},
@@ -147,7 +156,7 @@ func TestEveryPortCrossesTheBus(t *testing.T) {
 	}
 	for s, want := range map[*sink][]string{
 		core: {
-			`xmpp presence alice@example.com away "lunch" seq>0:true`,
+			`xmpp presence alice@example.com away "lunch" seq>0:true observed:true`, // a report is stamped
 			`xmpp subscription alice@example.com→@bob:example.org subscribe "hi"`,
 			`xmpp optout alice@example.com true`,
 			`matrix presence @bob:example.org away`,
@@ -156,8 +165,9 @@ func TestEveryPortCrossesTheBus(t *testing.T) {
 			`matrix membership @bob:example.org alice@example.com ghost_changed:false by_self:false invite !r:x`,
 			`matrix optout @bob:example.org false`,
 		},
-		xs: {`puppet @bob:example.org away`, `puppet subscription @bob:example.org→alice@example.com subscribed`},
-		ms: {`ghost alice@example.com away`, `ghost membership alice@example.com→@bob:example.org leave !r:x before:offline`},
+		// A command keeps its observation time, and has none if it had none.
+		xs: {`puppet @bob:example.org away observed:none`, `puppet subscription @bob:example.org→alice@example.com subscribed`},
+		ms: {`ghost alice@example.com away observed:2026-11-21T12:00:00Z`, `ghost membership alice@example.com→@bob:example.org leave !r:x before:offline`},
 	} {
 		for _, w := range want {
 			bustest.WaitFor(t, 5*time.Second, w, func() bool { return s.has(w) })

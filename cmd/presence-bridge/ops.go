@@ -34,7 +34,11 @@ func startOps(g *group, c *core.Core, bus *bridge.Bus, pub *transport.Publisher,
 			g.run("metrics", func(context.Context) error { return err })
 			return false
 		}
-		ms.InstrumentRequests(m.ObserveHomeserverRequest) // before the side runs
+		// Before the sides run. Ghosts show XMPP users' presence,
+		// puppets Matrix users'.
+		ms.InstrumentRequests(m.ObserveHomeserverRequest)
+		ms.OnDelivered(m.Delivered(mapping.NetworkXMPP))
+		xs.OnDelivered(m.Delivered(mapping.NetworkMatrix))
 		watcher = m.Watcher(watcher)
 	}
 	c.SetWatcher(watcher)
