@@ -1,9 +1,13 @@
 package bridge
 
 import (
+	stdjson "encoding/json"
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
+
+	json "github.com/goccy/go-json"
 )
 
 // FuzzToken: every string encodes to one valid subject/KV token that
@@ -74,4 +78,31 @@ func TestSubjectRoundTrip(t *testing.T) {
 			t.Errorf("ParseSubject(%q) accepted", bad)
 		}
 	}
+}
+
+// FuzzEnvelopeMatchesEncodingJSON holds the envelope's JSON library
+// (goccy/go-json, for speed on the event path) to encoding/json: any input
+// both accept reads the same, and what one writes the other writes byte
+// for byte.
+func FuzzEnvelopeMatchesEncodingJSON(f *testing.F) {
+	good, _ := EncodeEvent(sampleEvent())
+	f.Add(good)
+	f.Add([]byte(`{"v":1,"id":"x","kind":"membership","origin":"matrix","user":"@a:b.c","peer":"a@b.c","seq":1,"observed_at":"2026-01-01T00:00:00Z","membership":{"membership":"leave","room_id":"!r:b.c","before":{"state":"offline"}}}`))
+	f.Add([]byte(`{"v":1,"kind":"presence","origin":"xmpp","user":"a@b.c","presence":{"state":"away","status":"\u00e9\ud83d\ude00","last_active":"2026-01-01T00:00:00.5+02:00","priority":-5}}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var a, b Event
+		errA := stdjson.Unmarshal(data, &a)
+		errB := json.Unmarshal(data, &b)
+		if errA != nil || errB != nil {
+			return // which malformed inputs each refuses may differ; both refuse or both read the same
+		}
+		if !reflect.DeepEqual(a, b) {
+			t.Fatalf("read differently:\nstd   %+v\ngo-json %+v", a, b)
+		}
+		outA, errA := stdjson.Marshal(&a)
+		outB, errB := json.Marshal(&a)
+		if (errA == nil) != (errB == nil) || string(outA) != string(outB) {
+			t.Fatalf("written differently:\nstd   %s %v\ngo-json %s %v", outA, errA, outB, errB)
+		}
+	})
 }
