@@ -36,7 +36,9 @@
 //	  "optout": {"enabled": true}
 //	}
 //
-// It is read and written with encoding/json ([EncodeEvent], [DecodeEvent]).
+// [EncodeEvent] and [DecodeEvent] read and write it from the Event type's
+// struct tags alone, with goccy/go-json (held to encoding/json by a fuzz
+// test): the schema is that type and nowhere else.
 //
 // Addresses on the bus are always native: a Matrix user is its Matrix ID,
 // never its puppet JID, and an XMPP user is its bare JID, never its ghost.
