@@ -335,10 +335,11 @@ func (r *rig) sub(id mapping.UserID, contact mapping.BareJID) bridge.Subscriptio
 // the index agrees.
 func (r *rig) waitSub(id mapping.UserID, contact mapping.BareJID, want bridge.Subscription) {
 	r.t.Helper()
-	waitFor(r.t, waitLong, "subscription "+StateName(want)+" for "+string(contact), func() bool { return SameState(r.sub(id, contact), want) })
-	if got := r.comp.subs.get(id, contact); !SameState(got, want) {
-		r.t.Fatalf("index has %s, bucket %s", StateName(got), StateName(want))
-	}
+	// The bucket is written first, then the in-memory index from the
+	// stored result: wait for both.
+	waitFor(r.t, waitLong, "subscription "+StateName(want)+" for "+string(contact)+" in the bucket and the index", func() bool {
+		return SameState(r.sub(id, contact), want) && SameState(r.comp.subs.get(id, contact), want)
+	})
 }
 
 // roster returns the contact's view of the puppet in its roster ("" if absent).
