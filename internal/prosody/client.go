@@ -93,7 +93,9 @@ func Dial(ctx context.Context, addr, user, domain, password, resource string, op
 	// is cleared from the SASL feature's requirements. Loopback only!
 	auth := xmpp.SASL("", password, sasl.Plain)
 	auth.Necessary &^= xmpp.Secure
-	sess, err := xmpp.NewClientSession(ctx, origin, conn, auth, xmpp.BindResource())
+	nctx, done := negotiation(ctx, conn)
+	sess, err := xmpp.NewClientSession(nctx, origin, conn, auth, xmpp.BindResource())
+	done()
 	if err != nil {
 		conn.Close()
 		return nil, err
@@ -138,7 +140,9 @@ func DialComponent(ctx context.Context, addr, domain, secret string, opts ...Opt
 	if err != nil {
 		return nil, err
 	}
-	sess, err := component.NewSession(ctx, origin, []byte(secret), conn)
+	nctx, done := negotiation(ctx, conn)
+	sess, err := component.NewSession(nctx, origin, []byte(secret), conn)
+	done()
 	if err != nil {
 		conn.Close()
 		return nil, err
@@ -146,6 +150,18 @@ func DialComponent(ctx context.Context, addr, domain, secret string, opts ...Opt
 	c := serve(origin, conn, sess, opts)
 	c.component = true
 	return c, nil
+}
+
+// negotiation returns the context a session negotiation runs under: never
+// canceled, its time bounded by closing conn when ctx ends instead.
+// mellium v0.23.0 watches the negotiation's context from a goroutine that
+// can outlive the negotiation; a context that ends right after it (our
+// deferred cancel) may then set a past deadline on the connection and fail
+// the next write with "i/o timeout".
+// Call done as soon as the negotiation returns.
+func negotiation(ctx context.Context, conn net.Conn) (nctx context.Context, done func()) {
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	return context.WithoutCancel(ctx), func() { stop() }
 }
 
 // Option changes a Client made by Dial.
