@@ -12,6 +12,7 @@ import (
 
 	"github.com/presence-bridge/presence-bridge/bridge"
 	"github.com/presence-bridge/presence-bridge/bridge/transport"
+	"github.com/presence-bridge/presence-bridge/internal/testenv/bustest"
 	"github.com/presence-bridge/presence-bridge/mapping"
 )
 
@@ -67,10 +68,7 @@ func BenchmarkCoreThroughput(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	deadline := time.Now().Add(2 * time.Minute)
-	for out.Load() < int64(b.N) && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
+	bustest.WaitFor(b, 2*time.Minute, "every event out", func() bool { return out.Load() >= int64(b.N) })
 	elapsed := time.Since(start)
 	b.StopTimer()
 	if got := out.Load(); got < int64(b.N) {
@@ -131,9 +129,7 @@ func BenchmarkForgedPresenceMemory(b *testing.B) {
 		}
 		b.StopTimer()
 		// Let the persister write what it holds: what stays is state.
-		for c.pendingWrites() > 0 {
-			time.Sleep(time.Millisecond)
-		}
+		bustest.WaitFor(b, time.Minute, "the persister idle", func() bool { return c.pendingWrites() == 0 })
 		grown += float64(int64(heapInUse()) - int64(before))
 		b.StartTimer()
 	}

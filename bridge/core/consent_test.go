@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/presence-bridge/presence-bridge/bridge"
+	"github.com/presence-bridge/presence-bridge/internal/testenv/bustest"
 	"github.com/presence-bridge/presence-bridge/mapping"
 )
 
@@ -16,17 +17,13 @@ import (
 // record, and returns it.
 func (h *harness) storedPresence(key string, want bool) bridge.PresenceRecord {
 	h.t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		rec, _, err := h.store.Presence.Get(context.Background(), key)
-		if (err == nil) == want {
-			return rec
-		}
-		if time.Now().After(deadline) {
-			h.t.Fatalf("presence record of %s: stored = %v, want %v", key, err == nil, want)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	var rec bridge.PresenceRecord
+	bustest.WaitFor(h.t, 5*time.Second, fmt.Sprintf("presence record of %s stored = %v", key, want), func() bool {
+		r, _, err := h.store.Presence.Get(context.Background(), key)
+		rec = r
+		return (err == nil) == want
+	})
+	return rec
 }
 
 // keys lists the keys of a bucket.

@@ -13,6 +13,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/presence-bridge/presence-bridge/bridge"
+	"github.com/presence-bridge/presence-bridge/internal/testenv/bustest"
 	"github.com/presence-bridge/presence-bridge/mapping"
 )
 
@@ -200,28 +201,10 @@ func describePresence(net mapping.Network, user string, p mapping.Presence) stri
 // waitOut waits until every wanted description has been published.
 func (h *harness) waitOut(want ...string) {
 	h.t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		got := map[string]bool{}
-		var list []string
-		for _, d := range h.rec.all() {
-			got[d] = true
-			list = append(list, d)
-		}
-		missing := ""
-		for _, w := range want {
-			if !got[w] {
-				missing = w
-				break
-			}
-		}
-		if missing == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			h.t.Fatalf("never published %q; published: %q", missing, list)
-		}
-		time.Sleep(5 * time.Millisecond)
+	for _, w := range want {
+		bustest.WaitFor(h.t, 5*time.Second, fmt.Sprintf("%q published", w), func() bool {
+			return slices.Contains(h.rec.all(), w)
+		})
 	}
 }
 
@@ -343,16 +326,8 @@ func TestOlderSequenceNeverOverridesNewer(t *testing.T) {
 		t.Fatal("older event overrode a newer one")
 	}
 	// The store is written behind the event path: poll for it.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		rec, _, err := h.store.Presence.Get(context.Background(), bridge.PresenceKey(mapping.NetworkXMPP, alice))
-		if err == nil && rec.Presence.Status == "new" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("stored %+v, %v; want the newer record", rec, err)
-		}
-		time.Sleep(5 * time.Millisecond)
+	if rec := h.storedPresence(bridge.PresenceKey(mapping.NetworkXMPP, alice), true); rec.Presence.Status != "new" {
+		t.Fatalf("stored %+v; want the newer record", rec)
 	}
 }
 

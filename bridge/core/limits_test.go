@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/presence-bridge/presence-bridge/bridge"
+	"github.com/presence-bridge/presence-bridge/internal/testenv/bustest"
 	"github.com/presence-bridge/presence-bridge/mapping"
 )
 
@@ -144,13 +145,7 @@ func TestMemoryBounded(t *testing.T) {
 		t.Errorf("30,000 forged addresses left %d entries in memory", n-2)
 	}
 	h.presence(mapping.NetworkXMPP, alice, mapping.Presence{State: mapping.StateAway, Status: "x"})
-	deadline := time.Now().Add(5 * time.Second)
-	for h.core.presence.size() > 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d coalescing slots still held after every person went quiet", h.core.presence.size())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	bustest.WaitFor(t, 5*time.Second, "every coalescing slot freed once every person went quiet", func() bool { return h.core.presence.size() == 0 })
 	if pending := h.core.pendingWrites(); pending > 3 {
 		t.Errorf("the persister holds %d records", pending)
 	}
