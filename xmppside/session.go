@@ -37,9 +37,18 @@ func (c *Component) connect(ctx context.Context) (net.Conn, *xmpp.Session, error
 	if err != nil {
 		return nil, nil, fmt.Errorf("xmppside: dial %s: %w", c.addr(), err)
 	}
+	// The handshake is bounded by closing conn, not by a context ending:
+	// mellium v0.23.0 watches the negotiation's context from a goroutine
+	// that may outlive the negotiation, and a context ending right after it
+	// (a deferred cancel) can set a past deadline on the live connection,
+	// failing its next read or write with "i/o timeout".
 	hctx, cancel := context.WithTimeout(ctx, c.cfg.ConnectTimeout)
 	defer cancel()
-	sess, err := component.NewSession(hctx, c.domain, []byte(c.cfg.Secret), conn)
+	stop := context.AfterFunc(hctx, func() { conn.Close() })
+	sess, err := component.NewSession(context.WithoutCancel(hctx), c.domain, []byte(c.cfg.Secret), conn)
+	if !stop() { // hctx ended and closed conn
+		err = fmt.Errorf("%w (%v)", hctx.Err(), err)
+	}
 	if err != nil {
 		conn.Close()
 		var se stream.Error

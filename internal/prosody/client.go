@@ -26,6 +26,7 @@ import (
 const (
 	loginTimeout = 10 * time.Second
 	closeTimeout = 5 * time.Second
+	sendTimeout  = 30 * time.Second // one Send without a context deadline
 )
 
 // ErrClosed is returned (wrapped) by Client.Wait when the connection ended
@@ -294,14 +295,26 @@ func (c *Client) Send(ctx context.Context, stanzaXML string) error {
 	if len(toks) == 0 {
 		return errors.New("prosody: Send: no XML element")
 	}
-	i := 0
-	return c.sess.Send(ctx, xmlstream.ReaderFunc(func() (xml.Token, error) {
-		if i >= len(toks) {
-			return nil, io.EOF
+	// Not sess.Send(ctx): in mellium v0.23.0 a context that ends after Send
+	// returned can still set a past write deadline from Send's watcher
+	// goroutine and fail a later write with "i/o timeout". The write is
+	// bounded by an explicit deadline instead, under the stream's write lock.
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(sendTimeout)
+	}
+	tw := c.sess.TokenWriter()
+	defer tw.Close()
+	if err := c.conn.SetWriteDeadline(deadline); err != nil {
+		return err
+	}
+	defer c.conn.SetWriteDeadline(time.Time{})
+	for _, tok := range toks {
+		if err := tw.EncodeToken(tok); err != nil {
+			return err
 		}
-		i++
-		return toks[i-1], nil
-	}))
+	}
+	return tw.Flush()
 }
 
 // SendPresence sends a presence stanza. Empty strings are omitted, as is a
