@@ -6,6 +6,10 @@
 #   make run-bridge CONFIG=config.yaml   (that is: presence-bridge -config config.yaml)
 .PHONY: build run run-bridge prosody deps dendrite test check bench fuzz clean
 
+# Go 1.27 (mautrix's federation packages need it); fetched by any installed
+# Go through the module proxy.
+export GOTOOLCHAIN := go1.27.3
+
 BIN      := .build/bin
 CONFIG   ?= config.yaml
 SANDBOX  ?= .build/sandbox

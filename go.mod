@@ -1,6 +1,6 @@
 module github.com/presence-bridge/presence-bridge
 
-go 1.26.8
+go 1.27.3
 
 require (
 	github.com/goccy/go-json v0.12.0
