@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"slices"
 	"sync"
@@ -160,5 +161,6 @@ func NewMemoryStore() *Store {
 		Links:         memBucket[Link](BucketLinks),
 		Settings:      memBucket[UserSettings](BucketSettings),
 		Txns:          memBucket[time.Time](BucketTxns),
+		Federation:    memBucket[json.RawMessage](BucketFederation),
 	}
 }

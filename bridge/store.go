@@ -22,6 +22,7 @@ const (
 	BucketLinks         = "pb_links"
 	BucketSettings      = "pb_settings"
 	BucketTxns          = "pb_txns"
+	BucketFederation    = "pb_federation"
 )
 
 // PresenceRecord is the last presence of one user on one side.
@@ -94,6 +95,11 @@ type Store struct {
 	// Txns: Matrix transaction ids already processed, kept for a day.
 	// Writer: matrixside.
 	Txns *Bucket[time.Time]
+	// Federation: the federation gateway's rooms (matrix.mode:
+	// federation): per room, its version, the ghosts in it and the remote
+	// members that share it, as JSON the gateway alone reads. Writer:
+	// matrixfed.
+	Federation *Bucket[json.RawMessage]
 }
 
 // PresenceKey is the key of one user on one network.
@@ -135,6 +141,9 @@ func openStore(ctx context.Context, js jetstream.JetStream, replicas int) (*Stor
 		return nil, err
 	}
 	if s.Txns, err = openBucket[time.Time](ctx, js, BucketTxns, replicas, 24*time.Hour); err != nil {
+		return nil, err
+	}
+	if s.Federation, err = openBucket[json.RawMessage](ctx, js, BucketFederation, replicas, 0); err != nil {
 		return nil, err
 	}
 	return s, nil

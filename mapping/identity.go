@@ -22,12 +22,16 @@ type Namespace struct {
 	HomeserverDomain string
 	// ComponentDomain is the XMPP domain of the puppets, e.g. "matrix.example.net".
 	ComponentDomain string
+	// OwnServer says that HomeserverDomain belongs to the bridge alone
+	// (the federation gateway's server name): no real user lives there, so
+	// GhostPrefix may be empty.
+	OwnServer bool
 }
 
 // Validate checks that the namespace can produce valid addresses.
 func (n Namespace) Validate() error {
 	var errs []error
-	if n.GhostPrefix == "" {
+	if n.GhostPrefix == "" && !n.OwnServer {
 		errs = append(errs, fmt.Errorf("ghost prefix is empty: ghosts would collide with real users"))
 	}
 	for i := 0; i < len(n.GhostPrefix); i++ {

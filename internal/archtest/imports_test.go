@@ -53,9 +53,10 @@ func TestMappingImportsOnlyStandardLibrary(t *testing.T) {
 
 func TestSidesNeverImportEachOther(t *testing.T) {
 	rules := map[string][]string{
-		"xmppside":    {module + "/matrixside", module + "/cmd", module + "/bridge/core", module + "/bridge/transport", "maunium.net/go/mautrix"},
-		"matrixside":  {module + "/xmppside", module + "/cmd", module + "/bridge/core", module + "/bridge/transport", "mellium.im/xmpp"},
-		"bridge":      {module + "/xmppside", module + "/matrixside", module + "/cmd", "mellium.im/xmpp", "maunium.net/go/mautrix"},
+		"xmppside":    {module + "/matrixside", module + "/matrixfed", module + "/cmd", module + "/bridge/core", module + "/bridge/transport", "maunium.net/go/mautrix"},
+		"matrixside":  {module + "/xmppside", module + "/matrixfed", module + "/cmd", module + "/bridge/core", module + "/bridge/transport", "mellium.im/xmpp"},
+		"matrixfed":   {module + "/xmppside", module + "/matrixside", module + "/cmd", module + "/bridge/core", module + "/bridge/transport", "mellium.im/xmpp"},
+		"bridge":      {module + "/xmppside", module + "/matrixside", module + "/matrixfed", module + "/cmd", "mellium.im/xmpp", "maunium.net/go/mautrix"},
 		"bridge/core": {module + "/bridge/transport"},
 	}
 	for from, forbidden := range rules {
@@ -76,7 +77,7 @@ func TestSidesNeverImportEachOther(t *testing.T) {
 // imports only mapping, bridge (the ports and the state) and its own
 // subpackages.
 func TestSidesSpeakOnlyThroughThePorts(t *testing.T) {
-	for _, side := range []string{"xmppside", "matrixside"} {
+	for _, side := range []string{"xmppside", "matrixside", "matrixfed"} {
 		for _, p := range deps(t, module+"/"+side+"/...") {
 			if !strings.HasPrefix(p.ImportPath, module+"/"+side) {
 				continue
@@ -99,7 +100,7 @@ func TestSidesSpeakOnlyThroughThePorts(t *testing.T) {
 // the ports and an in-memory or embedded store).
 func TestNobodyButTheTransportSpeaksNATS(t *testing.T) {
 	forbidden := regexp.MustCompile(`\bbridge\.(Bus|Event|Subject|SubjectFilter|Kind[A-Z]\w*|Direction|In|Out|DecodeEvent|EncodeEvent)\b`)
-	for _, dir := range []string{"xmppside", "matrixside", "bridge/core"} {
+	for _, dir := range []string{"xmppside", "matrixside", "matrixfed", "bridge/core"} {
 		root := filepath.Join("..", "..", dir)
 		err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
 			if err != nil || d.IsDir() || !strings.HasSuffix(path, ".go") {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -48,6 +49,13 @@ type Config struct {
 	AppServiceRegistration string
 	// Log receives Dendrite's stdout and stderr (optional).
 	Log io.Writer
+	// FederationAddr, if set ("127.0.0.1:PORT"), turns federation on: a
+	// self-signed TLS certificate is generated (once), the server name
+	// becomes "localhost:PORT" (an explicit port: no .well-known or SRV
+	// lookups) unless ServerName is set, federation is served over HTTPS
+	// there, remote certificates are not checked, and loopback peers are
+	// allowed (generate-config -ci empties the deny lists).
+	FederationAddr string
 }
 
 // Server is a running (or stopped) Dendrite.
@@ -56,9 +64,13 @@ type Server struct {
 	URL        string // "http://127.0.0.1:PORT"
 	Dir        string
 
+	// FederationURL is "https://127.0.0.1:PORT" when federation is on.
+	FederationURL string
+
 	binDir     string
 	configPath string
 	addr       string
+	fedAddr    string
 	log        io.Writer
 
 	mu sync.Mutex
@@ -93,6 +105,13 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	if cfg.ServerName == "" {
 		cfg.ServerName = "localhost"
+		if cfg.FederationAddr != "" {
+			_, port, err := net.SplitHostPort(cfg.FederationAddr)
+			if err != nil {
+				return nil, fmt.Errorf("dendrite: federation address: %w", err)
+			}
+			cfg.ServerName = "localhost:" + port
+		}
 	}
 	if cfg.Log == nil {
 		cfg.Log = io.Discard
@@ -105,6 +124,10 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		addr:       cfg.Addr,
 		log:        cfg.Log,
 		configPath: filepath.Join(cfg.Dir, "dendrite.yaml"),
+		fedAddr:    cfg.FederationAddr,
+	}
+	if cfg.FederationAddr != "" {
+		s.FederationURL = "https://" + cfg.FederationAddr
 	}
 	if err := s.writeConfig(ctx, cfg); err != nil {
 		return nil, err
@@ -125,6 +148,13 @@ func (s *Server) writeConfig(ctx context.Context, cfg Config) error {
 	if _, err := os.Stat(key); err != nil {
 		if _, err := s.run(ctx, "generate-keys", "--private-key", key); err != nil {
 			return err
+		}
+	}
+	if s.fedAddr != "" {
+		if _, err := os.Stat(filepath.Join(s.Dir, "server.crt")); err != nil {
+			if _, err := s.run(ctx, "generate-keys", "--tls-cert", "server.crt", "--tls-key", "server.key", "--server", "localhost", "--keysize", "2048"); err != nil {
+				return err
+			}
 		}
 	}
 	out, err := s.run(ctx, "generate-config", "-dir", data, "-server", s.ServerName, "-ci")
@@ -151,7 +181,10 @@ func (s *Server) writeConfig(ctx context.Context, cfg Config) error {
 		m[keys[len(keys)-1]] = v
 	}
 	set("global.private_key", key)
-	set("global.disable_federation", true)
+	set("global.disable_federation", s.fedAddr == "")
+	if s.fedAddr != "" {
+		set("federation_api.disable_tls_validation", true)
+	}
 	set("global.presence.enable_inbound", true) // else PUT presence is a silent no-op
 	set("global.presence.enable_outbound", true)
 	// Open registration is refused at start unless reCAPTCHA is configured;
@@ -221,8 +254,12 @@ func (s *Server) Start(ctx context.Context) error {
 	if s.p != nil {
 		return errors.New("dendrite: already running")
 	}
-	cmd := exec.Command(filepath.Join(s.binDir, "dendrite"),
-		"-config", s.configPath, "-http-bind-address", s.addr)
+	args := []string{"-config", s.configPath, "-http-bind-address", s.addr}
+	if s.fedAddr != "" {
+		args = append(args, "-https-bind-address", s.fedAddr,
+			"-tls-cert", filepath.Join(s.Dir, "server.crt"), "-tls-key", filepath.Join(s.Dir, "server.key"))
+	}
+	cmd := exec.Command(filepath.Join(s.binDir, "dendrite"), args...)
 	cmd.Dir = s.Dir
 	cmd.Stdout, cmd.Stderr = s.log, s.log
 	p, err := proc.Start(cmd)

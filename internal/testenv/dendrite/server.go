@@ -24,6 +24,10 @@ type Options struct {
 	// AppServiceRegistration is the YAML text of an appservice registration
 	// file to load (optional; empty = none).
 	AppServiceRegistration string
+	// Federation turns federation on, over HTTPS on a second free port,
+	// with the server name "localhost:<that port>" (see
+	// dendrite.Config.FederationAddr).
+	Federation bool
 }
 
 // Server is a running Dendrite homeserver.
@@ -31,6 +35,8 @@ type Server struct {
 	ServerName string
 	URL        string // "http://127.0.0.1:PORT"
 	Dir        string
+	// FederationURL is "https://127.0.0.1:PORT" with Options.Federation.
+	FederationURL string
 
 	srv *dendrite.Server
 	log lockedBuffer
@@ -51,6 +57,9 @@ func Start(t testing.TB, opts Options) *Server {
 		ServerName: opts.ServerName,
 		Log:        &s.log,
 	}
+	if opts.Federation {
+		cfg.FederationAddr = fmt.Sprintf("127.0.0.1:%d", FreePort(t))
+	}
 	if opts.AppServiceRegistration != "" {
 		cfg.AppServiceRegistration = filepath.Join(s.Dir, "registration.yaml")
 		if err := os.WriteFile(cfg.AppServiceRegistration, []byte(opts.AppServiceRegistration), 0o600); err != nil {
@@ -61,7 +70,7 @@ func Start(t testing.TB, opts Options) *Server {
 	if err != nil {
 		t.Fatalf("%v; log:\n%s", err, tail(s.Log(), 60))
 	}
-	s.srv, s.ServerName, s.URL = srv, srv.ServerName, srv.URL
+	s.srv, s.ServerName, s.URL, s.FederationURL = srv, srv.ServerName, srv.URL, srv.FederationURL
 	t.Cleanup(func() {
 		s.Stop()
 		if t.Failed() {
