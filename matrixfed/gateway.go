@@ -48,8 +48,9 @@ type Gateway struct {
 }
 
 var (
-	_ bridge.MatrixActor = (*Gateway)(nil)
-	_ bridge.Health      = (*Gateway)(nil)
+	_ bridge.MatrixActor       = (*Gateway)(nil)
+	_ bridge.Health            = (*Gateway)(nil)
+	_ bridge.PresenceRequester = (*Gateway)(nil)
 )
 
 // New checks cfg and loads (or, on first start, generates) the signing

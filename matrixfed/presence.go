@@ -424,3 +424,35 @@ func truncateUTF8(s string, n int) string {
 	}
 	return s[:n]
 }
+
+// RequestPresence asks the server of a Matrix user for their presence
+// with a poll in an m.presence EDU; the answer comes back as a /send
+// and is reported like any other. Only for users who share a room with
+// a ghost (bridge.ErrNoRoute otherwise). It blocks for one transaction.
+func (g *Gateway) RequestPresence(ctx context.Context, r bridge.PresenceRequest) error {
+	if r.Network != mapping.NetworkMatrix {
+		return fmt.Errorf("%w: not a Matrix user: %q", ErrBadCommand, r.User)
+	}
+	u, err := mapping.NewUserID(r.User)
+	if err != nil {
+		return err
+	}
+	user := id.UserID(u)
+	if !g.rooms.watchedBy(user) {
+		return bridge.ErrNoRoute
+	}
+	edu, err := stdjson.Marshal(map[string]any{"edu_type": "m.presence", "content": map[string]any{"push": []any{}, "poll": []id.UserID{user}}})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	_, err = g.client.SendTransaction(ctx, &federation.ReqSendTransaction{
+		Destination: user.Homeserver(), TxnID: fmt.Sprintf("pb%d.%d", g.out.txnEpoch, g.out.txnSeq.Add(1)),
+		Origin: g.cfg.ServerName, OriginServerTS: jsontime.UM(time.Now()), PDUs: []federation.PDU{}, EDUs: []federation.EDU{edu},
+	})
+	if err != nil {
+		return fmt.Errorf("%w: %w", bridge.ErrDisconnected, err)
+	}
+	return nil
+}

@@ -12,19 +12,57 @@ import (
 	"github.com/presence-bridge/presence-bridge/bridge/metrics"
 	"github.com/presence-bridge/presence-bridge/internal/config"
 	"github.com/presence-bridge/presence-bridge/mapping"
+	"github.com/presence-bridge/presence-bridge/matrixfed"
 	"github.com/presence-bridge/presence-bridge/matrixside"
 	"github.com/presence-bridge/presence-bridge/xmppside"
 )
 
 // File is config.yaml. Each section belongs to the package that uses it.
 type File struct {
-	XMPP    xmppside.Config   `yaml:"xmpp"`
-	Matrix  matrixside.Config `yaml:"matrix"`
-	NATS    bridge.Config     `yaml:"nats"`
-	Core    core.Config       `yaml:"core"`
-	Mapping MappingConfig     `yaml:"mapping"`
-	Logging LoggingConfig     `yaml:"logging"`
-	Metrics metrics.Config    `yaml:"metrics"`
+	XMPP    xmppside.Config `yaml:"xmpp"`
+	Matrix  MatrixConfig    `yaml:"matrix"`
+	NATS    bridge.Config   `yaml:"nats"`
+	Core    core.Config     `yaml:"core"`
+	Mapping MappingConfig   `yaml:"mapping"`
+	Logging LoggingConfig   `yaml:"logging"`
+	Metrics metrics.Config  `yaml:"metrics"`
+}
+
+// MatrixConfig is the "matrix" section: the appservice's keys
+// (matrixside), or with mode federation the gateway's, under
+// "federation" (matrixfed).
+type MatrixConfig struct {
+	matrixside.Config `yaml:",inline"`
+	// Mode: appservice (default) or federation.
+	Mode       string           `yaml:"mode"`
+	Federation matrixfed.Config `yaml:"federation"`
+}
+
+// The Matrix modes.
+const (
+	ModeAppservice = "appservice"
+	ModeFederation = "federation"
+)
+
+// IsFederation reports whether the bridge runs as a federation gateway.
+func (m MatrixConfig) IsFederation() bool { return m.Mode == ModeFederation }
+
+// Validate reports the problems of the mode in use, each prefixed with
+// its key.
+func (m MatrixConfig) Validate() error {
+	switch m.Mode {
+	case "", ModeAppservice:
+		return stripPrefix(m.Config.Validate(), matrixside.ErrConfig.Error()+": ")
+	case ModeFederation:
+		var errs []error
+		if err := m.Federation.Validate(); err != nil {
+			for _, line := range strings.Split(err.Error(), "\n") {
+				errs = append(errs, errors.New("federation."+line))
+			}
+		}
+		return errors.Join(errs...)
+	}
+	return fmt.Errorf("mode: %q: must be appservice or federation", m.Mode)
 }
 
 // MappingConfig overrides the default presence table (see README).
@@ -101,7 +139,7 @@ func defaults() File {
 	nats.Embedded.Listen = DefaultNATSListen
 	return File{
 		XMPP:    xmppside.Default(),
-		Matrix:  matrixside.Default(),
+		Matrix:  MatrixConfig{Config: matrixside.Default(), Mode: ModeAppservice, Federation: matrixfed.Default()},
 		NATS:    nats,
 		Core:    core.Default(),
 		Mapping: MappingConfig{Busy: "auto"},
@@ -115,6 +153,11 @@ const DefaultNATSListen = "127.0.0.1:4222"
 
 // Namespace is where puppets and ghosts live.
 func (f *File) Namespace() mapping.Namespace {
+	if f.Matrix.IsFederation() {
+		// The server name is the gateway's own: ghosts need no prefix.
+		return mapping.Namespace{GhostPrefix: f.Matrix.Federation.GhostPrefix, HomeserverDomain: f.Matrix.Federation.ServerName,
+			ComponentDomain: f.XMPP.ComponentDomain, OwnServer: true}
+	}
 	return mapping.Namespace{GhostPrefix: f.Matrix.GhostPrefix, HomeserverDomain: f.Matrix.HomeserverDomain, ComponentDomain: f.XMPP.ComponentDomain}
 }
 
@@ -123,7 +166,7 @@ func loadConfig(path string) (*File, error) {
 	f := defaults()
 	err := config.Load(path, &f,
 		config.Section{Path: "xmpp", Validate: func() error { return f.XMPP.Validate() }},
-		config.Section{Path: "matrix", Validate: func() error { return stripPrefix(f.Matrix.Validate(), matrixside.ErrConfig.Error()+": ") }},
+		config.Section{Path: "matrix", Validate: func() error { return f.Matrix.Validate() }},
 		config.Section{Path: "nats", Validate: func() error { return f.NATS.Validate() }},
 		config.Section{Path: "core", Validate: func() error { return f.Core.Validate() }},
 		config.Section{Path: "mapping", Validate: func() error { return f.Mapping.Validate() }},
@@ -137,7 +180,7 @@ func loadConfig(path string) (*File, error) {
 
 // namespaceProblems reports namespace errors under the keys they come from.
 func namespaceProblems(ns mapping.Namespace) error {
-	if ns.GhostPrefix == "" || ns.HomeserverDomain == "" || ns.ComponentDomain == "" {
+	if (ns.GhostPrefix == "" && !ns.OwnServer) || ns.HomeserverDomain == "" || ns.ComponentDomain == "" {
 		return nil // already reported as required by the sections
 	}
 	err := ns.Validate()

@@ -19,7 +19,7 @@ import (
 // as the core): the presence service, the updates the core publishes,
 // and, if configured, metrics and health checks. It reports false if the
 // group stopped before they were ready.
-func startOps(g *group, c *core.Core, bus *bridge.Bus, pub *transport.Publisher, xs *xmppside.Component, ms *matrixside.Side,
+func startOps(g *group, c *core.Core, bus *bridge.Bus, pub *transport.Publisher, xs *xmppside.Component, ms matrixSide,
 	cfg *File, table mapping.Table, busy bool, log *slog.Logger) bool {
 	log = log.With("part", "ops")
 	var watcher bridge.PresenceWatcher = opsapi.NewUpdates(bus.Conn(), log)
@@ -36,8 +36,10 @@ func startOps(g *group, c *core.Core, bus *bridge.Bus, pub *transport.Publisher,
 		}
 		// Before the sides run. Ghosts show XMPP users' presence,
 		// puppets Matrix users'.
-		ms.InstrumentRequests(m.ObserveHomeserverRequest)
-		ms.OnDelivered(m.Delivered(mapping.NetworkXMPP))
+		if as, ok := ms.(*matrixside.Side); ok {
+			as.InstrumentRequests(m.ObserveHomeserverRequest)
+			as.OnDelivered(m.Delivered(mapping.NetworkXMPP))
+		}
 		xs.OnDelivered(m.Delivered(mapping.NetworkMatrix))
 		watcher = m.Watcher(watcher)
 	}

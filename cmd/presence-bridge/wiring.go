@@ -12,6 +12,7 @@ import (
 	"github.com/presence-bridge/presence-bridge/bridge/core"
 	"github.com/presence-bridge/presence-bridge/bridge/transport"
 	"github.com/presence-bridge/presence-bridge/mapping"
+	"github.com/presence-bridge/presence-bridge/matrixfed"
 	"github.com/presence-bridge/presence-bridge/matrixside"
 	"github.com/presence-bridge/presence-bridge/xmppside"
 )
@@ -21,7 +22,7 @@ const shutdownGrace = 20 * time.Second
 
 func registrationYAML(cfg *File) ([]byte, error) {
 	// Fresh tokens where the config has none.
-	reg, err := matrixside.Registration(cfg.Matrix, cfg.Namespace()).YAML()
+	reg, err := matrixside.Registration(cfg.Matrix.Config, cfg.Namespace()).YAML()
 	return []byte(reg), err
 }
 
@@ -41,7 +42,9 @@ func runBridge(ctx context.Context, cfg *File) error {
 
 	table, _ := cfg.Mapping.Table()
 	busy := cfg.Mapping.Busy == "on"
-	if cfg.Mapping.Busy == "auto" || cfg.Mapping.Busy == "" {
+	if cfg.Matrix.IsFederation() {
+		busy = false // no busy presence over federation
+	} else if cfg.Mapping.Busy == "auto" || cfg.Mapping.Busy == "" {
 		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		busy, err = matrixside.DetectBusy(dctx, cfg.Matrix.HomeserverURL)
 		cancel()
@@ -63,7 +66,7 @@ func runBridge(ctx context.Context, cfg *File) error {
 	if err != nil {
 		return err
 	}
-	ms, err := matrixside.New(cfg.Matrix, ns, tr, bus.Store(), pub, log.With("part", "matrix"))
+	ms, err := newMatrixSide(cfg, ns, tr, bus.Store(), pub, log.With("part", "matrix"))
 	if err != nil {
 		return err
 	}
@@ -104,6 +107,25 @@ func runBridge(ctx context.Context, cfg *File) error {
 	coreErr := coreParts.wait()
 	log.Info("stopped")
 	return errors.Join(sidesErr, coreErr)
+}
+
+// matrixSide is what the wiring needs of the Matrix side, in either
+// mode: the appservice (matrixside.Side) or the federation gateway
+// (matrixfed.Gateway).
+type matrixSide interface {
+	bridge.MatrixActor
+	bridge.PresenceRequester
+	bridge.Health
+	Run(ctx context.Context) error
+}
+
+// newMatrixSide builds the Matrix side of matrix.mode.
+func newMatrixSide(cfg *File, ns mapping.Namespace, tr *mapping.Translator, store *bridge.Store, obs bridge.MatrixObserver, log *slog.Logger) (matrixSide, error) {
+	if cfg.Matrix.IsFederation() {
+		matrixfed.Version = buildVersion()
+		return matrixfed.New(cfg.Matrix.Federation, ns, tr, store, obs, log)
+	}
+	return matrixside.New(cfg.Matrix.Config, ns, tr, store, obs, log)
 }
 
 // group runs parts of the bridge; one failing stops the group.
