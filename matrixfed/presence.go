@@ -91,7 +91,8 @@ type outbox struct {
 	// later holds pushes to make again after a join (see pushAfterJoin).
 	later []delayedPush
 
-	// Counters for tests and benchmarks.
+	// Counters for tests and benchmarks; pushesTo is guarded by mu.
+	pushesTo                       map[string]int64
 	sentTxns, sentEDUs, sentPushes atomic.Int64
 }
 
@@ -143,7 +144,7 @@ type destination struct {
 }
 
 func newOutbox(g *Gateway) *outbox {
-	o := &outbox{g: g, ghosts: map[id.UserID]mapping.Presence{}, dests: map[string]*destination{}, txnEpoch: time.Now().UnixNano()}
+	o := &outbox{g: g, ghosts: map[id.UserID]mapping.Presence{}, dests: map[string]*destination{}, pushesTo: map[string]int64{}, txnEpoch: time.Now().UnixNano()}
 	o.cond = sync.NewCond(&o.mu)
 	return o
 }
@@ -345,6 +346,13 @@ func (o *outbox) queued(ghost id.UserID) bool {
 	return false
 }
 
+// pushed returns how many presence updates went to dest.
+func (o *outbox) pushed(dest string) int64 {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.pushesTo[dest]
+}
+
 // pushEntry is one user's update in an m.presence EDU.
 type pushEntry struct {
 	UserID          id.UserID `json:"user_id"`
@@ -398,6 +406,9 @@ func (o *outbox) send(ctx context.Context, dest string, batch []id.UserID) error
 		o.sentTxns.Add(1)
 		o.sentEDUs.Add(int64(len(edus)))
 		o.sentPushes.Add(int64(pushed))
+		o.mu.Lock()
+		o.pushesTo[dest] += int64(pushed)
+		o.mu.Unlock()
 	}
 	return nil
 }

@@ -138,6 +138,15 @@ func (s *Server) Restart(t testing.TB) {
 	}
 }
 
+// Start starts a stopped server again on the same ports with the same
+// data (after Stop: a homeserver that was down for a while).
+func (s *Server) Start(t testing.TB) {
+	t.Helper()
+	if err := s.srv.Start(t.Context()); err != nil {
+		t.Fatalf("%v; log:\n%s", err, tail(s.Log(), 60))
+	}
+}
+
 // Log returns everything Dendrite has written to stdout/stderr so far
 // (across restarts).
 func (s *Server) Log() string { return s.log.String() }
