@@ -42,6 +42,13 @@
 //     even if it was set before the room was shared.
 //   - create-account needs passwords of at least 8 characters and exits 1
 //     without printing why.
+//   - With Options.Federation (HTTPS on a second port, server name
+//     "localhost:<port>", remote certificates not checked): an incremental
+//     /sync shows only presence whose last activity is under 5 minutes old
+//     (a remote user idle for longer appears only in an initial sync); and
+//     a device that was already syncing when a remote user joined a room
+//     may never be sent that user's presence (its sync notifier misses the
+//     join), while a new /sync session is.
 //
 // Waiting is done by long-polling /sync with a deadline (WaitPresence,
 // WaitInvite), never by sleeping.
