@@ -8,15 +8,23 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"math/big"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/rs/zerolog"
+	"go.mau.fi/util/exhttp"
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/federation"
 
 	"github.com/presence-bridge/presence-bridge/bridge"
 	dendritetest "github.com/presence-bridge/presence-bridge/internal/testenv/dendrite"
@@ -215,4 +223,161 @@ func TestFederationStoryKilled(t *testing.T) {
 	if n := len(bob.invitesSeen()); n != 0 {
 		t.Errorf("bob got %d invites; nobody should be asked again", n)
 	}
+}
+
+// fedLinked is alice (XMPP) and bob (Dendrite) after fedLink, each having
+// seen the other's presence.
+func (e *env) fedLinkedPair(xname, mname string) linked {
+	e.t.Helper()
+	l := linked{alice: e.xmppUser(xname), bob: e.matrixUser(mname)}
+	l.puppet, l.ghost = e.puppet(l.bob.UserID), e.ghost(l.alice.JID.Bare().String())
+	sendPresence(e.t, l.alice, "", "", "", xname+"-here")
+	l.room = e.fedLink(l.alice, l.bob)
+	l.bob.waitPresence(flowTimeout, l.ghost, xname+" linked", is("online", xname+"-here"))
+	l.bob.put("online", mname+"-here")
+	l.alice.Wait(e.t, waitLatency, mname+" at "+xname, presenceFrom(l.puppet, withStatus(mname+"-here")))
+	return l
+}
+
+// TestFederationStoryStrangerSeesNothing is story 2 over federation: a
+// Dendrite user who shares no room with the ghost sees nothing of it,
+// and their presence does not reach the XMPP user.
+func TestFederationStoryStrangerSeesNothing(t *testing.T) {
+	e := newFedEnv(t)
+	l := e.fedLinkedPair("alice", "bob")
+	eve := e.matrixUser("eve")
+	eve.put("online", "eve-here")
+	am := markX(l.alice)
+	sendPresence(t, l.alice, "", "", "away", "only-for-bob")
+	l.bob.waitPresence(waitLatency, l.ghost, "alice's change at bob", is("unavailable", "only-for-bob"))
+	quietMx(t, eve, quiet, l.ghost, "the ghost at a stranger", func(dendritetest.Presence) bool { return true })
+	quietX(t, am, quiet, "a stranger's presence at alice", presenceFrom(e.puppet(eve.UserID), nil))
+}
+
+// TestFederationStoryLeaveEnds is story 3 over federation: the Matrix
+// user leaving, and the XMPP user unsubscribing, each end the flow both
+// ways; on unsubscribe the ghost shows offline, then leaves the room.
+func TestFederationStoryLeaveEnds(t *testing.T) {
+	e := newFedEnv(t)
+	t.Run("MatrixUserLeaves", func(t *testing.T) {
+		l := e.fedLinkedPair("alice", "bob")
+		am := markX(l.alice)
+		ctx, cancel := context.WithTimeout(context.Background(), flowTimeout)
+		defer cancel()
+		if err := l.bob.Leave(ctx, l.room); err != nil {
+			t.Fatal(err)
+		}
+		am.wait(t, waitLatency, "bob's puppet unavailable", presenceFrom(l.puppet, unavailable))
+		am.wait(t, waitLatency, "unsubscribed from bob's puppet", subscriptionFrom(l.puppet, "unsubscribed"))
+		am = markX(l.alice)
+		l.bob.put("unavailable", "bob-after-leave")
+		quietX(t, am, quiet, "bob's presence after he left", presenceFrom(l.puppet, nil))
+	})
+	t.Run("XMPPUserUnsubscribes", func(t *testing.T) {
+		l := e.fedLinkedPair("carol", "dan")
+		l.bob.skipPresence()
+		sendPresence(t, l.alice, "unsubscribed", l.puppet, "", "")
+		l.bob.waitPresence(waitLatency, l.ghost, "carol's ghost offline", func(p dendritetest.Presence) bool { return p.Presence == "offline" })
+		poll(t, flowTimeout, "the ghost left the room", func() error {
+			var members struct {
+				Joined map[string]any `json:"joined"`
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := l.bob.Do(ctx, "GET", "/_matrix/client/v3/rooms/"+l.room+"/joined_members", nil, &members); err != nil {
+				return err
+			}
+			if _, in := members.Joined[l.ghost]; in {
+				return fmt.Errorf("%s still joined", l.ghost)
+			}
+			return nil
+		})
+		cm := markX(l.alice)
+		l.bob.put("unavailable", "dan-after-unsubscribed")
+		quietX(t, cm, quiet, "dan's presence after carol revoked", presenceFrom(l.puppet, func(s prosodytest.Stanza) bool { return s.Type == "" }))
+		sendPresence(t, l.alice, "", "", "away", "carol-after-unsubscribed")
+		quietMx(t, l.bob, quiet, l.ghost, "carol's presence after she revoked", func(p dendritetest.Presence) bool { return p.Presence != "offline" })
+	})
+}
+
+// TestFederationStoryDendriteDown is story 6 over federation, with a
+// 15-second outage instead of a minute (the gateway's queue for the
+// destination only backs off, up to retry_max, the same way for any
+// length): what alice changed meanwhile reaches bob once Dendrite is
+// back, the latest only.
+func TestFederationStoryDendriteDown(t *testing.T) {
+	e := newFedEnv(t)
+	l := e.fedLinkedPair("alice", "bob")
+	l.bob.skipPresence()
+	e.hs.Stop()
+	for _, s := range []string{"down-1", "down-2", "down-3"} {
+		sendPresence(t, l.alice, "", "", "away", s)
+		pingServer(t, l.alice)
+	}
+	outage := time.NewTimer(15 * time.Second)
+	<-outage.C
+	e.hs.Start(t)
+	l.bob.waitPresence(recoverTimeout, l.ghost, "the latest presence after the outage", is("unavailable", "down-3"))
+	for _, p := range l.bob.presenceOf(l.ghost) {
+		if s := statusOf(p.Presence); s == "down-1" || s == "down-2" {
+			t.Errorf("an intermediate presence arrived: %v", p)
+		}
+	}
+}
+
+// fedClient is a federation client for a forging server: loopback
+// allowed, any certificate, and the Content-Type mautrix leaves out.
+func fedClient(name string, key *federation.SigningKey) *federation.Client {
+	settings := exhttp.SensibleClientSettings
+	settings.InsecureTLS = true
+	c := federation.NewClient(name, key, federation.NewInMemoryCache(), settings)
+	c.AllowIP = func(net.IP) bool { return true }
+	c.HTTP.Transport = contentTypeJSON{c.HTTP.Transport}
+	return c
+}
+
+type contentTypeJSON struct{ next http.RoundTripper }
+
+func (t contentTypeJSON) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Body != nil {
+		r = r.Clone(r.Context())
+		r.Header.Set("Content-Type", "application/json")
+	}
+	return t.next.RoundTrip(r)
+}
+
+// TestFederationStoryForgedTransactions is story 4 over federation: a
+// server of its own pushing presence for bob (a user of Dendrite), and a
+// transaction claiming Dendrite's name signed with a key Dendrite does
+// not publish, change nothing at alice; bob's real presence still does.
+func TestFederationStoryForgedTransactions(t *testing.T) {
+	e := newFedEnv(t)
+	l := e.fedLinkedPair("alice", "bob")
+	key := federation.GenerateSigningKey()
+	mux := http.NewServeMux()
+	srv := httptest.NewTLSServer(mux)
+	t.Cleanup(srv.Close)
+	forger := strings.TrimPrefix(srv.URL, "https://")
+	(&federation.KeyServer{KeyProvider: &federation.StaticServerKey{ServerName: forger, Key: key}}).Register(mux, zerolog.Nop())
+
+	push := []byte(`{"edu_type":"m.presence","content":{"push":[{"user_id":"` + l.bob.UserID + `","presence":"online","status_msg":"forged","last_active_ago":0}]}}`)
+	send := func(c *federation.Client, origin string) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, err := c.SendTransaction(ctx, &federation.ReqSendTransaction{Destination: e.listen, TxnID: "forged-" + randomToken()[:8],
+			Origin: origin, PDUs: []federation.PDU{}, EDUs: []federation.EDU{push}})
+		return err
+	}
+	am := markX(l.alice)
+	if err := send(fedClient(forger, key), forger); err != nil {
+		t.Fatalf("a validly signed transaction from another server: %v (it is accepted, and ignored)", err)
+	}
+	err := send(fedClient(e.hs.ServerName, federation.GenerateSigningKey()), e.hs.ServerName)
+	var he mautrix.HTTPError
+	if !errors.As(err, &he) || he.Response == nil || he.Response.StatusCode != http.StatusUnauthorized {
+		t.Errorf("a transaction claiming Dendrite's name: %v, want 401", err)
+	}
+	quietX(t, am, quiet, "forged presence at alice", presenceFrom(l.puppet, withStatus("forged")))
+	l.bob.put("unavailable", "real")
+	am.wait(t, waitLatency, "bob's real presence", presenceFrom(l.puppet, withStatus("real")))
 }
