@@ -106,4 +106,10 @@ func TestStoryInviteJoinPresenceBothWays(t *testing.T) {
 		return ok && p.State == mapping.StateAvailable && p.Status == "reading"
 	})
 	t.Logf("Dendrite user's presence reached the gateway in %v", time.Since(start))
+
+	// The periodic refresh (presence_refresh) pushes the ghost again to
+	// every server it shares a room with.
+	before := j.gw.out.pushed(j.d.ServerName)
+	j.gw.out.refresh()
+	bustest.WaitFor(t, wait, "refresh pushed", func() bool { return j.gw.out.pushed(j.d.ServerName) > before })
 }

@@ -15,10 +15,16 @@ import (
 	"github.com/presence-bridge/presence-bridge/mapping"
 )
 
-// The spec's bounds on one transaction.
+// The spec's bounds on one transaction, and the gateway's on what a
+// remote server can make it keep.
 const (
 	maxTxnPDUs = 50
 	maxTxnEDUs = 100
+	// maxPendingInvites bounds the rooms one server has invited ghosts to
+	// that no ghost joined yet (each is a record in the bucket).
+	maxPendingInvites = 100
+	// maxRoomMembers bounds the remote members kept per room.
+	maxRoomMembers = 1000
 )
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -89,6 +95,11 @@ func (g *Gateway) serveInvite(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := r.Context()
+	if _, known := g.rooms.get(p.RoomID); !known && g.rooms.pendingInvites(origin) >= maxPendingInvites {
+		g.logs.warn(g.log, "invites:"+origin, "too many pending invites from one server; refused", "origin", origin)
+		mautrix.MForbidden.WithMessage("Too many pending invites").Write(w)
+		return
+	}
 	_, _, err = g.rooms.update(ctx, p.RoomID, true, func(rm *room) bool {
 		rm.Version, rm.Via, rm.IsDirect = req.RoomVersion, origin, mc.IsDirect
 		if rm.Ghosts[target] == "" {
@@ -242,6 +253,9 @@ func (g *Gateway) applyMember(ctx context.Context, rm room, evID id.EventID, sen
 		if gone {
 			delete(r.Members, target)
 		} else {
+			if _, known := r.Members[target]; !known && len(r.Members) >= maxRoomMembers {
+				return false
+			}
 			if membership == bridge.MembershipJoin && !serverJoined(r, target.Homeserver()) {
 				newServer = true
 			}
@@ -315,7 +329,7 @@ func (g *Gateway) handlePresenceEDU(ctx context.Context, origin string, raw []by
 			continue
 		}
 		if _, err := mapping.NewUserID(string(u.UserID)); err != nil || !g.rooms.watchedBy(u.UserID) {
-			g.log.Debug("presence of a user sharing no room with a ghost ignored", "origin", origin, "user", u.UserID)
+			g.logs.debug(g.log, "unwatched:"+origin, "presence of a user sharing no room with a ghost ignored", "origin", origin, "user", u.UserID)
 			continue
 		}
 		mp, err := mapping.ParseMatrixPresence(u.Presence)

@@ -92,3 +92,9 @@ func (l *logLimiter) warn(log *slog.Logger, key, msg string, args ...any) {
 		log.Warn(msg, args...)
 	}
 }
+
+func (l *logLimiter) debug(log *slog.Logger, key, msg string, args ...any) {
+	if l.ok(key, time.Now()) {
+		log.Debug(msg, args...)
+	}
+}

@@ -95,7 +95,7 @@ func (g *Gateway) join(ctx context.Context, rid id.RoomID, ghost id.UserID, jid 
 			if err != nil {
 				continue
 			}
-			if mc, ok := memberOf(p); ok && (mc.Membership == "join" || mc.Membership == "invite") {
+			if mc, ok := memberOf(p); ok && (mc.Membership == "join" || mc.Membership == "invite") && len(members) < maxRoomMembers {
 				if _, ours := g.ghostJID(id.UserID(*p.StateKey)); !ours {
 					members[id.UserID(*p.StateKey)] = mc.Membership
 				}
@@ -135,12 +135,14 @@ func (g *Gateway) leave(ctx context.Context, rid id.RoomID, ghost id.UserID, jid
 		membership = bridge.MembershipReject
 	}
 	err := g.sendLeave(ctx, rm, ghost)
-	if retryable(err) {
+	if retryable(err) && membership == bridge.MembershipLeave {
 		return err
 	}
+	// An invite is declined even if the inviting server does not answer:
+	// a server that never does must not keep the room in the bucket.
 	if err != nil {
 		// The room is gone or will not have us: the ghost is out anyway.
-		g.log.Warn("leave refused by the room's server; forgetting the room", "ghost", ghost, "room", rid, "err", err)
+		g.logs.warn(g.log, "leave:"+rm.Via, "leave refused by the room's server; forgetting the room", "ghost", ghost, "room", rid, "err", err)
 	}
 	if _, _, err := g.rooms.update(ctx, rid, false, func(r *room) bool {
 		delete(r.Ghosts, ghost)

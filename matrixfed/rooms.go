@@ -3,7 +3,6 @@ package matrixfed
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -41,13 +40,14 @@ func roomKey(r id.RoomID) string { return roomKeyPrefix + bridge.EncodeToken(str
 type rooms struct {
 	kv *bridge.Bucket[json.RawMessage]
 
-	mu      sync.Mutex
-	byID    map[id.RoomID]*room
-	byGhost map[id.UserID]map[id.RoomID]struct{}
+	mu       sync.Mutex
+	byID     map[id.RoomID]*room
+	byGhost  map[id.UserID]map[id.RoomID]struct{}
+	byMember map[id.UserID]map[id.RoomID]struct{}
 }
 
 func newRooms(kv *bridge.Bucket[json.RawMessage]) *rooms {
-	return &rooms{kv: kv, byID: map[id.RoomID]*room{}, byGhost: map[id.UserID]map[id.RoomID]struct{}{}}
+	return &rooms{kv: kv, byID: map[id.RoomID]*room{}, byGhost: map[id.UserID]map[id.RoomID]struct{}{}, byMember: map[id.UserID]map[id.RoomID]struct{}{}}
 }
 
 // load reads every room from the bucket.
@@ -75,22 +75,34 @@ func (rs *rooms) load(ctx context.Context) error {
 }
 
 func (rs *rooms) index(r *room) {
-	for g := range r.Ghosts {
-		m := rs.byGhost[g]
+	add := func(idx map[id.UserID]map[id.RoomID]struct{}, u id.UserID) {
+		m := idx[u]
 		if m == nil {
 			m = map[id.RoomID]struct{}{}
-			rs.byGhost[g] = m
+			idx[u] = m
 		}
 		m[r.ID] = struct{}{}
+	}
+	for g := range r.Ghosts {
+		add(rs.byGhost, g)
+	}
+	for u := range r.Members {
+		add(rs.byMember, u)
 	}
 }
 
 func (rs *rooms) unindex(r *room) {
-	for g := range r.Ghosts {
-		delete(rs.byGhost[g], r.ID)
-		if len(rs.byGhost[g]) == 0 {
-			delete(rs.byGhost, g)
+	del := func(idx map[id.UserID]map[id.RoomID]struct{}, u id.UserID) {
+		delete(idx[u], r.ID)
+		if len(idx[u]) == 0 {
+			delete(idx, u)
 		}
+	}
+	for g := range r.Ghosts {
+		del(rs.byGhost, g)
+	}
+	for u := range r.Members {
+		del(rs.byMember, u)
 	}
 }
 
@@ -223,7 +235,8 @@ func (rs *rooms) sharesRoom(user, ghost id.UserID) bool {
 func (rs *rooms) watchedBy(user id.UserID) bool {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
-	for _, r := range rs.byID {
+	for rid := range rs.byMember[user] {
+		r := rs.byID[rid]
 		if r.Members[user] != "join" {
 			continue
 		}
@@ -236,4 +249,23 @@ func (rs *rooms) watchedBy(user id.UserID) bool {
 	return false
 }
 
-var errNoRoom = errors.New("matrixfed: no such room")
+// pendingInvites counts the rooms invited through server where no ghost
+// has joined yet.
+func (rs *rooms) pendingInvites(server string) int {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	n := 0
+	for _, r := range rs.byID {
+		if r.Via != server {
+			continue
+		}
+		joined := false
+		for _, m := range r.Ghosts {
+			joined = joined || m == "join"
+		}
+		if !joined {
+			n++
+		}
+	}
+	return n
+}
