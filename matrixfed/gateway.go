@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -214,7 +215,25 @@ func (g *Gateway) Handler() http.Handler {
 	})
 	authed := g.authenticate(fed)
 	mux.Handle("/_matrix/federation/", authed)
-	return mux
+	return g.bounded(mux)
+}
+
+// bounded bounds every request's body, and rate-limits the endpoints
+// that need no signature (keys, version, .well-known) by remote address,
+// with the same budget as an origin.
+func (g *Gateway) bounded(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.Body = http.MaxBytesReader(w, r.Body, g.cfg.MaxRequestBytes)
+		if r.URL.Path == "/_matrix/federation/v1/version" || !strings.HasPrefix(r.URL.Path, "/_matrix/federation/") {
+			host, _, _ := net.SplitHostPort(r.RemoteAddr)
+			if !g.limit.allow("ip:"+host, time.Now()) {
+				g.logs.warn(g.log, "limit:ip:"+host, "unauthenticated requests over the rate limit", "remote", host)
+				mautrix.MLimitExceeded.WithMessage("Too many requests").Write(w)
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // authenticate is the gate of every federation endpoint but version:
@@ -222,7 +241,6 @@ func (g *Gateway) Handler() http.Handler {
 // publishes, then the origin's rate limit.
 func (g *Gateway) authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		r.Body = http.MaxBytesReader(w, r.Body, g.cfg.MaxRequestBytes)
 		ar, rerr := g.auth.Authenticate(r)
 		if rerr != nil {
 			g.logs.warn(g.log, "refused", "federation request refused", "path", r.URL.Path, "remote", r.RemoteAddr, "reason", rerr.Err)

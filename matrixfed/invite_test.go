@@ -87,3 +87,36 @@ func TestInvitesAreChecked(t *testing.T) {
 		t.Errorf("invite over the pending budget: %v, want 403", err)
 	}
 }
+
+// TestStubsForGhosts: what peers ask of any server whose users are in
+// their rooms is answered for the ghosts (display name = the JID, no
+// devices, no keys) and 404 for anyone else.
+func TestStubsForGhosts(t *testing.T) {
+	cfg := gatewayConfig(t, t.TempDir())
+	gw := startGateway(t, cfg, bridge.NewMemoryStore(), &recorder{})
+	f := newForger(t)
+	ghost := id.UserID(gw.ghost(t, "bob@xmpp.test"))
+	prof, err := f.client.QueryProfile(t.Context(), cfg.ServerName, ghost)
+	if err != nil || prof.DisplayName != "bob@xmpp.test" {
+		t.Errorf("profile of the ghost: %+v, %v", prof, err)
+	}
+	if _, err := f.client.QueryProfile(t.Context(), cfg.ServerName, id.UserID("@nobody:elsewhere.test")); status(err) != http.StatusNotFound {
+		t.Errorf("profile of a stranger: %v, want 404", err)
+	}
+	var devices struct {
+		UserID  id.UserID `json:"user_id"`
+		Devices []any     `json:"devices"`
+	}
+	err = f.client.MakeRequest(t.Context(), cfg.ServerName, true, http.MethodGet, federation.URLPath{"v1", "user", "devices", ghost}, nil, &devices)
+	if err != nil || devices.UserID != ghost || devices.Devices == nil || len(devices.Devices) != 0 {
+		t.Errorf("devices of the ghost: %+v, %v", devices, err)
+	}
+	var keys struct {
+		DeviceKeys map[id.UserID]map[string]any `json:"device_keys"`
+	}
+	err = f.client.MakeRequest(t.Context(), cfg.ServerName, true, http.MethodPost, federation.URLPath{"v1", "user", "keys", "query"},
+		map[string]any{"device_keys": map[id.UserID][]string{ghost: {}}}, &keys)
+	if _, ok := keys.DeviceKeys[ghost]; err != nil || !ok {
+		t.Errorf("keys of the ghost: %+v, %v", keys, err)
+	}
+}
