@@ -171,9 +171,11 @@ func (g *Gateway) Run(ctx context.Context) error {
 	g.log.Info("federation listening", "addr", ln.Addr().String(), "server_name", g.cfg.ServerName, "key_id", g.key.ID)
 	close(g.ready)
 
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
 	var wg sync.WaitGroup
-	wg.Go(func() { g.out.run(ctx) })
-	g.restorePresence(ctx)
+	wg.Go(func() { g.out.run(runCtx) })
+	g.restorePresence(runCtx)
 	errc := make(chan error, 1)
 	wg.Go(func() { errc <- srv.Serve(tln) })
 	var runErr error
@@ -184,6 +186,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	_ = srv.Shutdown(sctx)
 	cancel()
+	stop()
 	wg.Wait()
 	if errors.Is(runErr, http.ErrServerClosed) {
 		runErr = nil

@@ -217,6 +217,7 @@ func (o *outbox) run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			o.mu.Lock()
+			o.ctx = nil // no sender starts any more
 			o.cond.Broadcast()
 			o.mu.Unlock()
 			o.wg.Wait()
