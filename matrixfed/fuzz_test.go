@@ -56,4 +56,6 @@ func FuzzInbound(f *testing.F) {
 
 type noNetwork struct{}
 
-func (noNetwork) RoundTrip(*http.Request) (*http.Response, error) { return nil, errors.New("no network in this test") }
+func (noNetwork) RoundTrip(*http.Request) (*http.Response, error) {
+	return nil, errors.New("no network in this test")
+}
