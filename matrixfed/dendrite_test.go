@@ -34,6 +34,9 @@ func inviteAndJoin(t *testing.T) joined {
 	gw := startGateway(t, gatewayConfig(t, t.TempDir()), bridge.NewMemoryStore(), &recorder{})
 	j := joined{d: d, gw: gw, alice: d.CreateUser(t, "alice", "alicepassword"), jid: "bob@xmpp.test"}
 	j.ghost = gw.ghost(t, j.jid)
+	if err := j.alice.SetPresence(t.Context(), "online", "here before the join"); err != nil {
+		t.Fatal(err)
+	}
 	room, err := j.alice.CreateRoom(t.Context(), []string{j.ghost}, true)
 	if err != nil {
 		t.Fatal(err)
@@ -75,6 +78,13 @@ func (j joined) ghost2() id.UserID { return id.UserID(j.ghost) }
 // user's idle time arrives as last_active_ago.
 func TestStoryInviteJoinPresenceBothWays(t *testing.T) {
 	j := inviteAndJoin(t)
+	// Dendrite pushes its users' presence to a server that joins: the
+	// gateway takes it even if it arrives before send_join answered.
+	bustest.WaitFor(t, wait, "alice's presence from before the join", func() bool {
+		p, ok := j.gw.obs.lastPresence(mapping.UserID(j.alice.UserID))
+		return ok && p.Status == "here before the join"
+	})
+
 	// Under 5 minutes: Dendrite v0.15.2's incremental /sync leaves out
 	// presence whose last activity is older.
 	idle := 3 * time.Minute

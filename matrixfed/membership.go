@@ -64,12 +64,29 @@ func (g *Gateway) ghostMembership(ctx context.Context, c bridge.GhostMembership)
 // join joins the ghost to a room it was invited to, takes the room's
 // members from the state send_join returns, and reports the ghost's join
 // to the core for each of them.
-func (g *Gateway) join(ctx context.Context, rid id.RoomID, ghost id.UserID, jid mapping.BareJID) error {
+func (g *Gateway) join(ctx context.Context, rid id.RoomID, ghost id.UserID, jid mapping.BareJID) (err error) {
 	rm, ok := g.rooms.get(rid)
 	if !ok || rm.Ghosts[ghost] == "" {
 		return fmt.Errorf("%w: %q", ErrNotInRoom, rid)
 	}
 	if rm.Ghosts[ghost] != "join" {
+		if _, _, err := g.rooms.update(ctx, rid, false, func(r *room) bool {
+			r.Ghosts[ghost] = "joining"
+			return true
+		}); err != nil {
+			return err
+		}
+		defer func() {
+			if err != nil { // back to invited; the command comes again if it may pass
+				_, _, _ = g.rooms.update(context.WithoutCancel(ctx), rid, false, func(r *room) bool {
+					if r.Ghosts[ghost] != "joining" {
+						return false
+					}
+					r.Ghosts[ghost] = "invite"
+					return true
+				})
+			}
+		}()
 		mj, err := g.client.MakeJoin(ctx, &federation.ReqMakeJoin{RoomID: rid, UserID: ghost, Via: rm.Via, SupportedVersions: supportedVersions})
 		if err != nil {
 			return fmt.Errorf("matrixfed: make_join %s via %s: %w", rid, rm.Via, err)
@@ -131,7 +148,7 @@ func (g *Gateway) leave(ctx context.Context, rid id.RoomID, ghost id.UserID, jid
 		return nil // not (or no longer) in the room: done
 	}
 	membership := bridge.MembershipLeave
-	if rm.Ghosts[ghost] == "invite" {
+	if rm.Ghosts[ghost] != "join" {
 		membership = bridge.MembershipReject
 	}
 	err := g.sendLeave(ctx, rm, ghost)

@@ -23,7 +23,8 @@ type room struct {
 	// inviter's.
 	Via string `json:"via"`
 	// Ghosts and Members map a ghost, and a remote user, to its
-	// membership: "invite" or "join" (gone members are removed).
+	// membership: "invite" or "join" (gone members are removed); a ghost
+	// is "joining" from its make_join until send_join answered.
 	Ghosts  map[id.UserID]string `json:"ghosts"`
 	Members map[id.UserID]string `json:"members"`
 	// IsDirect is the invite's is_direct.
@@ -241,7 +242,10 @@ func (rs *rooms) watchedBy(user id.UserID) bool {
 			continue
 		}
 		for _, m := range r.Ghosts {
-			if m == "join" {
+			// A joining ghost too: the room's server pushes its users'
+			// presence as soon as the join is in, maybe before send_join
+			// has answered.
+			if m == "join" || m == "joining" {
 				return true
 			}
 		}
