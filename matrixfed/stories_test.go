@@ -2,6 +2,7 @@ package matrixfed
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -245,4 +246,47 @@ func TestStoryDestinationDownLatestOnly(t *testing.T) {
 	if *p.StatusMsg != "three" {
 		t.Errorf("first presence after the outage: %q, want the latest, three", *p.StatusMsg)
 	}
+}
+
+// TestDownDestinationHoldsUpNoOther: the ghost shares rooms with users of
+// two servers; while one is down, the other still gets every change at
+// once, and the one that was down gets the latest when it is back.
+func TestDownDestinationHoldsUpNoOther(t *testing.T) {
+	j := inviteAndJoin(t)
+	other := dendritetest.Start(t, dendritetest.Options{Federation: true})
+	carol := other.CreateUser(t, "carol", "carolpassword")
+	room, err := carol.CreateRoom(t.Context(), []string{j.ghost}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bustest.WaitFor(t, wait, "carol's invite", func() bool {
+		_, ok := j.gw.obs.findMembership(func(m bridge.MatrixMembership) bool {
+			return m.Membership == bridge.MembershipInvite && m.User == mapping.UserID(carol.UserID)
+		})
+		return ok
+	})
+	if err := j.gw.GhostMembership(t.Context(), bridge.GhostMembership{Ghost: j.jid, Peer: mapping.UserID(carol.UserID), Membership: bridge.MembershipJoin, RoomID: room}); err != nil {
+		t.Fatal(err)
+	}
+	if d := j.gw.rooms.destinations(j.ghost2()); len(d) != 2 {
+		t.Fatalf("destinations: %v, want both servers", d)
+	}
+	carol2 := other.Login(t, "carol", "carolpassword")
+	alice2 := j.d.Login(t, "alice", "alicepassword")
+	j.show(t, "both up")
+	carol2.WaitPresence(t, wait, j.ghost, statusIs("both up"))
+	alice2.WaitPresence(t, wait, j.ghost, statusIs("both up"))
+
+	j.d.Stop()
+	for i := range 3 {
+		status := fmt.Sprintf("alice's server down %d", i)
+		start := time.Now()
+		j.show(t, status)
+		carol2.WaitPresence(t, wait, j.ghost, statusIs(status))
+		if took := time.Since(start); took > time.Second {
+			t.Errorf("with the other server down, a change took %v to reach carol", took)
+		}
+	}
+	j.d.Start(t)
+	alice2.WaitPresence(t, 30*time.Second, j.ghost, statusIs("alice's server down 2"))
 }
