@@ -71,8 +71,9 @@ func (g *Gateway) restorePresence(ctx context.Context) {
 	}
 }
 
-// outbox holds the latest wanted presence of each ghost and a queue per
-// destination server: the ghosts whose presence it must be sent. Each
+// outbox is the transaction queue mautrix's federation package lacks (it
+// only sends one transaction when asked). It holds the latest wanted
+// presence of each ghost and a queue per destination server: the ghosts whose presence it must be sent. Each
 // destination has its own goroutine and back-off, so that one that is
 // down holds up no other.
 type outbox struct {
