@@ -160,5 +160,7 @@ func NewMemoryStore() *Store {
 		Links:         memBucket[Link](BucketLinks),
 		Settings:      memBucket[UserSettings](BucketSettings),
 		Txns:          memBucket[time.Time](BucketTxns),
+		GhostPresence: memBucket[GhostShown](BucketGhostPresence),
+		MatrixSync:    memBucket[SyncPosition](BucketMatrixSync),
 	}
 }
