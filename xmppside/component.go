@@ -137,6 +137,9 @@ func (c *Component) Run(ctx context.Context) error {
 		return fmt.Errorf("xmppside: loading subscriptions: %w", err)
 	}
 	c.deleteNoneKeys(ctx, none)
+	if n := c.loadReported(ctx); n > 0 {
+		c.log.Info("XMPP users' last reported presence loaded", "users", n)
+	}
 
 	// The sender and the grace timer stop with ctx, or when the connect
 	// loop gives up.

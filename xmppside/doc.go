@@ -18,8 +18,10 @@
 //     that writes puppet presence: the announce, re-probe and re-request
 //     after every connect, then each change, latest only. puppets.go keeps
 //     the last presence each puppet with contacts was asked to show.
-//   - grace.go: after Config.OfflineGrace without a stream, the XMPP users
-//     last reported online are reported offline.
+//   - grace.go: after Config.OfflineGrace without a stream (counted from
+//     the start too), the XMPP users last reported online are reported
+//     offline. takeover.go: what a new process (a restart, a standby
+//     taking over) reads back at start, and why nothing else is needed.
 //   - handler.go: the stream handler, where addresses are validated once
 //     (typed mapping.BareJID and mapping.UserID from there on). It never
 //     returns an error (that would end the stream): bad stanzas are logged

@@ -26,16 +26,16 @@ func (c *Component) setLink(up bool) {
 }
 
 // graceLoop reports every XMPP user last reported online as offline once
-// the component has been without a stream for Config.OfflineGrace: the
-// server keeps nothing for a component that lost its stream and says
-// nothing when it comes back, so without this their ghosts would show the
-// last presence forever. After the reconnect the probes bring the real
-// presences back. It returns when ctx ends.
+// the component has been without a stream for Config.OfflineGrace, counted
+// from the start too (a process taking over knows from the core's bucket
+// whom Matrix believes online, see loadReported): the server keeps
+// nothing for a component that lost its stream and says nothing when it
+// comes back, so without this their ghosts would show the last presence
+// forever. After the reconnect the probes bring the real presences back.
+// It returns when ctx ends.
 func (c *Component) graceLoop(ctx context.Context) {
-	var (
-		timer *time.Timer
-		fire  <-chan time.Time
-	)
+	timer := time.NewTimer(c.cfg.OfflineGrace)
+	fire := timer.C
 	defer func() {
 		if timer != nil {
 			timer.Stop()
