@@ -162,5 +162,6 @@ func NewMemoryStore() *Store {
 		Txns:          memBucket[time.Time](BucketTxns),
 		GhostPresence: memBucket[GhostShown](BucketGhostPresence),
 		MatrixSync:    memBucket[SyncPosition](BucketMatrixSync),
+		Directed:      memBucket[Directed](BucketDirected),
 	}
 }

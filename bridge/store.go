@@ -24,6 +24,7 @@ const (
 	BucketTxns          = "pb_txns"
 	BucketGhostPresence = "pb_ghost_presence"
 	BucketMatrixSync    = "pb_matrix_sync"
+	BucketDirected      = "pb_directed"
 )
 
 // ghostPresenceTTL is how long a ghost's presence record outlives its
@@ -101,6 +102,13 @@ type SyncPosition struct {
 	UpdatedAt time.Time `json:"updated_at"`
 }
 
+// Directed marks an XMPP contact who may still see a puppet's presence
+// although the subscriptions bucket no longer lets them (their From was
+// revoked) and who has not been sent unavailable since.
+type Directed struct {
+	Since time.Time `json:"since"`
+}
+
 // Store holds the bridge's state in JetStream KV buckets.
 type Store struct {
 	// Presence: key PresenceKey(network, user): the last presence the core
@@ -130,6 +138,11 @@ type Store struct {
 	// position, so that a restart or a takeover resumes it instead of
 	// syncing from scratch. Writer: matrixside.
 	MatrixSync *Bucket[SyncPosition]
+	// Directed: key PairKey(matrix user, xmpp bare JID): contacts owed an
+	// unavailable from a puppet they may still see (see Directed); an
+	// entry lives from just before the revocation is stored until the
+	// unavailable is written. Writer: xmppside.
+	Directed *Bucket[Directed]
 }
 
 // PresenceKey is the key of one user on one network.
@@ -177,6 +190,9 @@ func openStore(ctx context.Context, js jetstream.JetStream, replicas int) (*Stor
 		return nil, err
 	}
 	if s.MatrixSync, err = openBucket[SyncPosition](ctx, js, BucketMatrixSync, replicas, 0); err != nil {
+		return nil, err
+	}
+	if s.Directed, err = openBucket[Directed](ctx, js, BucketDirected, replicas, 0); err != nil {
 		return nil, err
 	}
 	return s, nil

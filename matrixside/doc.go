@@ -63,10 +63,20 @@
 //   - Commands (commands.go): "!presence off|on|help" from a Matrix user
 //     become opt-out reports, answered by the bot.
 //
-// State: the side writes only the pb_txns bucket (transaction ids). It
-// reads pb_links (the core's) for the room of a link, the users to poll
-// and, at start, the ghosts with a live link; the core learns rooms from
-// the membership reports.
+// State (sidestate.go): the side writes the pb_txns bucket (transaction
+// ids), pb_ghost_presence (what the homeserver shows of each ghost: a
+// pending record before each PUT, the state once accepted, so that a
+// restart or a takeover sends only what changed and never skips a state
+// the homeserver may not show) and pb_matrix_sync (the bot's /sync
+// position, written once a response's events were handled, so that the
+// next instance resumes from it instead of an initial sync that reads
+// everyone's presence again). Kill -9 loses nothing of either: at worst
+// one PUT or one /sync response is made again. It reads pb_links (the
+// core's) for the room of a link, the users to poll and, at start, the
+// ghosts with a live link; the core learns rooms from the membership
+// reports. In memory only, rebuilt after a restart: the rooms and their
+// members, the last presence reported per Matrix user (the first reading
+// of each after a restart is reported), the ghosts known registered.
 //
 // mautrix-go (maunium.net/go/mautrix) does the Matrix work:
 // appservice.Registration, appservice.AppService with its router (user

@@ -35,9 +35,10 @@ type Component struct {
 
 	subs    *contacts // derived from the subscriptions bucket; see subscription.go
 	pairs   *pairLocks
-	puppets *puppets // the last presence each puppet was asked to show
-	users   *users   // XMPP users' resources and what was reported
-	out     *outbox  // puppets whose presence must be fanned out
+	puppets *puppets         // the last presence each puppet was asked to show
+	users   *users           // XMPP users' resources and what was reported
+	out     *outbox          // puppets whose presence must be fanned out
+	owed    *owedUnavailable // contacts owed an unavailable; see directed.go
 	link    chan bool
 
 	subscribeBudget *budget // subscription requests that reach the core
@@ -106,6 +107,7 @@ func New(cfg Config, ns mapping.Namespace, tr *mapping.Translator, store *bridge
 		puppets:         newPuppets(),
 		users:           newUsers(lim.TrackedUsers, lim.ResourcesPerAddress),
 		out:             newOutbox(),
+		owed:            newOwedUnavailable(),
 		link:            make(chan bool, 1),
 		subscribeBudget: newBudget(lim.SubscribePerAddress, lim.SubscribePerDomain, cfg.localDomains()),
 		commandBudget:   newBudget(lim.CommandsPerAddress, lim.CommandsPerDomain, cfg.localDomains()),
@@ -137,6 +139,9 @@ func (c *Component) Run(ctx context.Context) error {
 		return fmt.Errorf("xmppside: loading subscriptions: %w", err)
 	}
 	c.deleteNoneKeys(ctx, none)
+	if err := c.loadOwed(ctx); err != nil {
+		return fmt.Errorf("xmppside: loading owed unavailables: %w", err)
+	}
 	if n := c.loadReported(ctx); n > 0 {
 		c.log.Info("XMPP users' last reported presence loaded", "users", n)
 	}

@@ -18,8 +18,12 @@ import (
 //     send presence to nobody else: probe answers go to From contacts
 //     (at the full JID that probed, which the unavailable to the bare JID
 //     covers), and there is no directed presence to anyone outside the
-//     bucket. So the announce after the first connect and the goodbye at
-//     shutdown reach everyone the last process showed a puppet to.
+//     bucket. The one contact a puppet may still be shown to without
+//     From is one whose From was revoked just before the last process
+//     died: the Directed bucket keeps them until they got unavailable
+//     (directed.go). So the announce after the first connect and the
+//     goodbye at shutdown reach everyone the last process showed a
+//     puppet to.
 //   - What each puppet shows: the core's presence bucket, read lazily
 //     (currentPresence).
 //   - What was reported of each XMPP user: the core's presence bucket

@@ -2,6 +2,7 @@ package xmppside
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"testing"
 	"time"
@@ -93,6 +94,7 @@ func TestTakeoverContactsGetUnavailable(t *testing.T) {
 	hi := mapping.Presence{State: mapping.StateAvailable, Status: "hi"}
 	r.show(bob, hi)
 	alice.Wait(t, waitLong, "bob available", func(s prosodytest.Stanza) bool { return from("presence", "", puppet)(s) && s.Status == "hi" })
+	drainUnavailable(alice, puppet)
 	// The core records what it showed.
 	if _, err := r.store.Presence.Put(r.ctx(), bridge.PresenceKey(mapping.NetworkMatrix, string(bob)), bridge.PresenceRecord{Presence: hi, Seq: 1}); err != nil {
 		t.Fatal(err)
@@ -132,4 +134,79 @@ func TestTakeoverContactsGetUnavailable(t *testing.T) {
 	alice.Wait(t, waitLong, "bob available again", func(s prosodytest.Stanza) bool { return from("presence", "", puppet)(s) && s.Status == "again" })
 	stopNext()
 	alice.Wait(t, waitLong, "bob unavailable at the new process's shutdown", from("presence", "unavailable", puppet))
+}
+
+// errCrash is the panic of a test hook standing for a process killed at
+// that point.
+var errCrash = errors.New("killed here")
+
+// TestRevocationOwedUnavailableAfterCrash: the core revokes a contact's
+// approval of a puppet (unsubscribed); the process dies after storing the
+// revocation and before sending the unavailable that goes with it, so the
+// contact still sees the puppet available and the subscriptions bucket no
+// longer lists them. The process that takes over sends them the
+// unavailable they are owed.
+func TestRevocationOwedUnavailableAfterCrash(t *testing.T) {
+	r := startRig(t, PolicyAccept, func(c *Config) { c.ReconnectMin, c.ReconnectMax = time.Minute, time.Minute })
+	alice := r.login("alice", "laptop", 0, "", "")
+	r.befriend(alice, bob)
+	puppet := r.puppet(bob)
+	hi := mapping.Presence{State: mapping.StateAvailable, Status: "hi"}
+	r.show(bob, hi)
+	alice.Wait(t, waitLong, "bob available", func(s prosodytest.Stanza) bool { return from("presence", "", puppet)(s) && s.Status == "hi" })
+	drainUnavailable(alice, puppet)
+	if _, err := r.store.Presence.Put(r.ctx(), bridge.PresenceKey(mapping.NetworkMatrix, string(bob)), bridge.PresenceRecord{Presence: hi, Seq: 1}); err != nil {
+		t.Fatal(err)
+	}
+
+	testHookRevocationStored = func() { panic(errCrash) }
+	t.Cleanup(func() { testHookRevocationStored = nil })
+	func() {
+		defer func() {
+			if p := recover(); p != errCrash {
+				t.Fatalf("the revocation did not stop where the test kills it (%v)", p)
+			}
+		}()
+		_ = r.comp.SendSubscription(r.ctx(), bridge.PuppetSubscription{Puppet: bob, Contact: bareOf(alice), Type: bridge.Unsubscribed})
+	}()
+	testHookRevocationStored = nil
+	if r.sub(bob, bareOf(alice)).From {
+		t.Fatal("the revocation was not stored")
+	}
+	sess, _, release := r.comp.acquireSession()
+	conn := sess.Conn()
+	release()
+	conn.Close() // dead: no goodbye
+	waitFor(t, waitLong, "the first process without a stream", func() bool { return !r.comp.connected() })
+	r.stop()
+
+	next, err := New(rigConfig(t, r.srv), r.ns, mapping.NewTranslator(mapping.DefaultTable(), false), r.store, &fakeObserver{}, slog.New(newLogRecorder(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- next.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	alice.Wait(t, waitLong, "the owed unavailable from bob", from("presence", "unavailable", puppet))
+	waitFor(t, waitLong, "the owed unavailable settled", func() bool {
+		keys, err := r.store.Directed.Keys(r.ctx())
+		return err == nil && len(keys) == 0
+	})
+}
+
+// drainUnavailable takes the unavailable stanzas from puppet that c
+// received so far (Prosody's own, around the subscription handshake), so
+// that a later Wait sees only new ones.
+func drainUnavailable(c *prosodytest.Client, puppet string) {
+	for {
+		if _, ok := c.Take(from("presence", "unavailable", puppet)); !ok {
+			return
+		}
+	}
 }
