@@ -30,7 +30,7 @@ type ghostOut struct {
 	jid   mapping.BareJID
 	cli   *mautrix.Client // made by the worker that first sends it
 	url   string          // of its presence, likewise
-	rec   ghostRecord     // its record in the GhostPresence bucket, likewise
+	rec   *ghostRecord    // its record in the GhostPresence bucket, likewise
 
 	desired wireState // latest state asked for
 	version uint64    // of desired: one more per set

@@ -53,7 +53,7 @@ func (s *Side) ghostOf(jid mapping.BareJID) (id.UserID, error) {
 func (s *Side) sendPresence(ctx context.Context, g *ghostOut, w wireState, force bool) error {
 	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
 	defer cancel()
-	return s.putShown(ctx, g.ghost, &g.rec, w, force, func() error {
+	return s.putShown(ctx, g, w, force, func() error {
 		cli, err := s.ghosts.ensureWith(ctx, g.ghost, g.jid, g.cli)
 		if err != nil {
 			return err

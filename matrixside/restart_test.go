@@ -159,6 +159,17 @@ func (c *recordingTransport) RoundTrip(r *http.Request) (*http.Response, error) 
 	return resp, err
 }
 
+// waitRecorded waits until the store says the homeserver shows p for
+// the ghost of jid (the side writes it behind, once the ghost is quiet).
+func waitRecorded(t *testing.T, store *bridge.Store, jid mapping.BareJID, presence, status string) {
+	t.Helper()
+	key := bridge.EncodeToken(ghostOf(t, jid))
+	waitFor(t, wait, "the ghost presence of "+string(jid)+" recorded", func() bool {
+		v, _, err := store.GhostPresence.Get(t.Context(), key)
+		return err == nil && !v.Pending && v.Presence == presence && v.Status == status
+	})
+}
+
 func (c *recordingTransport) putsOf(ghost string) []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -177,7 +188,10 @@ func (c *recordingTransport) sinceTokens() []string {
 // cost the homeserver nothing; a ghost whose presence changed is set.
 func TestRestartSendsOnlyChangedGhostPresence(t *testing.T) {
 	t.Parallel()
-	r := newRestartRig(t, func(c *Config) { c.PresenceSource = SourcePoll; c.PollInterval = time.Hour })
+	r := newRestartRig(t, func(c *Config) {
+		c.PresenceSource, c.PollInterval = SourcePoll, time.Hour
+		c.OfflineGrace = 2 * time.Second // a health check, and so a flush of the ghost records, every 500 ms
+	})
 	first := r.start()
 	bob := r.srv.CreateUser(t, "bob", "bob-password")
 	const alice, carol, dave = "alice@example.com", "carol@example.com", "dave@example.com"
@@ -194,6 +208,9 @@ func TestRestartSendsOnlyChangedGhostPresence(t *testing.T) {
 	bob.WaitPresence(t, wait, ghostOf(t, carol), statusIs("unavailable", "lunch"))
 	bob.WaitPresence(t, wait, ghostOf(t, dave), statusIs("offline", "gone home"))
 	waitFor(t, wait, "first instance's outbox idle", first.side.out.idle)
+	waitRecorded(t, first.store, alice, "online", "here")
+	waitRecorded(t, first.store, carol, "unavailable", "lunch")
+	waitRecorded(t, first.store, dave, "offline", "gone home")
 	first.kill()
 
 	second := r.start()
@@ -223,7 +240,10 @@ func TestRestartSendsOnlyChangedGhostPresence(t *testing.T) {
 // the ghost showed before that PUT.
 func TestKillDuringPutSendsAgain(t *testing.T) {
 	t.Parallel()
-	r := newRestartRig(t, func(c *Config) { c.PresenceSource = SourcePoll; c.PollInterval = time.Hour })
+	r := newRestartRig(t, func(c *Config) {
+		c.PresenceSource, c.PollInterval = SourcePoll, time.Hour
+		c.OfflineGrace = 2 * time.Second // a health check, and so a flush of the ghost records, every 500 ms
+	})
 	first := r.start()
 	bob := r.srv.CreateUser(t, "bob", "bob-password")
 	const alice = "alice@example.com"
@@ -231,6 +251,7 @@ func TestKillDuringPutSendsAgain(t *testing.T) {
 	first.setPresence(t, alice, presenceIs(mapping.StateOffline, ""))
 	bob.WaitPresence(t, wait, ghostOf(t, alice), statusIs("offline", ""))
 	waitFor(t, wait, "outbox idle", first.side.out.idle)
+	waitRecorded(t, first.store, alice, "offline", "")
 	// The homeserver applies alice's next presence, and the side dies
 	// before it hears the answer.
 	r.srv.Stop()

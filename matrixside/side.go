@@ -303,7 +303,7 @@ func (s *Side) ghostsOffline(ctx context.Context) {
 			for g := range jobs {
 				w := wireState{Presence: event.PresenceOffline, Status: online[g].Status}
 				cli := s.ghosts.client(g.ghost)
-				err := s.putShown(ctx, g.ghost, &g.rec, w, true, func() error { return putPresence(ctx, cli, presenceURL(cli), w) })
+				err := s.putShown(ctx, g, w, true, func() error { return putPresence(ctx, cli, presenceURL(cli), w) })
 				if err != nil {
 					failed.Add(1)
 				}
@@ -315,6 +315,7 @@ func (s *Side) ghostsOffline(ctx context.Context) {
 	}
 	close(jobs)
 	wg.Wait()
+	s.state.flush(ctx, time.Time{}) // what the homeserver shows, for the next start
 	s.log.Info("ghosts set offline", "ghosts", len(online), "failed", failed.Load())
 }
 

@@ -19,15 +19,20 @@ import (
 // GhostPresence bucket) and the bot's /sync position (MatrixSync). The
 // side is the only writer of both.
 //
-// Ghost presence is written around each PUT, by the worker making it (the
-// request path, ShowGhost, never touches KV): before the PUT a pending
-// record ("this state, maybe"), after the homeserver accepted it the state
-// itself. A record is read once per ghost per process, by the first
-// worker that has a state to send for it; a state equal to the record's
-// is not sent. So after kill -9 at any point the record is either what
-// the homeserver shows or pending, which makes the next wanted state go
-// out whatever it is: nothing is skipped that the homeserver does not
-// show. The price is two KV writes per PUT, made by the PUT's worker.
+// A ghost's record is read once per process, by the first worker that
+// has a state to send for it; a state equal to a record that is not
+// pending is not sent. The record is kept true around each PUT: before a
+// PUT, a record that claims a state is first marked pending ("not
+// known"), by the worker, so that after kill -9 at any point the record
+// is either what the homeserver shows or pending, and a pending record
+// makes the next wanted state go out whatever it is. After the PUT the
+// accepted state is written behind: once the ghost has been quiet for
+// confirmAfter, by the flush that runHealth calls (and at shutdown). So a
+// ghost changing often costs one KV write when it starts and one when it
+// settles, not two per PUT; the request path (ShowGhost) never touches
+// KV; memory holds one record per ghost in the outbox. Kill -9 loses only
+// the confirmations not yet written: those ghosts' next wanted state is
+// sent once more, even if unchanged.
 //
 // The /sync position is written after the events of a response were
 // handled (reported to the core), so kill -9 can make the next instance
@@ -37,6 +42,9 @@ type sideState struct {
 	ghosts *bridge.Bucket[bridge.GhostShown]
 	sync   *bridge.Bucket[bridge.SyncPosition]
 	log    *sampledLog // KV failures, at a bounded rate
+
+	mu  sync.Mutex
+	due map[*ghostRecord]struct{} // accepted states not yet written
 }
 
 func newSideState(store *bridge.Store, log *slog.Logger) *sideState {
@@ -44,67 +52,85 @@ func newSideState(store *bridge.Store, log *slog.Logger) *sideState {
 		ghosts: store.GhostPresence,
 		sync:   store.MatrixSync,
 		log:    newSampledLog(log, slog.LevelWarn, "matrix side state not read or written; a restart may send or read more than needed"),
+		due:    make(map[*ghostRecord]struct{}),
 	}
 }
 
 // stateTimeout bounds one KV operation of the side's state.
 const stateTimeout = 5 * time.Second
 
+// confirmAfter is how long a ghost must have been quiet (no PUT) for its
+// accepted state to be written.
+const confirmAfter = time.Second
+
 // recordKind is what the GhostPresence bucket says of a ghost.
 type recordKind uint8
 
 const (
 	recordNone    recordKind = iota // nothing: the homeserver's state is unknown
-	recordShown                     // the homeserver shows record
-	recordPending                   // the homeserver shows record or what it showed before
+	recordShown                     // the homeserver shows state
+	recordPending                   // not known (a PUT may have been applied)
 )
 
-// ghostRecord is a ghost's record as its worker knows it (ghostOut.rec).
+// ghostRecord is a ghost's record, as far as this process knows it. mu
+// serializes the ghost's worker with the flush: a confirmation is never
+// written while a PUT of a newer state is under way.
 type ghostRecord struct {
+	ghost id.UserID
+
+	mu     sync.Mutex
 	loaded bool
-	kind   recordKind
-	state  wireState
+	kind   recordKind // in the bucket
+	state  wireState  // shown, if kind is recordShown
+	puts   uint64     // PUTs started
+	// accepted is the state of the last PUT accepted, at acceptedAt, to
+	// be written once the ghost is quiet, if confirm.
+	accepted   wireState
+	acceptedAt time.Time
+	confirm    bool
 }
 
 func ghostKey(ghost id.UserID) string { return bridge.EncodeToken(string(ghost)) }
 
-// load reads the ghost's record; an unreadable one counts as none.
-func (st *sideState) load(ctx context.Context, ghost id.UserID) ghostRecord {
+// loadLocked reads the record once; an unreadable one counts as none.
+func (st *sideState) loadLocked(ctx context.Context, rec *ghostRecord) {
+	if rec.loaded {
+		return
+	}
+	rec.loaded = true
 	ctx, cancel := context.WithTimeout(ctx, stateTimeout)
 	defer cancel()
-	rec := ghostRecord{loaded: true}
-	v, _, err := st.ghosts.Get(ctx, ghostKey(ghost))
+	v, _, err := st.ghosts.Get(ctx, ghostKey(rec.ghost))
 	switch {
 	case errors.Is(err, bridge.ErrNotFound):
 	case err != nil:
-		st.log.note(time.Now(), "ghost", ghost, "err", err)
+		st.log.note(time.Now(), "ghost", rec.ghost, "err", err)
+	case v.Pending:
+		rec.kind = recordPending
 	default:
 		rec.kind, rec.state = recordShown, wireState{Presence: event.Presence(v.Presence), Status: v.Status}
-		if v.Pending {
-			rec.kind = recordPending
-		}
 	}
-	return rec
 }
 
-// write stores w as the ghost's record, pending or shown, and updates
-// rec. A failed write leaves rec saying nothing (recordNone), so that the
-// next PUT writes its pending record again.
-func (st *sideState) write(ctx context.Context, ghost id.UserID, rec *ghostRecord, w wireState, pending bool) {
+// writeLocked stores the record: pending, or w shown. A failed write
+// leaves the record pending in memory when it was to say pending (so the
+// next PUT tries again, and the risk is logged), and as it was otherwise.
+func (st *sideState) writeLocked(ctx context.Context, rec *ghostRecord, w wireState, pending bool) bool {
 	ctx, cancel := context.WithTimeout(ctx, stateTimeout)
 	defer cancel()
-	_, err := st.ghosts.Put(ctx, ghostKey(ghost), bridge.GhostShown{
+	_, err := st.ghosts.Put(ctx, ghostKey(rec.ghost), bridge.GhostShown{
 		Presence: string(w.Presence), Status: w.Status, Pending: pending, UpdatedAt: time.Now().UTC(),
 	})
 	if err != nil {
-		st.log.note(time.Now(), "ghost", ghost, "err", err)
-		rec.kind = recordNone
-		return
+		st.log.note(time.Now(), "ghost", rec.ghost, "err", err)
+		return false
 	}
-	rec.kind, rec.state = recordShown, w
 	if pending {
 		rec.kind = recordPending
+	} else {
+		rec.kind, rec.state = recordShown, w
 	}
+	return true
 }
 
 // errAlreadyShown is what the outbox's send returns for a state the
@@ -112,30 +138,75 @@ func (st *sideState) write(ctx context.Context, ghost id.UserID, rec *ghostRecor
 // no delivery is reported.
 var errAlreadyShown = errors.New("matrixside: ghost presence already shown")
 
-// putShown sets the ghost's presence to w with the record written around
-// the PUT (see sideState). Unless force, a state the record says is
-// shown already is not sent (errAlreadyShown). rec is the ghost's record
-// as its caller keeps it.
-func (s *Side) putShown(ctx context.Context, ghost id.UserID, rec *ghostRecord, w wireState, force bool, put func() error) error {
-	if !rec.loaded {
-		*rec = s.state.load(ctx, ghost)
+// putShown sets the ghost's presence to w by put, keeping g's record true
+// (see sideState). Unless force, a state the record says is shown
+// already is not sent (errAlreadyShown). Only g's worker calls it (or the
+// shutdown, after the workers).
+func (s *Side) putShown(ctx context.Context, g *ghostOut, w wireState, force bool, put func() error) error {
+	if g.rec == nil {
+		g.rec = &ghostRecord{ghost: g.ghost}
 	}
+	rec, st := g.rec, s.state
+	rec.mu.Lock()
+	st.loadLocked(ctx, rec)
 	if !force && rec.kind == recordShown && rec.state == w {
+		rec.mu.Unlock()
 		return errAlreadyShown
 	}
-	if rec.kind != recordPending || rec.state != w {
-		// Before the PUT: were the process killed after the homeserver
-		// accepted it, a record of the state before would make the next
-		// instance skip that state if it were wanted again. Written
-		// whether or not the PUT follows: without the bucket presence
-		// still flows (the failure is logged).
-		s.state.write(ctx, ghost, rec, w, true)
+	rec.puts++
+	rec.confirm = false
+	if rec.kind == recordShown && rec.state != w {
+		// Were the process killed after the homeserver accepted this PUT,
+		// a record of the state before would make the next instance skip
+		// that state if it were wanted again. A failed write is logged;
+		// presence still flows.
+		st.writeLocked(ctx, rec, w, true)
 	}
+	n := rec.puts
+	rec.mu.Unlock()
 	if err := put(); err != nil {
 		return err
 	}
-	s.state.write(ctx, ghost, rec, w, false)
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if rec.puts == n {
+		rec.accepted, rec.acceptedAt, rec.confirm = w, time.Now(), true
+		st.mu.Lock() // under rec.mu, as in flush
+		st.due[rec] = struct{}{}
+		st.mu.Unlock()
+	}
 	return nil
+}
+
+// flush writes the accepted states of the ghosts quiet since before
+// now-confirmAfter (all of them if now is zero: at shutdown).
+func (st *sideState) flush(ctx context.Context, now time.Time) int {
+	st.mu.Lock()
+	recs := make([]*ghostRecord, 0, len(st.due))
+	for rec := range st.due {
+		recs = append(recs, rec)
+	}
+	st.mu.Unlock()
+	n := 0
+	for _, rec := range recs {
+		if ctx.Err() != nil {
+			return n
+		}
+		rec.mu.Lock()
+		if rec.confirm && (now.IsZero() || now.Sub(rec.acceptedAt) >= confirmAfter) {
+			if rec.kind == recordShown && rec.state == rec.accepted || st.writeLocked(ctx, rec, rec.accepted, false) {
+				rec.confirm = false
+				n++
+			}
+		}
+		if !rec.confirm {
+			st.mu.Lock() // under rec.mu: a PUT accepted later adds it again
+			delete(st.due, rec)
+			st.mu.Unlock()
+		}
+		rec.mu.Unlock()
+	}
+	return n
 }
 
 // syncStore is the bot's mautrix.SyncStore: the filter id lives in
