@@ -64,17 +64,20 @@
 //     become opt-out reports, answered by the bot.
 //
 // State (sidestate.go): the side writes the pb_txns bucket (transaction
-// ids), pb_ghost_presence (what the homeserver shows of each ghost: a
-// pending record before each PUT, the state once accepted, so that a
-// restart or a takeover sends only what changed and never skips a state
-// the homeserver may not show) and pb_matrix_sync (the bot's /sync
+// ids), pb_ghost_presence (what the homeserver shows of each ghost, so
+// that a restart or a takeover sends only what changed: a record that
+// claims a state is made pending before a PUT of another one, and the
+// accepted state written behind once the ghost is quiet for a second,
+// by runHealth and at shutdown) and pb_matrix_sync (the bot's /sync
 // position, written once a response's events were handled, so that the
 // next instance resumes from it instead of an initial sync that reads
-// everyone's presence again). Kill -9 loses nothing of either: at worst
-// one PUT or one /sync response is made again. It reads pb_links (the
-// core's) for the room of a link, the users to poll and, at start, the
-// ghosts with a live link; the core learns rooms from the membership
-// reports. In memory only, rebuilt after a restart: the rooms and their
+// everyone's presence again). Kill -9 never leaves a record claiming a
+// state the homeserver may not show; it loses only what was not yet
+// written behind, so the ghosts set in the last seconds get their next
+// state once more, and the last /sync response may be handled again. It
+// reads pb_links (the core's) for the room of a link, the users to poll
+// and, at start, the ghosts with a live link; the core learns rooms from
+// the membership reports. In memory only, rebuilt after a restart: the rooms and their
 // members, the last presence reported per Matrix user (the first reading
 // of each after a restart is reported), the ghosts known registered.
 //
