@@ -142,9 +142,7 @@ func (c *Component) Run(ctx context.Context) error {
 	if err := c.loadOwed(ctx); err != nil {
 		return fmt.Errorf("xmppside: loading owed unavailables: %w", err)
 	}
-	if n := c.loadReported(ctx); n > 0 {
-		c.log.Info("XMPP users' last reported presence loaded", "users", n)
-	}
+	believed := c.loadBelieved(ctx)
 
 	// The sender and the grace timer stop with ctx, or when the connect
 	// loop gives up.
@@ -153,7 +151,7 @@ func (c *Component) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); c.sendLoop(rctx) }()
-	go func() { defer wg.Done(); c.graceLoop(rctx) }()
+	go func() { defer wg.Done(); c.graceLoop(rctx, believed) }()
 
 	err = c.connectLoop(ctx)
 	stop()

@@ -119,8 +119,8 @@
 // told about since it started, and at start the last presence reported of
 // the XMPP users holding a pair (bridge.PresenceKey(mapping.NetworkXMPP,
 // bare JID)), so that a process taking over from one that died knows whom
-// Matrix believes online (the offline grace runs from the start) and
-// reports only real changes after its first re-probe. Nothing else that
+// Matrix believes online (the offline grace runs from the start and
+// reports them offline if no stream comes). Nothing else that
 // a takeover needs is only in memory: puppets send presence only to the
 // From/Both contacts of the subscriptions bucket and to the contacts owed
 // an unavailable (no directed presence to anyone else), so the announce

@@ -26,32 +26,34 @@ import (
 //     puppet to.
 //   - What each puppet shows: the core's presence bucket, read lazily
 //     (currentPresence).
-//   - What was reported of each XMPP user: the core's presence bucket
-//     too, read here at start (loadReported), so that the offline grace
-//     reports offline the users Matrix was told are online even if this
-//     process never gets a stream, and the re-probe after the first
-//     connect reports only real changes.
+//   - Whom Matrix believes online among the XMPP users: the core's
+//     presence bucket too, read here at start (loadBelieved), so that the
+//     offline grace reports them offline even if this process never gets
+//     a stream. After the first connect the re-probe reports everyone
+//     again, as after any start (a restart of the Matrix side may have
+//     shown every ghost offline meanwhile).
 //
 // Rebuilt from the network, not stored: XMPP users' resources (the
 // re-probe), the outbox (the announce sends every puppet's current
 // presence), the rate limiters' buckets.
 
-// loadReported seeds what was reported of XMPP users holding a pair with
-// a puppet from the core's presence bucket (read, never written), at most
-// Limits.TrackedUsers of them. It returns how many were seeded; a bucket
-// that cannot be read is logged, and the component starts without them.
-func (c *Component) loadReported(ctx context.Context) int {
+// loadBelieved reads from the core's presence bucket (read, never
+// written) the XMPP users holding a pair with a puppet whom Matrix was
+// last told are online, at most Limits.TrackedUsers of them, with their
+// presence. A bucket that cannot be read is logged, and the component
+// starts without them.
+func (c *Component) loadBelieved(ctx context.Context) map[mapping.BareJID]mapping.Presence {
 	lctx, cancel := context.WithTimeout(ctx, storeTimeout)
 	defer cancel()
 	prefix := mapping.NetworkXMPP.String() + "." // of bridge.PresenceKey
 	keys, err := c.store.Presence.KeysMatching(lctx, prefix+"*")
 	if err != nil {
 		c.log.Warn("reading the XMPP users' last presence failed; starting without it", "err", err)
-		return 0
+		return nil
 	}
-	n := 0
+	out := make(map[mapping.BareJID]mapping.Presence)
 	for _, key := range keys {
-		if ctx.Err() != nil || n >= c.cfg.Limits.TrackedUsers {
+		if ctx.Err() != nil || len(out) >= c.cfg.Limits.TrackedUsers {
 			break
 		}
 		raw, err := bridge.DecodeToken(key[len(prefix):])
@@ -72,9 +74,30 @@ func (c *Component) loadReported(ctx context.Context) int {
 			c.log.Warn("reading an XMPP user's last presence failed", "user", bare, "err", err)
 			continue
 		}
-		if c.users.seed(bare, rec.Presence) {
-			n++
+		if rec.Presence.State.Online() {
+			out[bare] = rec.Presence
 		}
+	}
+	return out
+}
+
+// believedOffline reports offline, keeping their status, the users of
+// believed (see loadBelieved), unless the component has a stream. It
+// returns how many were reported.
+func (c *Component) believedOffline(ctx context.Context, believed map[mapping.BareJID]mapping.Presence) int {
+	n := 0
+	for bare, p := range believed {
+		if c.connected() || ctx.Err() != nil {
+			return n
+		}
+		rctx, cancel := context.WithTimeout(ctx, reportTimeout)
+		err := c.obs.XMPPPresence(rctx, bridge.XMPPPresence{User: bare, Presence: mapping.Presence{State: mapping.StateOffline, Status: p.Status}})
+		cancel()
+		if err != nil {
+			c.log.Error("reporting presence failed", "user", bare, "err", err)
+			continue
+		}
+		n++
 	}
 	return n
 }

@@ -109,21 +109,6 @@ func (e *userPresence) unlink() {
 	e.prev, e.next = nil, nil
 }
 
-// seed records p as what was reported for bare, unless something is known
-// of bare already or the table is full: what an earlier process reported,
-// read back at start. It reports whether p was recorded.
-func (u *users) seed(bare mapping.BareJID, p mapping.Presence) bool {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	if u.m[bare] != nil || len(u.m) >= u.max {
-		return false
-	}
-	e := &userPresence{bare: bare, res: mapping.Resources{Max: u.maxResources}, reported: p, haveReported: true}
-	u.m[bare] = e
-	u.pushFrontLocked(e)
-	return true
-}
-
 // forget drops everything known of bare, when they no longer hold a
 // subscription with any puppet: their presence is nobody's business here
 // any more (the core ends what the subscription carried).
