@@ -55,8 +55,8 @@ func newRestartRig(t *testing.T, edit func(*Config)) *restartRig {
 // instance is one run of the side on the rig's store.
 type instance struct {
 	*env
-	bus *bridge.Bus
-	rt  *recordingTransport
+	closeStore func() error // the store's bus, as the process's death closes it
+	rt         *recordingTransport
 }
 
 // start runs a new instance of the side on the rig's store.
@@ -72,7 +72,7 @@ func (r *restartRig) start() *instance {
 	t.Cleanup(func() { bus.Close() })
 	base := &http.Transport{}
 	t.Cleanup(base.CloseIdleConnections)
-	in := &instance{bus: bus, rt: &recordingTransport{base: base, puts: map[string][]string{}}}
+	in := &instance{closeStore: bus.Close, rt: &recordingTransport{base: base, puts: map[string][]string{}}}
 	in.env = &env{srv: r.srv, store: bus.Store(), cfg: r.cfg, obs: &fakeObserver{}}
 	s, err := New(r.cfg, testNS, mapping.NewTranslator(mapping.DefaultTable(), false), in.store, in.obs, testLogger(t))
 	if err != nil {
@@ -94,7 +94,7 @@ func (r *restartRig) start() *instance {
 // show the ghosts offline, has no effect).
 func (in *instance) kill() {
 	in.rt.kill()
-	in.bus.Close()
+	_ = in.closeStore()
 	in.stop()
 }
 
