@@ -3,6 +3,7 @@ package matrixside
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -133,16 +134,8 @@ func (c *recordingTransport) RoundTrip(r *http.Request) (*http.Response, error) 
 	var body string
 	if isPresence && r.GetBody != nil {
 		if b, err := r.GetBody(); err == nil {
-			var sb strings.Builder
-			buf := make([]byte, 512)
-			for {
-				n, err := b.Read(buf)
-				sb.Write(buf[:n])
-				if err != nil {
-					break
-				}
-			}
-			body = sb.String()
+			data, _ := io.ReadAll(b)
+			body = string(data)
 		}
 	}
 	resp, err := c.base.RoundTrip(r)
