@@ -77,9 +77,11 @@
 // state once more, and the last /sync response may be handled again. It
 // reads pb_links (the core's) for the room of a link, the users to poll
 // and, at start, the ghosts with a live link; the core learns rooms from
-// the membership reports. In memory only, rebuilt after a restart: the rooms and their
-// members, the last presence reported per Matrix user (the first reading
-// of each after a restart is reported), the ghosts known registered.
+// the membership reports, and at start the core's pb_presence records of
+// Matrix users as what was reported of them (only changes are reported
+// after a restart, and the offline grace of an unreachable homeserver
+// covers them). In memory only, rebuilt after a restart: the rooms and
+// their members, the ghosts known registered.
 //
 // mautrix-go (maunium.net/go/mautrix) does the Matrix work:
 // appservice.Registration, appservice.AppService with its router (user

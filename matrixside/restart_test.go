@@ -327,3 +327,38 @@ func TestRestartResumesSync(t *testing.T) {
 		t.Errorf("bob reported %+v after the restart, want his change once", got)
 	}
 }
+
+// TestTakeoverWithoutHomeserverReportsOffline: a new instance that cannot
+// reach the homeserver still reports offline, after the offline grace,
+// the Matrix users the core was told are online: it learns them from the
+// core's presence bucket, not from the memory of the instance that died
+// (and its resumed /sync would tell it only of changes). Without that,
+// their puppets would show them online on XMPP for good.
+func TestTakeoverWithoutHomeserverReportsOffline(t *testing.T) {
+	t.Parallel()
+	r := newRestartRig(t, func(c *Config) { c.PresenceSource = SourceSync; c.OfflineGrace = time.Second })
+	first := r.start()
+	bob := r.srv.CreateUser(t, "bob", "bob-password")
+	shareRoomWithBot(t, first.env, bob)
+	if err := bob.SetPresence(t.Context(), "online", "here"); err != nil {
+		t.Fatal(err)
+	}
+	u := mapping.UserID(bob.UserID)
+	p := first.obs.waitPresence(t, wait, "bob here", u, func(p mapping.Presence) bool { return p.Status == "here" })
+	// The core records what it was told.
+	if _, err := first.store.Presence.Put(t.Context(), bridge.PresenceKey(mapping.NetworkMatrix, string(u)), bridge.PresenceRecord{Presence: p, Seq: 1}); err != nil {
+		t.Fatal(err)
+	}
+	first.kill()
+	r.srv.Stop()
+
+	second := r.start()
+	started := time.Now()
+	got := second.obs.waitPresence(t, wait, "bob reported offline by the new instance", u, func(p mapping.Presence) bool { return p.State == mapping.StateOffline })
+	if d := time.Since(started); d < r.cfg.OfflineGrace {
+		t.Errorf("bob reported offline %v after the start, before the grace of %v", d, r.cfg.OfflineGrace)
+	}
+	if got.Status != "here" {
+		t.Errorf("bob offline with status %q, want his last one", got.Status)
+	}
+}

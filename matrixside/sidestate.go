@@ -11,6 +11,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/presence-bridge/presence-bridge/bridge"
+	"github.com/presence-bridge/presence-bridge/mapping"
 )
 
 // sideState is what the side keeps in KV so that a restart, or another
@@ -315,4 +316,50 @@ func (y *syncStore) reset(ctx context.Context) {
 	if err := y.st.sync.Delete(dctx, y.key); err != nil {
 		y.st.log.note(time.Now(), "what", "sync position", "err", err)
 	}
+}
+
+// loadReported fills the table of what was reported of Matrix users
+// (inbound) from the core's presence bucket, read and never written: a
+// restarted or taking-over process resumes /sync where the last one
+// stopped and so hears only of changes; without this it would not know
+// whom the core believes online, and an unreachable homeserver (health)
+// would leave them shown online on XMPP for good. At most max_tracked are
+// read; a bucket that cannot be read is logged, and the side starts
+// without them.
+func (s *Side) loadReported(ctx context.Context) {
+	lctx, cancel := context.WithTimeout(ctx, stateTimeout)
+	defer cancel()
+	prefix := mapping.NetworkMatrix.String() + "." // of bridge.PresenceKey
+	keys, err := s.store.Presence.KeysMatching(lctx, prefix+"*")
+	if err != nil {
+		s.log.Warn("reading Matrix users' last presence failed; starting without it", "err", err)
+		return
+	}
+	n := 0
+	for _, key := range keys {
+		if ctx.Err() != nil || n >= s.cfg.MaxTracked {
+			break
+		}
+		raw, err := bridge.DecodeToken(key[len(prefix):])
+		if err != nil {
+			continue
+		}
+		u, err := mapping.NewUserID(raw)
+		if err != nil {
+			continue
+		}
+		if kind, _ := s.classify(id.UserID(u)); kind != kindMatrix {
+			continue
+		}
+		gctx, cancel := context.WithTimeout(ctx, stateTimeout)
+		rec, _, err := s.store.Presence.Get(gctx, key)
+		cancel()
+		if err != nil {
+			continue
+		}
+		if s.in.seed(u, rec.Presence) {
+			n++
+		}
+	}
+	s.log.Debug("Matrix users' last reported presence loaded", "users", n)
 }
