@@ -139,8 +139,9 @@ func (c *Component) Run(ctx context.Context) error {
 		return fmt.Errorf("xmppside: loading subscriptions: %w", err)
 	}
 	c.deleteNoneKeys(ctx, none)
-	if err := c.loadOwed(ctx); err != nil {
-		return fmt.Errorf("xmppside: loading owed unavailables: %w", err)
+	if err := c.loadOwed(ctx); err != nil && ctx.Err() == nil {
+		// Still in the bucket: the next start sends them.
+		c.log.Warn("reading the contacts owed an unavailable failed; starting without them", "err", err)
 	}
 	believed := c.loadBelieved(ctx)
 
