@@ -75,7 +75,9 @@
 // # Buckets
 //
 // See [Store]. Each bucket has exactly one writing package: presence,
-// links and settings are written by the core; subscriptions by xmppside;
-// Matrix transaction ids by matrixside. Others may read them. Updates use
+// links and settings are written by the core; subscriptions and the
+// contacts owed an unavailable (directed) by xmppside;
+// Matrix transaction ids, the ghosts' shown presence and the bot's /sync
+// position by matrixside. Others may read them. Updates use
 // compare-and-set ([Bucket.Update]) where a read decides the write.
 package bridge

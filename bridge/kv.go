@@ -162,5 +162,8 @@ func NewMemoryStore() *Store {
 		Settings:      memBucket[UserSettings](BucketSettings),
 		Txns:          memBucket[time.Time](BucketTxns),
 		Federation:    memBucket[json.RawMessage](BucketFederation),
+		GhostPresence: memBucket[GhostShown](BucketGhostPresence),
+		MatrixSync:    memBucket[SyncPosition](BucketMatrixSync),
+		Directed:      memBucket[Directed](BucketDirected),
 	}
 }

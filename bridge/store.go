@@ -23,7 +23,15 @@ const (
 	BucketSettings      = "pb_settings"
 	BucketTxns          = "pb_txns"
 	BucketFederation    = "pb_federation"
+	BucketGhostPresence = "pb_ghost_presence"
+	BucketMatrixSync    = "pb_matrix_sync"
+	BucketDirected      = "pb_directed"
 )
+
+// ghostPresenceTTL is how long a ghost's presence record outlives its
+// last write: records of ghosts nobody speaks of any more go, and a ghost
+// whose record expired merely gets its presence sent once more.
+const ghostPresenceTTL = 30 * 24 * time.Hour
 
 // PresenceRecord is the last presence of one user on one side.
 type PresenceRecord struct {
@@ -75,6 +83,33 @@ type UserSettings struct {
 	UpdatedAt time.Time `json:"updated_at"`
 }
 
+// GhostShown is what the homeserver shows of a ghost's presence, as
+// far as the Matrix side knows: the Matrix presence value and status
+// message of the last PUT the homeserver accepted. Pending means a PUT of
+// this state was about to be made and its outcome is not known (the
+// homeserver shows this state or the one before): such a record says
+// nothing, and the next wanted state is sent whatever it is.
+type GhostShown struct {
+	Presence  string    `json:"presence"`
+	Status    string    `json:"status,omitempty"`
+	Pending   bool      `json:"pending,omitempty"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// SyncPosition is where the bridge bot's /sync stands: the next_batch
+// token of the last response whose events were all handled.
+type SyncPosition struct {
+	NextBatch string    `json:"next_batch"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// Directed marks an XMPP contact who may still see a puppet's presence
+// although the subscriptions bucket no longer lets them (their From was
+// revoked) and who has not been sent unavailable since.
+type Directed struct {
+	Since time.Time `json:"since"`
+}
+
 // Store holds the bridge's state in JetStream KV buckets.
 type Store struct {
 	// Presence: key PresenceKey(network, user): the last presence the core
@@ -100,6 +135,20 @@ type Store struct {
 	// members that share it, as JSON the gateway alone reads. Writer:
 	// matrixfed.
 	Federation *Bucket[json.RawMessage]
+	// GhostPresence: key EncodeToken(ghost's Matrix user ID): what the
+	// homeserver shows of each ghost, so that a restart or a takeover
+	// sends only what changed. Entries expire 30 days after their last
+	// write. Writer: matrixside.
+	GhostPresence *Bucket[GhostShown]
+	// MatrixSync: key EncodeToken(bot's Matrix user ID): the bot's /sync
+	// position, so that a restart or a takeover resumes it instead of
+	// syncing from scratch. Writer: matrixside.
+	MatrixSync *Bucket[SyncPosition]
+	// Directed: key PairKey(matrix user, xmpp bare JID): contacts owed an
+	// unavailable from a puppet they may still see (see Directed); an
+	// entry lives from just before the revocation is stored until the
+	// unavailable is written. Writer: xmppside.
+	Directed *Bucket[Directed]
 }
 
 // PresenceKey is the key of one user on one network.
@@ -144,6 +193,15 @@ func openStore(ctx context.Context, js jetstream.JetStream, replicas int) (*Stor
 		return nil, err
 	}
 	if s.Federation, err = openBucket[json.RawMessage](ctx, js, BucketFederation, replicas, 0); err != nil {
+		return nil, err
+	}
+	if s.GhostPresence, err = openBucket[GhostShown](ctx, js, BucketGhostPresence, replicas, ghostPresenceTTL); err != nil {
+		return nil, err
+	}
+	if s.MatrixSync, err = openBucket[SyncPosition](ctx, js, BucketMatrixSync, replicas, 0); err != nil {
+		return nil, err
+	}
+	if s.Directed, err = openBucket[Directed](ctx, js, BucketDirected, replicas, 0); err != nil {
 		return nil, err
 	}
 	return s, nil

@@ -160,3 +160,27 @@ func TestStoryCleanShutdown(t *testing.T) {
 		}
 	}
 }
+
+// TestStoryCleanRestart: the bridge stops cleanly (everyone sees the other
+// side go offline) and starts again: without anyone acting, bob sees
+// alice's ghost as she is and alice sees bob's puppet as he is. The
+// bridge remembers what it showed (the ghosts offline at its shutdown),
+// so it sets again what it took away, while a kill -9 (above) costs the
+// homeserver nothing for ghosts that did not change.
+func TestStoryCleanRestart(t *testing.T) {
+	e := newEnv(t, options{})
+	l := e.linkedPair()
+	am := markX(l.alice)
+	l.bob.skipPresence()
+	if exitErr, inTime := e.bridge.signal(syscall.SIGTERM, stopTimeout); !inTime || exitErr != nil {
+		t.Fatalf("bridge did not stop cleanly (%v, in time %v)", exitErr, inTime)
+	}
+	am.wait(t, waitLatency, "bob's puppet unavailable at shutdown", presenceFrom(l.puppet, unavailable))
+	l.bob.waitPresence(waitLatency, l.ghost, "alice's ghost offline at shutdown", func(p dendritetest.Presence) bool { return p.Presence == "offline" })
+
+	am = markX(l.alice)
+	e.startBridge()
+	l.bob.waitPresence(recoverTimeout, l.ghost, "alice's ghost back after the restart", is("online", "alice-here"))
+	am.wait(t, recoverTimeout, "bob's puppet back after the restart", presenceFrom(l.puppet, withStatus("bob-here")))
+	e.flowsBothWays(l, "after-clean-restart")
+}

@@ -63,10 +63,25 @@
 //   - Commands (commands.go): "!presence off|on|help" from a Matrix user
 //     become opt-out reports, answered by the bot.
 //
-// State: the side writes only the pb_txns bucket (transaction ids). It
+// State (sidestate.go): the side writes the pb_txns bucket (transaction
+// ids), pb_ghost_presence (what the homeserver shows of each ghost, so
+// that a restart or a takeover sends only what changed: a record that
+// claims a state is made pending before a PUT of another one, and the
+// accepted state written behind once the ghost is quiet for a second,
+// by runHealth and at shutdown) and pb_matrix_sync (the bot's /sync
+// position, written once a response's events were handled, so that the
+// next instance resumes from it instead of an initial sync that reads
+// everyone's presence again). Kill -9 never leaves a record claiming a
+// state the homeserver may not show; it loses only what was not yet
+// written behind, so the ghosts set in the last seconds get their next
+// state once more, and the last /sync response may be handled again. It
 // reads pb_links (the core's) for the room of a link, the users to poll
 // and, at start, the ghosts with a live link; the core learns rooms from
-// the membership reports.
+// the membership reports, and at start the core's pb_presence records of
+// Matrix users as what was reported of them (only changes are reported
+// after a restart, and the offline grace of an unreachable homeserver
+// covers them). In memory only, rebuilt after a restart: the rooms and
+// their members, the ghosts known registered.
 //
 // mautrix-go (maunium.net/go/mautrix) does the Matrix work:
 // appservice.Registration, appservice.AppService with its router (user

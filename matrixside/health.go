@@ -415,7 +415,7 @@ func retryAfterOf(resp *http.Response) time.Duration {
 // runHealth watches the homeserver until ctx ends: it makes the gate's
 // trial when nobody else does, probes when nothing succeeded for a while,
 // reports Matrix users offline after the grace period, and flushes the
-// sampled logs.
+// sampled logs and the ghost presence accepted by the homeserver.
 func (s *Side) runHealth(ctx context.Context) {
 	timer := time.NewTimer(s.health.nextCheck(time.Now()))
 	defer timer.Stop()
@@ -450,6 +450,7 @@ func (s *Side) runHealth(ctx context.Context) {
 		for _, l := range s.sampled {
 			l.flush(now)
 		}
+		s.state.flush(ctx, now) // ghost presence accepted, written behind (sidestate.go)
 		timer.Reset(s.health.nextCheck(now))
 	}
 }

@@ -30,6 +30,7 @@ type ghostOut struct {
 	jid   mapping.BareJID
 	cli   *mautrix.Client // made by the worker that first sends it
 	url   string          // of its presence, likewise
+	rec   *ghostRecord    // its record in the GhostPresence bucket, likewise
 
 	desired wireState // latest state asked for
 	version uint64    // of desired: one more per set
@@ -76,8 +77,10 @@ func (g *ghostOut) settle() {
 	}
 }
 
-// sendFunc sets a ghost's presence on the homeserver.
-type sendFunc func(ctx context.Context, g *ghostOut, w wireState) error
+// sendFunc sets a ghost's presence on the homeserver. force: even if the
+// ghost's record says the homeserver shows it (a refresh); without it,
+// such a state is not sent and the result is errAlreadyShown.
+type sendFunc func(ctx context.Context, g *ghostOut, w wireState, force bool) error
 
 var (
 	// errPresenceRefused is what waitShown returns when the homeserver
@@ -259,7 +262,7 @@ func (o *outbox) run(ctx context.Context) {
 			}
 			continue
 		}
-		err := o.send(ctx, g, w)
+		err := o.send(ctx, g, w, force)
 		if ctx.Err() != nil {
 			return
 		}
@@ -316,7 +319,8 @@ func (o *outbox) done(g *ghostOut, w wireState, at time.Time, version uint64, fo
 		return false
 	}
 	o.setScheduledLocked(g, false)
-	if err == nil {
+	shownAlready := errors.Is(err, errAlreadyShown)
+	if err == nil || shownAlready {
 		g.sent, g.hasSent, g.hasFailed = w, true, false
 		g.sentVersion = max(g.sentVersion, version)
 		g.retries = 0
@@ -326,7 +330,7 @@ func (o *outbox) done(g *ghostOut, w wireState, at time.Time, version uint64, fo
 			g.desiredAt = time.Time{}
 		}
 		o.scheduleLocked(g)
-		return !at.IsZero()
+		return !at.IsZero() && !shownAlready
 	}
 	if retry, after := retryable(err); retry {
 		// Not sent through the closed gate: the gate paces it. Otherwise

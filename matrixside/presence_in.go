@@ -60,6 +60,18 @@ func (in *inbound) changed(u mapping.UserID, p mapping.Presence) bool {
 	return true
 }
 
+// seed records p as reported for u unless something is known of u: what
+// an earlier process reported, read back at start (loadReported).
+func (in *inbound) seed(u mapping.UserID, p mapping.Presence) bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if _, ok := in.last.peek(u); ok || in.last.len() >= in.last.max {
+		return false
+	}
+	in.last.put(u, p)
+	return true
+}
+
 func (in *inbound) forget(u mapping.UserID) {
 	in.mu.Lock()
 	in.last.remove(u)

@@ -46,27 +46,30 @@ func (s *Side) ghostOf(jid mapping.BareJID) (id.UserID, error) {
 	return id.UserID(g), err
 }
 
-// sendPresence is the outbox's send function: register the ghost if this
-// process has not yet, then PUT its presence. A 403 may mean the ghost was
-// deactivated or the homeserver lost it: register again, once.
-func (s *Side) sendPresence(ctx context.Context, g *ghostOut, w wireState) error {
+// sendPresence is the outbox's send function: unless the ghost's record
+// says the homeserver shows w already (see sideState), register the ghost
+// if this process has not yet, then PUT its presence. A 403 may mean the
+// ghost was deactivated or the homeserver lost it: register again, once.
+func (s *Side) sendPresence(ctx context.Context, g *ghostOut, w wireState, force bool) error {
 	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
 	defer cancel()
-	cli, err := s.ghosts.ensureWith(ctx, g.ghost, g.jid, g.cli)
-	if err != nil {
-		return err
-	}
-	if g.cli == nil {
-		g.cli, g.url = cli, presenceURL(cli)
-	}
-	err = putPresence(ctx, g.cli, g.url, w)
-	if httpStatus(err) == 403 {
-		s.log.Debug("ghost request forbidden, registering again", "ghost", g.ghost)
-		if err = s.ghosts.reregister(ctx, g.cli); err == nil {
-			err = putPresence(ctx, g.cli, g.url, w)
+	return s.putShown(ctx, g, w, force, func() error {
+		cli, err := s.ghosts.ensureWith(ctx, g.ghost, g.jid, g.cli)
+		if err != nil {
+			return err
 		}
-	}
-	return err
+		if g.cli == nil {
+			g.cli, g.url = cli, presenceURL(cli)
+		}
+		err = putPresence(ctx, g.cli, g.url, w)
+		if httpStatus(err) == 403 {
+			s.log.Debug("ghost request forbidden, registering again", "ghost", g.ghost)
+			if err = s.ghosts.reregister(ctx, g.cli); err == nil {
+				err = putPresence(ctx, g.cli, g.url, w)
+			}
+		}
+		return err
+	})
 }
 
 // truncateUTF8 cuts s to at most n bytes without splitting a character.

@@ -192,4 +192,5 @@ func (s *Side) loadLinks(ctx context.Context) {
 		s.log.Warn("reading links failed", "err", err)
 	}
 	s.log.Debug("links loaded", "rooms", n)
+	s.loadReported(ctx)
 }

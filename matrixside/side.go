@@ -40,6 +40,7 @@ type Side struct {
 	rooms  *rooms
 	in     *inbound
 	txns   *txnLog
+	state  *sideState // ghost presence shown and the sync position, in KV
 	health *health
 	budget *queryBudget
 	txnMu  sync.Mutex // transactions are handled one at a time, in order
@@ -145,6 +146,7 @@ func New(cfg Config, ns mapping.Namespace, tr *mapping.Translator, store *bridge
 		rooms:    newRooms(cfg.MaxTracked),
 		in:       newInbound(cfg.MaxTracked),
 		txns:     newTxnLog(store.Txns, log),
+		state:    newSideState(store, log),
 		budget:   newQueryBudget(cfg.QueryGhostsPerHour, cfg.QueryGhostsPerDomainPerHour, time.Now()),
 		botJoins: make(chan id.RoomID, 64),
 		ready:    make(chan struct{}),
@@ -156,7 +158,7 @@ func New(cfg Config, ns mapping.Namespace, tr *mapping.Translator, store *bridge
 	s.queryLog = newSampledLog(log, slog.LevelWarn, "user queries for ghosts without a link refused: registration budget spent")
 	s.badGhostLog = newSampledLog(log, slog.LevelWarn, "ignoring memberships of undecodable ghosts")
 	s.botJoinLog = newSampledLog(log, slog.LevelWarn, "bot join queue full, invites ignored")
-	s.sampled = []*sampledLog{s.badTokenLog, s.queryLog, s.badGhostLog, s.botJoinLog}
+	s.sampled = []*sampledLog{s.badTokenLog, s.queryLog, s.badGhostLog, s.botJoinLog, s.state.log}
 
 	// Before the first client is made: clients copy these.
 	as.Log = zerologFor(log.Handler())
@@ -301,7 +303,8 @@ func (s *Side) ghostsOffline(ctx context.Context) {
 			for g := range jobs {
 				w := wireState{Presence: event.PresenceOffline, Status: online[g].Status}
 				cli := s.ghosts.client(g.ghost)
-				if err := putPresence(ctx, cli, presenceURL(cli), w); err != nil {
+				err := s.putShown(ctx, g, w, true, func() error { return putPresence(ctx, cli, presenceURL(cli), w) })
+				if err != nil {
 					failed.Add(1)
 				}
 			}
@@ -312,6 +315,7 @@ func (s *Side) ghostsOffline(ctx context.Context) {
 	}
 	close(jobs)
 	wg.Wait()
+	s.state.flush(ctx, time.Time{}) // what the homeserver shows, for the next start
 	s.log.Info("ghosts set offline", "ghosts", len(online), "failed", failed.Load())
 }
 

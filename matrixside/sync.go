@@ -39,12 +39,35 @@ type botSyncer struct {
 	s       *Side
 	ctx     context.Context // runSync's
 	backoff time.Duration
+	pos     *syncStore
+	read    bool // the last response's events were handed to the handlers
+}
+
+// ProcessResponse implements mautrix.Syncer: the DefaultSyncer's, then the
+// response's position is stored, once its events were handled (mautrix
+// saves it before; see syncStore).
+func (y *botSyncer) ProcessResponse(ctx context.Context, res *mautrix.RespSync, since string) error {
+	y.read = false
+	if err := y.DefaultSyncer.ProcessResponse(ctx, res, since); err != nil {
+		return err
+	}
+	if y.read {
+		y.pos.commit(ctx, res.NextBatch)
+	}
+	return nil
 }
 
 // OnFailedSync implements mautrix.Syncer.
 func (y *botSyncer) OnFailedSync(_ *mautrix.RespSync, err error) (time.Duration, error) {
 	if errors.Is(err, mautrix.MUnknownToken) {
 		return 0, err // as_token refused: runSync reports it
+	}
+	if httpStatus(err) == 400 && y.pos.hasPosition() {
+		// A stored position the homeserver does not know (its database
+		// was reset): sync from scratch.
+		y.s.log.Warn("homeserver refused the stored sync position; syncing from scratch", "err", err)
+		y.pos.reset(y.ctx)
+		return 0, err
 	}
 	if retry, _ := retryable(err); retry {
 		// The homeserver is away or limiting: the gate has closed (and
@@ -62,13 +85,16 @@ func (y *botSyncer) OnFailedSync(_ *mautrix.RespSync, err error) (time.Duration,
 // runSync long-polls /sync as the bot with mautrix's client and syncer,
 // with set_presence=offline (without it every sync would show the bot
 // online), and reports the presence of everyone sharing a room with the
-// bot. It stops when ctx ends, or when the homeserver turns out to push
-// presence itself (presence source auto).
+// bot. It resumes from the position stored by the last process (see
+// syncStore), so a restart or a takeover reads what changed meanwhile,
+// not everyone's presence again. It stops when ctx ends, or when the
+// homeserver turns out to push presence itself (presence source auto).
 func (s *Side) runSync(ctx context.Context) {
 	cli := s.as.NewMautrixClient(s.cfg.BotMXID())
-	cli.Store = mautrix.NewMemorySyncStore()
+	pos := newSyncStore(s.state, s.cfg.BotMXID())
+	cli.Store = pos
 	cli.SyncPresence = event.PresenceOffline
-	y := &botSyncer{DefaultSyncer: mautrix.NewDefaultSyncer(), s: s, ctx: ctx}
+	y := &botSyncer{DefaultSyncer: mautrix.NewDefaultSyncer(), s: s, ctx: ctx, pos: pos}
 	y.FilterJSON = syncFilter()
 	y.OnSync(func(context.Context, *mautrix.RespSync, string) bool {
 		y.backoff = 0
@@ -76,6 +102,7 @@ func (s *Side) runSync(ctx context.Context) {
 			cli.StopSync()
 			return false
 		}
+		y.read = true
 		return true
 	})
 	y.OnEventType(event.EphemeralEventPresence, s.onPresenceEvent)

@@ -35,9 +35,10 @@ type Component struct {
 
 	subs    *contacts // derived from the subscriptions bucket; see subscription.go
 	pairs   *pairLocks
-	puppets *puppets // the last presence each puppet was asked to show
-	users   *users   // XMPP users' resources and what was reported
-	out     *outbox  // puppets whose presence must be fanned out
+	puppets *puppets         // the last presence each puppet was asked to show
+	users   *users           // XMPP users' resources and what was reported
+	out     *outbox          // puppets whose presence must be fanned out
+	owed    *owedUnavailable // contacts owed an unavailable; see directed.go
 	link    chan bool
 
 	subscribeBudget *budget // subscription requests that reach the core
@@ -106,6 +107,7 @@ func New(cfg Config, ns mapping.Namespace, tr *mapping.Translator, store *bridge
 		puppets:         newPuppets(),
 		users:           newUsers(lim.TrackedUsers, lim.ResourcesPerAddress),
 		out:             newOutbox(),
+		owed:            newOwedUnavailable(),
 		link:            make(chan bool, 1),
 		subscribeBudget: newBudget(lim.SubscribePerAddress, lim.SubscribePerDomain, cfg.localDomains()),
 		commandBudget:   newBudget(lim.CommandsPerAddress, lim.CommandsPerDomain, cfg.localDomains()),
@@ -137,6 +139,11 @@ func (c *Component) Run(ctx context.Context) error {
 		return fmt.Errorf("xmppside: loading subscriptions: %w", err)
 	}
 	c.deleteNoneKeys(ctx, none)
+	if err := c.loadOwed(ctx); err != nil && ctx.Err() == nil {
+		// Still in the bucket: the next start sends them.
+		c.log.Warn("reading the contacts owed an unavailable failed; starting without them", "err", err)
+	}
+	believed := c.loadBelieved(ctx)
 
 	// The sender and the grace timer stop with ctx, or when the connect
 	// loop gives up.
@@ -145,7 +152,7 @@ func (c *Component) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); c.sendLoop(rctx) }()
-	go func() { defer wg.Done(); c.graceLoop(rctx) }()
+	go func() { defer wg.Done(); c.graceLoop(rctx, believed) }()
 
 	err = c.connectLoop(ctx)
 	stop()

@@ -18,8 +18,10 @@
 //     that writes puppet presence: the announce, re-probe and re-request
 //     after every connect, then each change, latest only. puppets.go keeps
 //     the last presence each puppet with contacts was asked to show.
-//   - grace.go: after Config.OfflineGrace without a stream, the XMPP users
-//     last reported online are reported offline.
+//   - grace.go: after Config.OfflineGrace without a stream (counted from
+//     the start too), the XMPP users last reported online are reported
+//     offline. takeover.go: what a new process (a restart, a standby
+//     taking over) reads back at start, and why nothing else is needed.
 //   - handler.go: the stream handler, where addresses are validated once
 //     (typed mapping.BareJID and mapping.UserID from there on). It never
 //     returns an error (that would end the stream): bad stanzas are logged
@@ -106,10 +108,24 @@
 // JID)), every transition a compare-and-set computed on the state it
 // replaces; a pair that returns to None is deleted (and None keys left by
 // older versions are deleted at start). The in-memory index is loaded at
-// start and then set from the stored results. It writes nothing else. It
+// start and then set from the stored results. It also writes the
+// Directed bucket (bridge.Store.Directed, same keys): a contact whose From
+// is being revoked is recorded as owed an unavailable before the
+// revocation is stored, and the record deleted once the unavailable is
+// written, so that a process dying in between leaves the unavailable to
+// the next one, which sends it after its connect (directed.go). It
 // reads the core's presence bucket (key bridge.PresenceKey(
 // mapping.NetworkMatrix, Matrix user ID)) for a puppet it has not been
-// told about since it started.
+// told about since it started, and at start the last presence reported of
+// the XMPP users holding a pair (bridge.PresenceKey(mapping.NetworkXMPP,
+// bare JID)), so that a process taking over from one that died knows whom
+// Matrix believes online (the offline grace runs from the start and
+// reports them offline if no stream comes). Nothing else that
+// a takeover needs is only in memory: puppets send presence only to the
+// From/Both contacts of the subscriptions bucket and to the contacts owed
+// an unavailable (no directed presence to anyone else), so the announce
+// after the first connect and the goodbye reach everyone the last
+// process showed a puppet to (takeover.go).
 //
 // Everything kept in memory is bounded: the index follows the bucket
 // (whose growth the subscription budgets bound); XMPP users' resources

@@ -26,30 +26,28 @@ func (c *Component) setLink(up bool) {
 }
 
 // graceLoop reports every XMPP user last reported online as offline once
-// the component has been without a stream for Config.OfflineGrace: the
+// the component has been without a stream for Config.OfflineGrace,
+// counted from the start too: until the first connect, the users Matrix
+// believes online by the core's bucket (believed, see loadBelieved), since
+// a process taking over from one that died has reported nobody yet. The
 // server keeps nothing for a component that lost its stream and says
 // nothing when it comes back, so without this their ghosts would show the
 // last presence forever. After the reconnect the probes bring the real
 // presences back. It returns when ctx ends.
-func (c *Component) graceLoop(ctx context.Context) {
-	var (
-		timer *time.Timer
-		fire  <-chan time.Time
-	)
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
+func (c *Component) graceLoop(ctx context.Context, believed map[mapping.BareJID]mapping.Presence) {
+	timer := time.NewTimer(c.cfg.OfflineGrace)
+	fire := timer.C
+	defer func() { timer.Stop() }()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case up := <-c.link:
 			switch {
-			case up && timer != nil:
+			case up:
 				timer.Stop()
 				fire = nil
+				believed = nil // the re-probe reports everyone
 			case !up && fire == nil:
 				timer = time.NewTimer(c.cfg.OfflineGrace)
 				fire = timer.C
@@ -65,6 +63,8 @@ func (c *Component) graceLoop(ctx context.Context) {
 				}
 				return err
 			})
+			n += c.believedOffline(ctx, believed)
+			believed = nil
 			c.log.Warn("no xmpp stream for the offline grace; XMPP users reported offline", "grace", c.cfg.OfflineGrace, "users", n)
 		}
 	}

@@ -116,7 +116,7 @@ func (c *Component) serve(ctx context.Context, conn net.Conn, sess *xmpp.Session
 // announce sends each puppet's current presence to its From/Both contacts,
 // probes its To/Both contacts and asks its Pending Out contacts again.
 func (c *Component) announce(ctx context.Context, sess *xmpp.Session) {
-	sent, probes, requests := 0, 0, 0
+	sent, probes, requests := c.payOwed(ctx, sess), 0, 0
 	for _, mxid := range c.subs.puppets() {
 		if ctx.Err() != nil {
 			return
@@ -161,7 +161,7 @@ func (c *Component) announce(ctx context.Context, sess *xmpp.Session) {
 // goodbye sends unavailable from every puppet to every contact that may see
 // it. It returns the number sent.
 func (c *Component) goodbye(ctx context.Context, sess *xmpp.Session) int {
-	n := 0
+	n := c.payOwed(ctx, sess)
 	for _, mxid := range c.subs.puppets() {
 		puppet, err := c.ns.PuppetJID(mxid)
 		if err != nil {

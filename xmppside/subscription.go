@@ -47,6 +47,10 @@ func (c *Component) subscriptionIn(ctx context.Context, w xmlstream.TokenWriter,
 	if t == bridge.Subscribe && (news || again) && !c.allowSubscribe(contact) {
 		return
 	}
+	owing := t == bridge.Unsubscribe && cur.From
+	if owing {
+		c.owe(ctx, to.user, contact) // see directed.go
+	}
 	prev, next, err := c.transition(ctx, to.user, contact, func(s bridge.Subscription) bridge.Subscription {
 		n, _ := Inbound(s, t)
 		return n
@@ -54,6 +58,10 @@ func (c *Component) subscriptionIn(ctx context.Context, w xmlstream.TokenWriter,
 	if err != nil {
 		c.plog.Error("storing subscription failed", "puppet", to.puppet, "contact", contact, "err", err)
 		return
+	}
+	revoked := prev.From && !next.From
+	if owing && !revoked {
+		c.settle(ctx, to.user, contact)
 	}
 	changed := !SameState(prev, next)
 	c.plog.Info("subscription stanza received", "puppet", to.puppet, "contact", contact, "type", string(t),
@@ -89,6 +97,9 @@ func (c *Component) subscriptionIn(ctx context.Context, w xmlstream.TokenWriter,
 			c.plog.Warn("answering subscription failed", "err", err)
 			return
 		}
+	}
+	if revoked {
+		c.settle(ctx, to.user, contact)
 	}
 }
 
@@ -175,6 +186,7 @@ func (c *Component) SendSubscription(ctx context.Context, cmd bridge.PuppetSubsc
 	case t == bridge.Unsubscribed && cur.From && !next.From:
 		out = append(out, stanza.Presence{Header: stanza.Header{From: string(puppet)}, Type: stanza.Unavailable})
 	}
+	revokes := cur.From && !next.From
 	toks := make([]xml.TokenReader, len(out))
 	for i := range out {
 		out[i].To, out[i].ID = string(contact), c.nextID()
@@ -210,9 +222,18 @@ func (c *Component) SendSubscription(ctx context.Context, cmd bridge.PuppetSubsc
 	// From: the contact's server probes at the next login, and gets
 	// unsubscribed. Sent first, a lost subscribed or unsubscribed would
 	// leave states no later stanza repairs.
+	if revokes {
+		c.owe(ctx, cmd.Puppet, contact) // see directed.go
+	}
 	prev, stored, err := c.storeLocked(ctx, cmd.Puppet, contact, step)
 	if err != nil {
+		if revokes {
+			c.settle(ctx, cmd.Puppet, contact)
+		}
 		return err
+	}
+	if revokes && testHookRevocationStored != nil {
+		testHookRevocationStored()
 	}
 	if err := write(); err != nil {
 		if _, _, uerr := c.storeLocked(ctx, cmd.Puppet, contact, func(s bridge.Subscription) bridge.Subscription {
@@ -223,7 +244,13 @@ func (c *Component) SendSubscription(ctx context.Context, cmd bridge.PuppetSubsc
 		}); uerr != nil {
 			c.log.Error("undoing subscription command failed", "puppet", puppet, "contact", contact, "err", uerr)
 		}
+		if revokes && c.subs.get(cmd.Puppet, contact).From {
+			c.settle(ctx, cmd.Puppet, contact) // undone: From again
+		}
 		return err
+	}
+	if revokes {
+		c.settle(ctx, cmd.Puppet, contact)
 	}
 	return nil
 }
