@@ -21,6 +21,8 @@ package transport
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 
 	"github.com/presence-bridge/presence-bridge/bridge"
@@ -29,10 +31,9 @@ import (
 
 // The durable consumers. Their names are kept across versions: a consumer
 // resumes where the previous process stopped.
+// The core's reports are read by one consumer per partition
+// (bridge.PartitionConsumer).
 const (
-	ConsumerCoreSubscriptions = "core-xmpp-subscriptions"
-	ConsumerCoreMembership    = "core-matrix-membership"
-	ConsumerCoreOptOut        = "core-optout"
 	ConsumerXMPP              = "xmppside-subscriptions"
 	ConsumerMatrix            = "matrixside-membership"
 )
@@ -127,64 +128,102 @@ func stampOf(ev *bridge.Event) bridge.Stamp {
 }
 
 // ServeCore returns the server that delivers what the sides report to the
-// core's two observers.
-func ServeCore(bus *bridge.Bus, x bridge.XMPPObserver, m bridge.MatrixObserver, log *slog.Logger) *Server {
+// core's two observers. Reports are read from bridge.InStream, shared out
+// by user among the core instances (see the package doc); if x implements
+// [bridge.PartitionOwner] it is told which partitions it holds, and a
+// presence is acknowledged only once the owner recorded it.
+func ServeCore(bus *bridge.Bus, x bridge.XMPPObserver, m bridge.MatrixObserver, log *slog.Logger, opts ...bridge.PartitionOptions) *Server {
 	s := newServer(bus, log)
-	// The addresses in reports are validated here, where they enter the
-	// core; the core trusts the typed values.
-	s.presence(bridge.In, mapping.NetworkUnknown, func(ctx context.Context, ev *bridge.Event) error {
-		switch ev.Origin {
-		case mapping.NetworkXMPP:
-			jid, err := mapping.NewBareJID(ev.User)
-			if err != nil {
-				return err
+	var o bridge.PartitionOptions
+	if len(opts) > 0 {
+		o = opts[0]
+	}
+	h := bridge.PartitionHandler{Handle: coreHandler(x, m, s.log)}
+	if owner, ok := x.(bridge.PartitionOwner); ok {
+		h.Acquire, h.Release, h.Sync = owner.AcquirePartition, owner.ReleasePartition, owner.Sync
+	}
+	s.parts = append(s.parts, func(ctx context.Context, ready func()) error {
+		return bus.ServePartitions(ctx, o, h, ready)
+	})
+	return s
+}
+
+// coreHandler delivers one report to the observer of its network. The
+// addresses in reports are validated here, where they enter the core; the
+// core trusts the typed values.
+func coreHandler(x bridge.XMPPObserver, m bridge.MatrixObserver, log *slog.Logger) bridge.DurableHandler {
+	handle := func(ctx context.Context, ev *bridge.Event) error {
+		switch ev.Kind {
+		case bridge.KindPresence:
+			if ev.Presence == nil {
+				return permanent(errors.New("transport: presence without payload"))
 			}
-			return x.XMPPPresence(ctx, bridge.XMPPPresence{Stamp: stampOf(ev), User: jid, Presence: *ev.Presence})
-		default:
+			if ev.Origin == mapping.NetworkXMPP {
+				jid, err := mapping.NewBareJID(ev.User)
+				if err != nil {
+					return err
+				}
+				return x.XMPPPresence(ctx, bridge.XMPPPresence{Stamp: stampOf(ev), User: jid, Presence: *ev.Presence})
+			}
 			mxid, err := mapping.NewUserID(ev.User)
 			if err != nil {
 				return err
 			}
 			return m.MatrixPresence(ctx, bridge.MatrixPresence{Stamp: stampOf(ev), User: mxid, Presence: *ev.Presence})
-		}
-	})
-	s.durable(ConsumerCoreSubscriptions, bridge.In, mapping.NetworkXMPP, bridge.KindSubscription, func(ctx context.Context, ev *bridge.Event) error {
-		jid, mxid, err := pairOf(ev.User, ev.Peer)
-		if err != nil {
-			return err
-		}
-		return x.XMPPSubscription(ctx, bridge.XMPPSubscription{Stamp: stampOf(ev), Contact: jid, Puppet: mxid, Type: ev.Subscription.Type, Status: ev.Subscription.Status})
-	})
-	s.durable(ConsumerCoreMembership, bridge.In, mapping.NetworkMatrix, bridge.KindMembership, func(ctx context.Context, ev *bridge.Event) error {
-		jid, mxid, err := pairOf(ev.Peer, ev.User)
-		if err != nil {
-			return err
-		}
-		mem, err := bridge.ParseMembership(ev.Membership.Membership)
-		if err != nil {
-			return permanent(err)
-		}
-		return m.MatrixMembership(ctx, bridge.MatrixMembership{
-			Stamp: stampOf(ev), User: mxid, Ghost: jid,
-			GhostChanged: ev.Membership.Member == ev.Peer, Membership: mem, RoomID: ev.Membership.RoomID,
-			BySelf: ev.Membership.Sender == ev.Membership.Member, IsDirect: ev.Membership.IsDirect,
-		})
-	})
-	s.durable(ConsumerCoreOptOut, bridge.In, mapping.NetworkUnknown, bridge.KindOptOut, func(ctx context.Context, ev *bridge.Event) error {
-		if ev.Origin == mapping.NetworkXMPP {
-			jid, err := mapping.NewBareJID(ev.User)
+		case bridge.KindSubscription:
+			if ev.Origin != mapping.NetworkXMPP || ev.Subscription == nil {
+				return permanent(errors.New("transport: malformed subscription report"))
+			}
+			jid, mxid, err := pairOf(ev.User, ev.Peer)
+			if err != nil {
+				return err
+			}
+			return x.XMPPSubscription(ctx, bridge.XMPPSubscription{Stamp: stampOf(ev), Contact: jid, Puppet: mxid, Type: ev.Subscription.Type, Status: ev.Subscription.Status})
+		case bridge.KindMembership:
+			if ev.Origin != mapping.NetworkMatrix || ev.Membership == nil {
+				return permanent(errors.New("transport: malformed membership report"))
+			}
+			jid, mxid, err := pairOf(ev.Peer, ev.User)
+			if err != nil {
+				return err
+			}
+			mem, err := bridge.ParseMembership(ev.Membership.Membership)
 			if err != nil {
 				return permanent(err)
 			}
-			return x.XMPPOptOut(ctx, bridge.OptOut[mapping.BareJID]{Stamp: stampOf(ev), User: jid, Enabled: ev.OptOut.Enabled})
+			return m.MatrixMembership(ctx, bridge.MatrixMembership{
+				Stamp: stampOf(ev), User: mxid, Ghost: jid,
+				GhostChanged: ev.Membership.Member == ev.Peer, Membership: mem, RoomID: ev.Membership.RoomID,
+				BySelf: ev.Membership.Sender == ev.Membership.Member, IsDirect: ev.Membership.IsDirect,
+			})
+		case bridge.KindOptOut:
+			if ev.OptOut == nil {
+				return permanent(errors.New("transport: opt-out without payload"))
+			}
+			if ev.Origin == mapping.NetworkXMPP {
+				jid, err := mapping.NewBareJID(ev.User)
+				if err != nil {
+					return permanent(err)
+				}
+				return x.XMPPOptOut(ctx, bridge.OptOut[mapping.BareJID]{Stamp: stampOf(ev), User: jid, Enabled: ev.OptOut.Enabled})
+			}
+			mxid, err := mapping.NewUserID(ev.User)
+			if err != nil {
+				return permanent(err)
+			}
+			return m.MatrixOptOut(ctx, bridge.OptOut[mapping.UserID]{Stamp: stampOf(ev), User: mxid, Enabled: ev.OptOut.Enabled})
 		}
-		mxid, err := mapping.NewUserID(ev.User)
-		if err != nil {
-			return permanent(err)
+		return permanent(fmt.Errorf("transport: report of unknown kind %q", ev.Kind))
+	}
+	return func(ctx context.Context, ev *bridge.Event) error {
+		err := handle(ctx, ev)
+		var perm permanentError
+		if errors.As(err, &perm) {
+			log.Error("dropping a report that cannot succeed", "kind", ev.Kind, "id", ev.ID, "err", err)
+			return bridge.ErrDrop
 		}
-		return m.MatrixOptOut(ctx, bridge.OptOut[mapping.UserID]{Stamp: stampOf(ev), User: mxid, Enabled: ev.OptOut.Enabled})
-	})
-	return s
+		return err
+	}
 }
 
 // pairOf validates the addresses of an XMPP user and a Matrix user; a
