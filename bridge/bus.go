@@ -104,8 +104,8 @@ type Bus struct {
 	retryBase  time.Duration // the first back-off step; tests shorten it
 
 	replicas       int
-	partitions     int // of InStream
-	wantPartitions int // cfg.Partitions: checked by ServePartitions
+	partitions     int  // of InStream
+	wantPartitions int  // cfg.Partitions: checked by ServePartitions
 	unpartitioned  bool // InStream has no transform (nats-server < 2.10)
 }
 

@@ -74,6 +74,16 @@ func (p Partition) HoldsKey(key string) bool {
 	return ok && partitionOfToken(p.Count, tok) == p.Index
 }
 
+// PartitionOfKey is the partition index, among n, of the user of a
+// [PresenceKey] (-1 for a malformed key).
+func PartitionOfKey(n int, key string) int {
+	_, tok, ok := strings.Cut(key, ".")
+	if !ok {
+		return -1
+	}
+	return partitionOfToken(n, tok)
+}
+
 // partitionFilter is the subject filter of partition i's consumer.
 func (b *Bus) partitionFilter(i int) string {
 	if b.unpartitioned {

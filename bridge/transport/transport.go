@@ -34,8 +34,8 @@ import (
 // The core's reports are read by one consumer per partition
 // (bridge.PartitionConsumer).
 const (
-	ConsumerXMPP              = "xmppside-subscriptions"
-	ConsumerMatrix            = "matrixside-membership"
+	ConsumerXMPP   = "xmppside-subscriptions"
+	ConsumerMatrix = "matrixside-membership"
 )
 
 // Publisher implements the four ports by publishing on the bus.
