@@ -430,7 +430,13 @@ func (w *partitionWorker) acker() {
 	}
 }
 
-func (w *partitionWorker) ackRecorded(ctx context.Context) {
+func (w *partitionWorker) ackRecorded(ctx context.Context) { w.ack(ctx, false) }
+
+// ack acknowledges the handled presence once it is recorded. confirm
+// waits for the server to have processed the acknowledgements (they are
+// processed in order): before a partition is handed over, so that the
+// next owner is not delivered them again.
+func (w *partitionWorker) ack(ctx context.Context, confirm bool) {
 	w.mu.Lock()
 	batch := w.pending
 	w.pending = nil
@@ -444,8 +450,13 @@ func (w *partitionWorker) ackRecorded(ctx context.Context) {
 	if !w.valid() {
 		return
 	}
-	for _, m := range batch {
+	for _, m := range batch[:len(batch)-1] {
 		_ = m.Ack()
+	}
+	if confirm {
+		_ = batch[len(batch)-1].DoubleAck(ctx)
+	} else {
+		_ = batch[len(batch)-1].Ack()
 	}
 }
 
@@ -462,7 +473,7 @@ func (w *partitionWorker) stop(handOver bool) {
 		w.l.h.Release(ctx, w.p, handOver)
 	}
 	if handOver {
-		w.ackRecorded(ctx)
+		w.ack(ctx, true)
 	}
 }
 
