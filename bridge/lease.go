@@ -49,7 +49,10 @@ type PartitionHandler struct {
 
 // PartitionOptions tune [Bus.ServePartitions].
 type PartitionOptions struct {
-	// Instance names this core instance in the leases; default random.
+	// Instance names this core instance in the leases: unique among the
+	// instances running, as a lease held in its name and not by this
+	// run is taken back at once (a previous run, dead). Default random,
+	// or "embedded" on the embedded server.
 	Instance string
 	// LeaseTTL: default [DefaultLeaseTTL].
 	LeaseTTL time.Duration
@@ -84,6 +87,13 @@ func (b *Bus) ServePartitions(ctx context.Context, opts PartitionOptions, h Part
 	}
 	if opts.Instance == "" {
 		opts.Instance = NewID()
+		if b.srv != nil {
+			// Only one process runs the embedded server of a data dir:
+			// leases of this name are its own previous run's, dead, and
+			// taken back at once (a restart after a crash does not wait
+			// for them to expire).
+			opts.Instance = "embedded"
+		}
 	}
 	if opts.LeaseTTL <= 0 {
 		opts.LeaseTTL = DefaultLeaseTTL
@@ -235,7 +245,7 @@ func (l *leaser) tick(ctx context.Context) {
 			}
 			continue
 		}
-		if cur.Owner == "" || now.After(cur.Expires) {
+		if cur.Owner == "" || cur.Owner == l.opts.Instance || now.After(cur.Expires) {
 			free = append(free, i)
 			freeRev[i] = rev
 		}

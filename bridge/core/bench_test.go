@@ -150,3 +150,50 @@ func BenchmarkSubscriptionFlood(b *testing.B) {
 		_ = c.XMPPSubscription(context.Background(), reqs[i%len(reqs)])
 	}
 }
+
+// BenchmarkCoreInstances: the same flow as CoreThroughput, with the core
+// shared out over one and over two instances, each with its own
+// connection to one NATS (the embedded server listening on loopback), in
+// one run: 10k linked users, no coalescing, every event routed.
+func BenchmarkCoreInstances(b *testing.B) {
+	for _, n := range []int{1, 2} {
+		b.Run(fmt.Sprintf("instances=%d", n), func(b *testing.B) {
+			url, token, host := sharedNATS(b)
+			users := linkUsers(b, host, 10000)
+			for i := range n {
+				startCoreInstance(b, fmt.Sprintf("core%d", i), url, token, nil, 0, bridge.DefaultLeaseTTL)
+			}
+			// Wait until the partitions are shared out: a round of
+			// presence from everyone comes out.
+			var out atomic.Int64
+			sub, err := host.Conn().Subscribe("pb.v1.out.matrix.presence.*", func(*nats.Msg) { out.Add(1) })
+			if err != nil {
+				b.Fatal(err)
+			}
+			_ = sub.SetPendingLimits(-1, -1)
+			defer sub.Unsubscribe()
+			pub := transport.NewPublisher(host)
+			ctx := context.Background()
+			p := mapping.Presence{State: mapping.StateAway, Status: "lunch"}
+			time.Sleep(2 * bridge.DefaultLeaseTTL / 6 * 3) // a few lease rounds: the share settles
+			for _, u := range users {
+				if err := pub.XMPPPresence(ctx, bridge.XMPPPresence{User: u, Presence: p}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			bustest.WaitFor(b, 2*time.Minute, "a first round out", func() bool { return out.Load() >= int64(len(users)) })
+			out.Store(0)
+			b.ResetTimer()
+			start := time.Now()
+			for i := 0; i < b.N; i++ {
+				if err := pub.XMPPPresence(ctx, bridge.XMPPPresence{User: users[i%len(users)], Presence: p}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			bustest.WaitFor(b, 2*time.Minute, "every event out", func() bool { return out.Load() >= int64(b.N) })
+			elapsed := time.Since(start)
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/elapsed.Seconds(), "events/s")
+		})
+	}
+}

@@ -11,12 +11,50 @@
 //	xmppside ─XMPPObserver→ Publisher ─NATS→ ServeCore ─→ core
 //	core ─MatrixActor→ Publisher ─NATS→ ServeMatrix ─→ matrixside
 //
-// and the same in the other direction. Presence travels on core NATS (it
-// is state: the next value repairs a lost one). Subscriptions, memberships
-// and opt-outs travel through the JetStream control stream and are read
-// with durable consumers, so a command survives a restart of its reader; a
-// call that returns an error is redelivered with exponential back-off, up
-// to nats.max_deliver times, then moved to bridge.DeadLetterStream.
+// and the same in the other direction. Commands to the sides: presence
+// travels on core NATS (it is state: the next value repairs a lost one);
+// subscriptions and memberships through the JetStream control stream,
+// read with durable consumers, so a command survives a restart of its
+// reader; a call that returns an error is redelivered with exponential
+// back-off, up to nats.max_deliver times, then moved to
+// bridge.DeadLetterStream.
+//
+// # The core shared out by user
+//
+// Every report to the core (pb.v1.in.…, presence included) is kept by the
+// work-queue stream bridge.InStream, whose subject transform puts the
+// user's partition in the stored subject with NATS's own mapping function
+// {{partition(n,3)}} over the user token (core.partitions = n, 16 by
+// default). ServeCore runs bridge.Bus.ServePartitions: each core
+// instance holds about n/instances partitions as leases in the KV bucket
+// bridge.BucketPartitions (renewed every lease_ttl/6 with compare-and-set)
+// and reads each one it holds through that partition's durable pull
+// consumer. So every user's reports are handled by exactly one instance at
+// a time, in stream order; an instance over its share (another joined)
+// hands a partition over in good order (it stops, sends and records what
+// is pending, acknowledges, then frees the lease); an instance that dies
+// loses its leases when they expire (6 s), and the taker deletes and
+// recreates the partition's consumer: the dead owner can no longer
+// acknowledge anything, and the new consumer delivers every report not
+// acknowledged, in order. An owner that could not renew for lease_ttl
+// minus a margin stops handling before its lease can expire for others.
+// Presence is acknowledged only once the core recorded it in KV
+// (bridge.PartitionOwner.Sync), so a core dying mid-event loses nothing:
+// the next owner rebuilds the users' state from KV and is delivered the
+// rest again; reports older than the recorded sequence are dropped.
+//
+// Why this and not the other NATS way, partitioned consumer groups
+// (github.com/synadia-io/orbit.go/pcgroups v0.2.2 resolves, and the
+// servers, v2.15.2, have the 2.11 pinned-client consumers it needs): its
+// membership is administrative (a list of member names in a KV config),
+// not instances joining and leaving by themselves; it keeps strict order
+// across a failover only with max_ack_pending 1, far below the core's
+// throughput; and its failover time is tied to the consumers' ack wait.
+// Subject-mapping partitions with one consumer per partition are plain
+// NATS (one stream option), and the leases add what pcgroups' pinning
+// does not give: the fence and the rebuild on taking a partition. On
+// nats-server before 2.10 (no subject transforms) the stream has one
+// partition, and one core instance should run.
 package transport
 
 import (
