@@ -98,6 +98,12 @@ func (b *Bus) ServePartitions(ctx context.Context, opts PartitionOptions, h Part
 	if opts.LeaseTTL <= 0 {
 		opts.LeaseTTL = DefaultLeaseTTL
 	}
+	if err := b.migrateLegacyReports(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
 	kv, err := b.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket: BucketPartitions, History: 1, Storage: jetstream.FileStorage, Replicas: b.replicas,
 	})

@@ -184,3 +184,63 @@ func (b *Bus) CheckPartitions(n int) error {
 	}
 	return nil
 }
+
+// legacyCoreConsumers are the durable consumers of the control stream
+// through which the core read its reports before InStream existed.
+var legacyCoreConsumers = []string{"core-xmpp-subscriptions", "core-matrix-membership", "core-optout"}
+
+// migrateLegacyReports moves the reports a previous version left unread
+// in the control stream to InStream (published again on their original
+// subjects, de-duplicated by event id), then deletes the old consumers.
+// One still holding a report it cannot deliver yet (waiting for a retry)
+// is kept for the next start.
+func (b *Bus) migrateLegacyReports(ctx context.Context) error {
+	for _, name := range legacyCoreConsumers {
+		cons, err := b.js.Consumer(ctx, ControlStream, name)
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("bridge: legacy consumer %s: %w", name, err)
+		}
+		moved := 0
+		for {
+			batch, err := cons.FetchNoWait(100)
+			if err != nil {
+				return fmt.Errorf("bridge: legacy consumer %s: %w", name, err)
+			}
+			n := 0
+			for m := range batch.Messages() {
+				n++
+				ev, err := DecodeEvent(m.Data())
+				if err != nil {
+					_ = m.Term()
+					continue
+				}
+				if _, err := b.js.Publish(ctx, m.Subject(), m.Data(), jetstream.WithMsgID(ev.ID)); err != nil {
+					return fmt.Errorf("bridge: moving a report to %s: %w", InStream, err)
+				}
+				if err := m.DoubleAck(ctx); err != nil {
+					return fmt.Errorf("bridge: legacy consumer %s: %w", name, err)
+				}
+				moved++
+			}
+			if n == 0 {
+				break
+			}
+		}
+		info, err := cons.Info(ctx)
+		if err != nil {
+			return fmt.Errorf("bridge: legacy consumer %s: %w", name, err)
+		}
+		if info.NumPending > 0 || info.NumAckPending > 0 {
+			b.log.Warn("reports of the previous version still waiting for a retry; moved at the next start", "consumer", name, "moved", moved, "waiting", info.NumPending+uint64(info.NumAckPending))
+			continue
+		}
+		if err := b.js.DeleteConsumer(ctx, ControlStream, name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return fmt.Errorf("bridge: legacy consumer %s: %w", name, err)
+		}
+		b.log.Info("reports of the previous version moved to the partitioned stream", "consumer", name, "moved", moved, "stream", InStream)
+	}
+	return nil
+}

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/presence-bridge/presence-bridge/mapping"
 )
 
@@ -81,5 +83,50 @@ func TestPartitionCountMustMatch(t *testing.T) {
 	err := b.ServePartitions(context.Background(), PartitionOptions{}, PartitionHandler{Handle: func(context.Context, *Event) error { return nil }}, nil)
 	if !errors.Is(err, ErrPartitions) {
 		t.Fatalf("ServePartitions with 32 partitions on a 16-partition stream: %v, want ErrPartitions", err)
+	}
+}
+
+// TestLegacyReportsMoved: a report the previous version left in the
+// control stream for its core consumer is moved to InStream on upgrade,
+// and the old consumer goes.
+func TestLegacyReportsMoved(t *testing.T) {
+	b := openTestBus(t, t.TempDir())
+	ctx := context.Background()
+	// The previous version's layout: reports in the control stream, read
+	// by the core's durable consumer.
+	if err := b.js.DeleteStream(ctx, InStream); err != nil {
+		t.Fatal(err)
+	}
+	legacy := jetstream.StreamConfig{Name: ControlStream, Subjects: []string{"pb.v1.*.*.subscription.*"}, Storage: jetstream.FileStorage}
+	if _, err := b.js.UpdateStream(ctx, legacy); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.js.CreateOrUpdateConsumer(ctx, ControlStream, jetstream.ConsumerConfig{Durable: legacyCoreConsumers[0], FilterSubject: SubjectFilter(In, mapping.NetworkXMPP, KindSubscription), AckPolicy: jetstream.AckExplicitPolicy}); err != nil {
+		t.Fatal(err)
+	}
+	ev := &Event{Kind: KindSubscription, Origin: mapping.NetworkXMPP, User: "alice@example.com", Peer: "@bob:example.org", Subscription: &SubscriptionPayload{Type: Subscribe}}
+	if err := b.Publish(ctx, In, ev); err != nil {
+		t.Fatal(err)
+	}
+	// The upgrade.
+	if err := b.ensureStream(ctx, Default()); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.migrateLegacyReports(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s, err := b.js.Stream(ctx, InStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := s.GetLastMsgForSubject(ctx, inRoot+".*.xmpp.subscription.*")
+	if err != nil {
+		t.Fatalf("the report is not in %s: %v", InStream, err)
+	}
+	if got, err := DecodeEvent(m.Data); err != nil || got.ID != ev.ID {
+		t.Fatalf("moved report %q: %v", m.Data, err)
+	}
+	if _, err := b.js.Consumer(ctx, ControlStream, legacyCoreConsumers[0]); !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		t.Fatalf("legacy consumer still there: %v", err)
 	}
 }

@@ -1,4 +1,4 @@
-package core
+package transport
 
 import (
 	"context"
@@ -17,10 +17,15 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/presence-bridge/presence-bridge/bridge"
-	"github.com/presence-bridge/presence-bridge/bridge/transport"
+	"github.com/presence-bridge/presence-bridge/bridge/core"
 	"github.com/presence-bridge/presence-bridge/internal/testenv/bustest"
 	"github.com/presence-bridge/presence-bridge/mapping"
 )
+
+// The Matrix user every XMPP user of these tests is linked with.
+const clusterBob = mapping.UserID("@bob:example.org")
+
+var clusterNS = mapping.Namespace{GhostPrefix: "_xmpp_", HomeserverDomain: "example.org", ComponentDomain: "matrix.example.org"}
 
 // sharedNATS starts the embedded server (nats-server v2.15.2) listening on
 // a loopback port, as one NATS for several core instances, each with its
@@ -83,7 +88,7 @@ func (w appliedBy) PresenceChanged(_ mapping.Network, user string, rec bridge.Pr
 type coreInstance struct {
 	name   string
 	bus    *bridge.Bus
-	core   *Core
+	core   *core.Core
 	cancel context.CancelFunc
 	done   sync.WaitGroup
 }
@@ -101,10 +106,10 @@ func startCoreInstance(t testing.TB, name, url, token string, a *applied, window
 	if err != nil {
 		t.Fatal(err)
 	}
-	pub := transport.NewPublisher(bus)
-	ccfg := Default()
+	pub := NewPublisher(bus)
+	ccfg := core.Default()
 	ccfg.CoalesceWindow = window
-	c, err := New(ccfg, ns, bus.Store(), pub, pub, log)
+	c, err := core.New(ccfg, clusterNS, bus.Store(), pub, pub, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +120,7 @@ func startCoreInstance(t testing.TB, name, url, token string, a *applied, window
 	in := &coreInstance{name: name, bus: bus, core: c, cancel: cancel}
 	in.done.Go(func() { _ = c.Run(ctx) })
 	<-c.Ready()
-	srv := transport.ServeCore(bus, c, c, log, bridge.PartitionOptions{Instance: name, LeaseTTL: ttl})
+	srv := ServeCore(bus, c, c, log, bridge.PartitionOptions{Instance: name, LeaseTTL: ttl})
 	in.done.Go(func() {
 		if err := srv.Run(ctx); err != nil {
 			t.Errorf("%s: transport: %v", name, err)
@@ -150,8 +155,8 @@ func linkUsers(t testing.TB, bus *bridge.Bus, n int) []mapping.BareJID {
 	users := make([]mapping.BareJID, n)
 	for i := range users {
 		users[i] = mapping.BareJID(fmt.Sprintf("user%d@xmpp.example", i))
-		if _, err := bus.Store().Links.Put(context.Background(), bridge.PairKey(bob, string(users[i])), bridge.Link{
-			MatrixUser: bob, XMPPUser: users[i], State: bridge.LinkApproved, UpdatedAt: time.Now().UTC(),
+		if _, err := bus.Store().Links.Put(context.Background(), bridge.PairKey(string(clusterBob), string(users[i])), bridge.Link{
+			MatrixUser: clusterBob, XMPPUser: users[i], State: bridge.LinkApproved, UpdatedAt: time.Now().UTC(),
 		}); err != nil {
 			t.Fatal(err)
 		}
@@ -188,7 +193,7 @@ func ghostsShown(t testing.TB, bus *bridge.Bus) func(user string) string {
 
 // storm publishes rounds of presence for every user, each with the next
 // sequence of a global counter: the status names the sequence.
-func storm(ctx context.Context, pub *transport.Publisher, users []mapping.BareJID, rounds int, seq *atomic.Uint64, final map[string]uint64, mid func(round int)) error {
+func storm(ctx context.Context, pub *Publisher, users []mapping.BareJID, rounds int, seq *atomic.Uint64, final map[string]uint64, mid func(round int)) error {
 	for r := range rounds {
 		if mid != nil {
 			mid(r)
@@ -217,9 +222,9 @@ func TestCoreInstancesShareUsersAndSurviveAKill(t *testing.T) {
 	url, token, host := sharedNATS(t)
 	users := linkUsers(t, host, 200)
 	shown := ghostsShown(t, host)
-	pub := transport.NewPublisher(host)
+	pub := NewPublisher(host)
 	a := newApplied()
-	const ttl = 1500 * time.Millisecond
+	const ttl = 3 * time.Second // renewed every 500ms: a loaded machine must not fence a live instance
 	coreA := startCoreInstance(t, "a", url, token, a, 20*time.Millisecond, ttl)
 	coreB := startCoreInstance(t, "b", url, token, a, 20*time.Millisecond, ttl)
 	ctx := context.Background()
@@ -335,4 +340,51 @@ func TestCoreInstancesShareUsersAndSurviveAKill(t *testing.T) {
 	t.Logf("after the join: c applied presence of %d users, b of %d", len(a.byInst["c"]), len(a.byInst["b"]))
 	_ = coreB
 	_ = coreC
+}
+
+// BenchmarkCoreInstances: the same flow as CoreThroughput, with the core
+// shared out over one and over two instances, each with its own
+// connection to one NATS (the embedded server listening on loopback), in
+// one run: 10k linked users, no coalescing, every event routed.
+func BenchmarkCoreInstances(b *testing.B) {
+	for _, n := range []int{1, 2} {
+		b.Run(fmt.Sprintf("instances=%d", n), func(b *testing.B) {
+			url, token, host := sharedNATS(b)
+			users := linkUsers(b, host, 10000)
+			for i := range n {
+				startCoreInstance(b, fmt.Sprintf("core%d", i), url, token, nil, 0, bridge.DefaultLeaseTTL)
+			}
+			// Wait until the partitions are shared out: a round of
+			// presence from everyone comes out.
+			var out atomic.Int64
+			sub, err := host.Conn().Subscribe("pb.v1.out.matrix.presence.*", func(*nats.Msg) { out.Add(1) })
+			if err != nil {
+				b.Fatal(err)
+			}
+			_ = sub.SetPendingLimits(-1, -1)
+			defer sub.Unsubscribe()
+			pub := NewPublisher(host)
+			ctx := context.Background()
+			p := mapping.Presence{State: mapping.StateAway, Status: "lunch"}
+			time.Sleep(2 * bridge.DefaultLeaseTTL / 6 * 3) // a few lease rounds: the share settles
+			for _, u := range users {
+				if err := pub.XMPPPresence(ctx, bridge.XMPPPresence{User: u, Presence: p}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			bustest.WaitFor(b, 2*time.Minute, "a first round out", func() bool { return out.Load() >= int64(len(users)) })
+			out.Store(0)
+			b.ResetTimer()
+			start := time.Now()
+			for i := 0; i < b.N; i++ {
+				if err := pub.XMPPPresence(ctx, bridge.XMPPPresence{User: users[i%len(users)], Presence: p}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			bustest.WaitFor(b, 2*time.Minute, "every event out", func() bool { return out.Load() >= int64(b.N) })
+			elapsed := time.Since(start)
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/elapsed.Seconds(), "events/s")
+		})
+	}
 }
