@@ -2,11 +2,14 @@ package bridge
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -128,5 +131,78 @@ func TestLegacyReportsMoved(t *testing.T) {
 	}
 	if _, err := b.js.Consumer(ctx, ControlStream, legacyCoreConsumers[0]); !errors.Is(err, jetstream.ErrConsumerNotFound) {
 		t.Fatalf("legacy consumer still there: %v", err)
+	}
+}
+
+// TestLostLeaseStopsTheOwner: an instance whose partition lease another
+// instance took (as after a pause longer than the lease) stops handling
+// that partition's events at its next renewal, without handing anything
+// over, and keeps its other partitions.
+func TestLostLeaseStopsTheOwner(t *testing.T) {
+	b := openTestBus(t, t.TempDir())
+	b.wantPartitions = DefaultPartitions
+	var mu sync.Mutex
+	handled := map[string]int{}
+	lost := map[int]bool{}
+	h := PartitionHandler{
+		Handle: func(_ context.Context, ev *Event) error {
+			mu.Lock()
+			handled[ev.User]++
+			mu.Unlock()
+			return nil
+		},
+		Release: func(_ context.Context, p Partition, handOver bool) {
+			mu.Lock()
+			lost[p.Index] = lost[p.Index] || !handOver
+			mu.Unlock()
+		},
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan struct{})
+	done := make(chan error, 1)
+	const ttl = 1200 * time.Millisecond
+	go func() { done <- b.ServePartitions(ctx, PartitionOptions{Instance: "me", LeaseTTL: ttl}, h, func() { close(ready) }) }()
+	defer func() { cancel(); <-done }()
+	<-ready
+	// Two users in different partitions.
+	var u0, u1 string
+	for i := 0; u0 == "" || u1 == ""; i++ {
+		u := fmt.Sprintf("user%d@example.com", i)
+		switch PartitionOf(DefaultPartitions, u) {
+		case 0:
+			if u0 == "" {
+				u0 = u
+			}
+		case 1:
+			if u1 == "" {
+				u1 = u
+			}
+		}
+	}
+	publish := func(u string) {
+		t.Helper()
+		if err := b.Publish(context.Background(), In, &Event{Kind: KindOptOut, Origin: mapping.NetworkXMPP, User: u, OptOut: &OptOutPayload{Enabled: true}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	count := func(u string) int { mu.Lock(); defer mu.Unlock(); return handled[u] }
+	publish(u0)
+	waitFor(t, 10*time.Second, "partition 0 served", func() bool { return count(u0) == 1 })
+	// Another instance takes partition 0's lease.
+	kv, err := b.js.KeyValue(context.Background(), BucketPartitions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := json.Marshal(lease{Owner: "intruder", Expires: time.Now().Add(time.Hour)})
+	if _, err := kv.Put(context.Background(), leaseKey(0), data); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "partition 0 released as lost", func() bool { mu.Lock(); defer mu.Unlock(); return lost[0] })
+	publish(u0)
+	publish(u1)
+	waitFor(t, 10*time.Second, "partition 1 still served", func() bool { return count(u1) == 1 })
+	time.Sleep(2 * ttl / 6) // a renewal round: partition 0 must stay unserved
+	if n := count(u0); n != 1 {
+		t.Fatalf("partition 0's event handled %d times after its lease was lost, want 1 (before the loss only)", n)
 	}
 }
