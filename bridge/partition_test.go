@@ -161,7 +161,9 @@ func TestLostLeaseStopsTheOwner(t *testing.T) {
 	ready := make(chan struct{})
 	done := make(chan error, 1)
 	const ttl = 1200 * time.Millisecond
-	go func() { done <- b.ServePartitions(ctx, PartitionOptions{Instance: "me", LeaseTTL: ttl}, h, func() { close(ready) }) }()
+	go func() {
+		done <- b.ServePartitions(ctx, PartitionOptions{Instance: "me", LeaseTTL: ttl}, h, func() { close(ready) })
+	}()
 	defer func() { cancel(); <-done }()
 	<-ready
 	// Two users in different partitions.
