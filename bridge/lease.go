@@ -142,6 +142,7 @@ type leaser struct {
 	log    *slog.Logger
 
 	workers map[int]*partitionWorker // the partitions held; only run's goroutine
+	held    int                      // len(workers) when last logged
 }
 
 func (l *leaser) margin() time.Duration { return l.opts.LeaseTTL / 6 }
@@ -280,7 +281,11 @@ func (l *leaser) tick(ctx context.Context) {
 			continue
 		}
 		l.workers[i] = w
-		l.log.Info("core partition taken", "partition", i, "held", len(l.workers), "share", target)
+		l.log.Debug("core partition taken", "partition", i, "held", len(l.workers), "share", target)
+	}
+	if len(l.workers) != l.held {
+		l.held = len(l.workers)
+		l.log.Info("core partitions held", "held", l.held, "of", l.n, "instances", members)
 	}
 }
 
@@ -308,7 +313,7 @@ func (l *leaser) handOver(ctx context.Context, i int) {
 	if _, err := l.cas(cctx, leaseKey(i), lease{}, w.rev); err != nil {
 		l.log.Warn("freeing a core partition lease failed; it expires", "partition", i, "err", err)
 	}
-	l.log.Info("core partition handed over", "partition", i)
+	l.log.Debug("core partition handed over", "partition", i)
 }
 
 func (l *leaser) shutdown() {

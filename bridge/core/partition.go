@@ -100,7 +100,7 @@ func (c *Core) AcquirePartition(ctx context.Context, p bridge.Partition) error {
 	for _, s := range unshown {
 		c.presence.Offer(bridge.PresenceKey(s.net, s.user), s)
 	}
-	c.log.Info("core partition rebuilt", "partition", p.String(), "presence_records", len(records), "shown_again", len(unshown))
+	c.log.Debug("core partition rebuilt", "partition", p.String(), "presence_records", len(records), "shown_again", len(unshown))
 	return nil
 }
 
