@@ -10,8 +10,12 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
+// ErrConflict is returned by [Bucket.PutAt] when the key is not at the
+// revision the caller expected: another writer got there first.
+var ErrConflict = errors.New("bridge: revision conflict")
+
 // errConflict: a compare-and-set lost against another writer.
-var errConflict = errors.New("bridge: revision conflict")
+var errConflict = ErrConflict
 
 // kv is what a [Bucket] needs of a key-value store: JetStream KV in the
 // bridge, a map in tests.

@@ -256,6 +256,30 @@ func (b *Bucket[T]) update(ctx context.Context, key string, fn func(cur T, exist
 	}
 }
 
+// PutAt stores v at key only if key is still at revision rev (0: only if
+// key holds nothing), and returns the new revision; else [ErrConflict].
+// For a single writer that knows the revision it last wrote: a write of
+// a writer that lost its turn fails instead of overwriting.
+func (b *Bucket[T]) PutAt(ctx context.Context, key string, v T, rev uint64) (uint64, error) {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return 0, fmt.Errorf("bridge: %s put %q: %w", b.name, key, err)
+	}
+	var nrev uint64
+	if rev == 0 {
+		nrev, err = b.kv.create(ctx, key, data)
+	} else {
+		nrev, err = b.kv.update(ctx, key, data, rev)
+	}
+	if errors.Is(err, errConflict) {
+		return 0, fmt.Errorf("bridge: %s put %q at revision %d: %w", b.name, key, rev, ErrConflict)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("bridge: %s put %q: %w", b.name, key, err)
+	}
+	return nrev, nil
+}
+
 // UpdateRev is [Bucket.Update] that also returns the revision written (0
 // if nothing was).
 func (b *Bucket[T]) UpdateRev(ctx context.Context, key string, fn func(cur T, exists bool) (next T, write bool, err error)) (T, uint64, error) {

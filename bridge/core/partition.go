@@ -32,9 +32,10 @@ func (c *Core) owns(key string) bool {
 }
 
 // AcquirePartition rebuilds, from KV, what the core keeps in memory of the
-// users of p: their opt-outs and newest sequences; a presence recorded
-// but never shown (the previous instance died before it could) is shown
-// now.
+// users of p: their opt-outs and newest sequences, and the revisions of
+// their presence records, written from then on with compare-and-set (a
+// previous owner that still writes loses); a presence recorded but never
+// shown (the previous instance died before it could) is shown now.
 func (c *Core) AcquirePartition(ctx context.Context, p bridge.Partition) error {
 	select {
 	case <-c.ready:
@@ -57,6 +58,7 @@ func (c *Core) AcquirePartition(ctx context.Context, p bridge.Partition) error {
 		return fmt.Errorf("core: partition %v: listing presence: %w", p, err)
 	}
 	records := map[string]bridge.PresenceRecord{}
+	revs := map[string]uint64{}
 	for _, key := range keys {
 		if !p.HoldsKey(key) {
 			continue
@@ -67,14 +69,14 @@ func (c *Core) AcquirePartition(ctx context.Context, p bridge.Partition) error {
 		if !linked {
 			continue
 		}
-		rec, _, err := c.store.Presence.Get(ctx, key)
+		rec, rev, err := c.store.Presence.Get(ctx, key)
 		if errors.Is(err, bridge.ErrNotFound) {
 			continue
 		}
 		if err != nil {
 			return fmt.Errorf("core: partition %v: reading presence: %w", p, err)
 		}
-		records[key] = rec
+		records[key], revs[key] = rec, rev
 	}
 	var unshown []shown
 	c.mu.Lock()
@@ -89,6 +91,9 @@ func (c *Core) AcquirePartition(ctx context.Context, p bridge.Partition) error {
 		}
 		rec := records[key]
 		pe.optOut, pe.lastSeq, pe.rec = opted[key], rec.Seq, rec
+		// From now on this instance writes their record, with
+		// compare-and-set from the revision it read (0: none).
+		c.persist.Own(key, revs[key])
 		if rec.Seq > rec.ShownSeq && !pe.optOut {
 			net, user, err := bridge.ParsePresenceKey(key)
 			if err == nil {
