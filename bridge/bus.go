@@ -102,6 +102,11 @@ type Bus struct {
 
 	maxDeliver int
 	retryBase  time.Duration // the first back-off step; tests shorten it
+
+	replicas       int
+	partitions     int  // of InStream
+	wantPartitions int  // cfg.Partitions: checked by ServePartitions
+	unpartitioned  bool // InStream has no transform (nats-server < 2.10)
 }
 
 // Open connects to NATS (starting the embedded server if cfg has no URLs),
@@ -113,7 +118,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Bus, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	b := &Bus{log: log, closed: make(chan struct{}), maxDeliver: cfg.MaxDeliver, retryBase: retryBase}
+	b := &Bus{log: log, closed: make(chan struct{}), maxDeliver: cfg.MaxDeliver, retryBase: retryBase, replicas: cfg.Replicas, wantPartitions: cfg.Partitions}
 	opts := []nats.Option{
 		nats.Name("presence-bridge"),
 		nats.MaxReconnects(-1),
@@ -236,9 +241,11 @@ func startEmbedded(cfg EmbeddedConfig) (*server.Server, string, error) {
 }
 
 func (b *Bus) ensureStream(ctx context.Context, cfg Config) error {
+	// Only the commands (out): the reports (in) go to InStream, which
+	// a previous version's control stream also held.
 	var subjects []string
 	for _, k := range []Kind{KindSubscription, KindMembership, KindOptOut} {
-		subjects = append(subjects, subjectRoot+".*.*."+string(k)+".*")
+		subjects = append(subjects, subjectRoot+"."+string(Out)+".*."+string(k)+".*")
 	}
 	_, err := b.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:      ControlStream,
@@ -262,7 +269,7 @@ func (b *Bus) ensureStream(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("bridge: create stream %s: %w", DeadLetterStream, err)
 	}
-	return nil
+	return b.ensureInStream(ctx, cfg)
 }
 
 // Store returns the state buckets.
@@ -361,30 +368,7 @@ func (b *Bus) Consume(ctx context.Context, name, filter string, ready func(), h 
 			_ = m.Term()
 			return
 		}
-		err = h(ctx, ev)
-		switch {
-		case err == nil:
-			health.succeeded()
-			_ = m.Ack()
-		case errors.Is(err, ErrDrop):
-			_ = m.Term()
-		case ctx.Err() != nil:
-			// Stopping: the handler was cut short, which says nothing
-			// about the event. It comes again after the restart.
-			_ = m.Nak()
-		default:
-			var n uint64 = 1
-			if md, merr := m.Metadata(); merr == nil {
-				n = md.NumDelivered
-			}
-			if n >= uint64(b.maxDeliver) {
-				b.deadLetter(ctx, name, m, ev, n, err)
-				return
-			}
-			delay := retryDelay(n, b.retryBase)
-			health.failed(m.Subject(), ev.ID, n, delay, err)
-			_ = m.NakWithDelay(delay)
-		}
+		b.settle(ctx, name, m.Subject(), m, ev, h(ctx, ev), health)
 	})
 	if err != nil {
 		return fmt.Errorf("bridge: consume %s: %w", name, err)
@@ -436,17 +420,17 @@ func (c *consumerHealth) succeeded() {
 // deadLetter moves an event that failed n times to the dead-letter
 // stream and terminates it. If even that fails, the ERROR line carries
 // the event itself, so that it can still be replayed.
-func (b *Bus) deadLetter(ctx context.Context, consumer string, m jetstream.Msg, ev *Event, n uint64, cause error) {
-	subj := DeadLetterSubject(consumer, m.Subject())
+func (b *Bus) deadLetter(ctx context.Context, consumer, subject string, m jetstream.Msg, ev *Event, n uint64, cause error) {
+	subj := DeadLetterSubject(consumer, subject)
 	dl := nats.NewMsg(subj)
 	dl.Data = m.Data()
-	dl.Header.Set(DeadLetterHeaderSubject, m.Subject())
+	dl.Header.Set(DeadLetterHeaderSubject, subject)
 	dl.Header.Set(DeadLetterHeaderConsumer, consumer)
 	dl.Header.Set(DeadLetterHeaderDeliveries, strconv.FormatUint(n, 10))
 	dl.Header.Set(DeadLetterHeaderError, cause.Error())
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	attrs := []any{"consumer", consumer, "subject", m.Subject(), "id", ev.ID, "deliveries", n, "err", cause}
+	attrs := []any{"consumer", consumer, "subject", subject, "id", ev.ID, "deliveries", n, "err", cause}
 	if ack, err := b.js.PublishMsg(pctx, dl, jetstream.WithMsgID(ev.ID+".dead")); err != nil {
 		b.log.Error("control event given up; the dead-letter stream refused it, replay it from this line", append(attrs, "dead_letter_err", err, "event", string(m.Data()))...)
 	} else {

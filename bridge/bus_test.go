@@ -91,7 +91,7 @@ func TestDurableSurvivesRestart(t *testing.T) {
 	b := openTestBus(t, dir)
 	ctx := context.Background()
 	ev := &Event{Kind: KindSubscription, Origin: mapping.NetworkXMPP, User: "alice@example.com", Peer: "@bob:example.org", Subscription: &SubscriptionPayload{Type: Subscribe}}
-	if err := b.Publish(ctx, In, ev); err != nil {
+	if err := b.Publish(ctx, Out, ev); err != nil {
 		t.Fatal(err)
 	}
 	b.Close()
@@ -102,7 +102,7 @@ func TestDurableSurvivesRestart(t *testing.T) {
 	var first atomic.Bool
 	done := make(chan error, 1)
 	go func() {
-		done <- b2.Consume(cctx, "test", SubjectFilter(In, mapping.NetworkXMPP, KindSubscription), nil, func(_ context.Context, got *Event) error {
+		done <- b2.Consume(cctx, "test", SubjectFilter(Out, mapping.NetworkMatrix, KindSubscription), nil, func(_ context.Context, got *Event) error {
 			if got.ID != ev.ID || got.Subscription.Type != Subscribe {
 				t.Errorf("got %+v", got)
 			}
@@ -245,7 +245,7 @@ func consume(t *testing.T, b *Bus, h DurableHandler) {
 	done := make(chan error, 1)
 	ready := make(chan struct{})
 	go func() {
-		done <- b.Consume(ctx, "test", SubjectFilter(In, mapping.NetworkXMPP, KindSubscription), func() { close(ready) }, h)
+		done <- b.Consume(ctx, "test", SubjectFilter(Out, mapping.NetworkMatrix, KindSubscription), func() { close(ready) }, h)
 	}()
 	select {
 	case <-ready:
@@ -275,10 +275,10 @@ func TestDeadLetter(t *testing.T) {
 		return errors.New("homeserver down")
 	})
 	ev := subscribeEvent("alice@example.com")
-	if err := b.Publish(context.Background(), In, ev); err != nil {
+	if err := b.Publish(context.Background(), Out, ev); err != nil {
 		t.Fatal(err)
 	}
-	orig := Subject(In, mapping.NetworkXMPP, KindSubscription, "alice@example.com")
+	orig := Subject(Out, mapping.NetworkMatrix, KindSubscription, "alice@example.com")
 	dead, err := b.js.Stream(context.Background(), DeadLetterStream)
 	if err != nil {
 		t.Fatal(err)
@@ -330,7 +330,7 @@ func TestFailingConsumerLogsStateChanges(t *testing.T) {
 		return nil
 	})
 	for i := range 20 {
-		if err := b.Publish(context.Background(), In, subscribeEvent(fmt.Sprintf("user%d@example.com", i))); err != nil {
+		if err := b.Publish(context.Background(), Out, subscribeEvent(fmt.Sprintf("user%d@example.com", i))); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -386,7 +386,7 @@ func TestShutdownIsNoDeadLetter(t *testing.T) {
 	var calls atomic.Int32
 	second := make(chan struct{})
 	go func() {
-		done <- b.Consume(ctx, "test", SubjectFilter(In, mapping.NetworkXMPP, KindSubscription), nil, func(hctx context.Context, _ *Event) error {
+		done <- b.Consume(ctx, "test", SubjectFilter(Out, mapping.NetworkMatrix, KindSubscription), nil, func(hctx context.Context, _ *Event) error {
 			if calls.Add(1) == 1 {
 				return errors.New("homeserver down")
 			}
@@ -395,7 +395,7 @@ func TestShutdownIsNoDeadLetter(t *testing.T) {
 			return hctx.Err()
 		})
 	}()
-	if err := b.Publish(context.Background(), In, subscribeEvent("alice@example.com")); err != nil {
+	if err := b.Publish(context.Background(), Out, subscribeEvent("alice@example.com")); err != nil {
 		t.Fatal(err)
 	}
 	<-second

@@ -31,6 +31,11 @@ type Config struct {
 	// event before it moves it to the dead-letter stream ([DeadLetterStream]).
 	// The retries back off from 1s to 5m: the default, 300, is about a day.
 	MaxDeliver int `yaml:"max_deliver"`
+	// Partitions of the reports to the core ([InStream]): cmd sets it
+	// from core.partitions. A new stream is made with it (0:
+	// [DefaultPartitions]); a core instance whose number differs from
+	// the stream's refuses to start.
+	Partitions int `yaml:"-"`
 }
 
 // EmbeddedConfig configures the embedded NATS server.

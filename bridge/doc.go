@@ -57,13 +57,21 @@
 //	pb.v1.in.xmpp.presence.alice=40example=2Ecom
 //	pb.v1.out.matrix.presence.alice=40example=2Ecom   (set alice's ghost)
 //
-// Presence goes over core NATS: it is state, the latest value is also kept in
-// the presence bucket, and a lost intermediate value is harmless. Kinds that
-// must not be lost (subscription, membership, optout) are also captured by
-// the JetStream stream [ControlStream] and read with durable consumers
-// ([Bus.Consume]). A consumer whose handler fails retries the event with
-// back-off (1s doubling to 5m); after nats.max_deliver deliveries (about a
-// day by default) it gives up: the event goes, unchanged, to the stream
+// Commands (out) of presence go over core NATS: it is state, and a lost
+// intermediate value is repaired by the next. Commands that must not be
+// lost (subscription, membership) are captured by the JetStream stream
+// [ControlStream] and read with durable consumers ([Bus.Consume]). Every
+// report (in), presence included, is captured by the work-queue stream
+// [InStream], which stores it as
+//
+//	pb.in.<partition>.<network>.<kind>.<user>
+//
+// (partition = NATS's partition(n) mapping of the user token, see
+// [PartitionOf]) and is read by the core instances, one partition each at
+// a time ([Bus.ServePartitions]; the design is in package bridge/transport).
+// A consumer whose handler fails retries the event with back-off (1s
+// doubling to 5m); after nats.max_deliver deliveries (about a day by
+// default) it gives up: the event goes, unchanged, to the stream
 // [DeadLetterStream] on
 //
 //	pb.dead.<consumer>.v1.<dir>.<network>.<kind>.<user>
@@ -75,9 +83,14 @@
 // # Buckets
 //
 // See [Store]. Each bucket has exactly one writing package: presence,
-// links and settings are written by the core; subscriptions and the
-// contacts owed an unavailable (directed) by xmppside;
-// Matrix transaction ids, the ghosts' shown presence and the bot's /sync
-// position by matrixside. Others may read them. Updates use
+// links and settings are written by the core (several core instances:
+// a user's presence and settings by the holder of their partition, links
+// with compare-and-set by whichever instance handles the event, as a link
+// joins two users; the partition leases, [BucketPartitions], by the
+// instances' transports with compare-and-set); subscriptions and the
+// contacts owed an unavailable (directed) by xmppside; Matrix transaction
+// ids, the ghosts' shown presence and the bot's /sync position by
+// matrixside; the federation gateway's rooms by matrixfed. Others may
+// read them. Updates use
 // compare-and-set ([Bucket.Update]) where a read decides the write.
 package bridge

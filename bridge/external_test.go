@@ -114,14 +114,14 @@ func TestExternalClusterMode(t *testing.T) {
 	cctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() {
-		done <- b.Consume(cctx, "ext-test", SubjectFilter(In, mapping.NetworkXMPP, KindSubscription), nil, func(_ context.Context, ev *Event) error {
+		done <- b.Consume(cctx, "ext-test", SubjectFilter(Out, mapping.NetworkMatrix, KindSubscription), nil, func(_ context.Context, ev *Event) error {
 			if ev.Peer == "@bob:example.org" {
 				got.Add(1)
 			}
 			return nil
 		})
 	}()
-	if err := a.Publish(ctx, In, &Event{Kind: KindSubscription, Origin: mapping.NetworkXMPP, User: "alice@example.com", Peer: "@bob:example.org", Subscription: &SubscriptionPayload{Type: Subscribe}}); err != nil {
+	if err := a.Publish(ctx, Out, &Event{Kind: KindSubscription, Origin: mapping.NetworkXMPP, User: "alice@example.com", Peer: "@bob:example.org", Subscription: &SubscriptionPayload{Type: Subscribe}}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 20*time.Second, "durable event across the cluster", func() bool { return got.Load() == 1 })

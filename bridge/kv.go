@@ -11,8 +11,12 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
+// ErrConflict is returned by [Bucket.PutAt] when the key is not at the
+// revision the caller expected: another writer got there first.
+var ErrConflict = errors.New("bridge: revision conflict")
+
 // errConflict: a compare-and-set lost against another writer.
-var errConflict = errors.New("bridge: revision conflict")
+var errConflict = ErrConflict
 
 // kv is what a [Bucket] needs of a key-value store: JetStream KV in the
 // bridge, a map in tests.
@@ -23,6 +27,42 @@ type kv interface {
 	update(ctx context.Context, key string, data []byte, rev uint64) (uint64, error) // errConflict if rev is not current
 	delete(ctx context.Context, key string) error
 	keys(ctx context.Context) ([]string, error)
+	// watch calls fn for every change after it started (data nil: a
+	// deletion) until ctx ends; errWatchUnsupported for memKV.
+	watch(ctx context.Context, fn func(key string, data []byte, rev uint64)) error
+}
+
+// ErrWatchUnsupported is returned by [Bucket.Watch] on a memory store.
+var ErrWatchUnsupported = errors.New("bridge: this store cannot be watched")
+
+func (j jsKV) watch(ctx context.Context, fn func(key string, data []byte, rev uint64)) error {
+	w, err := j.kv.WatchAll(ctx, jetstream.UpdatesOnly())
+	if err != nil {
+		return err
+	}
+	defer func() { _ = w.Stop() }()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case e, ok := <-w.Updates():
+			if !ok {
+				return nil
+			}
+			if e == nil {
+				continue
+			}
+			if e.Operation() == jetstream.KeyValuePut {
+				fn(e.Key(), e.Value(), e.Revision())
+			} else {
+				fn(e.Key(), nil, e.Revision())
+			}
+		}
+	}
+}
+
+func (m *memKV) watch(context.Context, func(string, []byte, uint64)) error {
+	return ErrWatchUnsupported
 }
 
 type jsKV struct{ kv jetstream.KeyValue }

@@ -252,3 +252,21 @@ func (m *Membership) UnmarshalText(b []byte) error {
 	*m = v
 	return nil
 }
+
+// PartitionOwner is implemented by an observer that keeps state per user
+// in memory (the core) when the reports are shared out by user among
+// several instances: each instance holds some partitions of the users
+// ([Partition]), and only the holder of a user's partition is told of
+// them and writes their state. The transport calls it; it is optional.
+type PartitionOwner interface {
+	// AcquirePartition is called when this instance takes p, before p's
+	// first report: rebuild what is kept in memory of p's users from KV.
+	AcquirePartition(ctx context.Context, p Partition) error
+	// ReleasePartition is called after p's last report here. handOver:
+	// p goes to another instance in good order, so send and record what
+	// is pending for p's users; else the partition was lost, and nothing
+	// more may be sent or written for them.
+	ReleasePartition(ctx context.Context, p Partition, handOver bool)
+	// Sync returns once every report handled so far is recorded in KV.
+	Sync(ctx context.Context) error
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -38,6 +39,10 @@ type PresenceRecord struct {
 	Presence  mapping.Presence `json:"presence"`
 	Seq       uint64           `json:"seq"`
 	UpdatedAt time.Time        `json:"updated_at"`
+	// ShownSeq is the Seq of the last presence handed to the other side:
+	// a core instance that takes the user over shows the record again if
+	// it is newer (the previous instance died before showing it).
+	ShownSeq uint64 `json:"shown_seq,omitempty"`
 }
 
 // Subscription is the RFC 6121 subscription state between a puppet and an
@@ -156,6 +161,20 @@ func PresenceKey(net mapping.Network, user string) string {
 	return net.String() + "." + EncodeToken(user)
 }
 
+// ParsePresenceKey is the inverse of [PresenceKey].
+func ParsePresenceKey(key string) (mapping.Network, string, error) {
+	net, tok, ok := strings.Cut(key, ".")
+	if !ok {
+		return 0, "", fmt.Errorf("%w: presence key %q", ErrBadToken, key)
+	}
+	n, err := mapping.ParseNetwork(net)
+	if err != nil {
+		return 0, "", err
+	}
+	user, err := DecodeToken(tok)
+	return n, user, err
+}
+
 // PairKey is the key of a (Matrix user, XMPP user) pair.
 func PairKey(matrixUser, xmppUser string) string {
 	return EncodeToken(matrixUser) + "." + EncodeToken(xmppUser)
@@ -262,6 +281,10 @@ func (b *Bucket[T]) Put(ctx context.Context, key string, v T) (uint64, error) {
 // retrying fn when another writer got there first. It returns the value
 // that is stored afterwards.
 func (b *Bucket[T]) Update(ctx context.Context, key string, fn func(cur T, exists bool) (next T, write bool, err error)) (T, error) {
+	return b.update(ctx, key, fn, nil)
+}
+
+func (b *Bucket[T]) update(ctx context.Context, key string, fn func(cur T, exists bool) (next T, write bool, err error), written *uint64) (T, error) {
 	for attempt := 0; ; attempt++ {
 		cur, rev, err := b.Get(ctx, key)
 		exists := err == nil
@@ -276,12 +299,16 @@ func (b *Bucket[T]) Update(ctx context.Context, key string, fn func(cur T, exist
 		if err != nil {
 			return cur, fmt.Errorf("bridge: %s update %q: %w", b.name, key, err)
 		}
+		var nrev uint64
 		if exists {
-			_, err = b.kv.update(ctx, key, data, rev)
+			nrev, err = b.kv.update(ctx, key, data, rev)
 		} else {
-			_, err = b.kv.create(ctx, key, data)
+			nrev, err = b.kv.create(ctx, key, data)
 		}
 		if err == nil {
+			if written != nil {
+				*written = nrev
+			}
 			return next, nil
 		}
 		if !errors.Is(err, errConflict) {
@@ -294,6 +321,55 @@ func (b *Bucket[T]) Update(ctx context.Context, key string, fn func(cur T, exist
 			return cur, ctx.Err()
 		}
 	}
+}
+
+// PutAt stores v at key only if key is still at revision rev (0: only if
+// key holds nothing), and returns the new revision; else [ErrConflict].
+// For a single writer that knows the revision it last wrote: a write of
+// a writer that lost its turn fails instead of overwriting.
+func (b *Bucket[T]) PutAt(ctx context.Context, key string, v T, rev uint64) (uint64, error) {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return 0, fmt.Errorf("bridge: %s put %q: %w", b.name, key, err)
+	}
+	var nrev uint64
+	if rev == 0 {
+		nrev, err = b.kv.create(ctx, key, data)
+	} else {
+		nrev, err = b.kv.update(ctx, key, data, rev)
+	}
+	if errors.Is(err, errConflict) {
+		return 0, fmt.Errorf("bridge: %s put %q at revision %d: %w", b.name, key, rev, ErrConflict)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("bridge: %s put %q: %w", b.name, key, err)
+	}
+	return nrev, nil
+}
+
+// UpdateRev is [Bucket.Update] that also returns the revision written (0
+// if nothing was).
+func (b *Bucket[T]) UpdateRev(ctx context.Context, key string, fn func(cur T, exists bool) (next T, write bool, err error)) (T, uint64, error) {
+	var rev uint64
+	v, err := b.update(ctx, key, fn, &rev)
+	return v, rev, err
+}
+
+// Watch calls fn, from one goroutine, for every change of the bucket
+// after it started (deleted: v is zero) until ctx ends. A memory store
+// returns [ErrWatchUnsupported].
+func (b *Bucket[T]) Watch(ctx context.Context, fn func(key string, v T, rev uint64, deleted bool)) error {
+	return b.kv.watch(ctx, func(key string, data []byte, rev uint64) {
+		var v T
+		if data == nil {
+			fn(key, v, rev, true)
+			return
+		}
+		if err := json.Unmarshal(data, &v); err != nil {
+			return // not ours to judge: Get reports it
+		}
+		fn(key, v, rev, false)
+	})
 }
 
 // Delete removes key.

@@ -114,6 +114,37 @@ func (c *coalescer[T]) Forget(key string) {
 	}
 }
 
+// FlushKeys emits what is pending for keys now and forgets them.
+func (c *coalescer[T]) FlushKeys(keys []string) {
+	type kv struct {
+		k string
+		v T
+	}
+	var out []kv
+	c.mu.Lock()
+	for _, k := range keys {
+		s := c.slots[k]
+		if s == nil {
+			continue
+		}
+		if s.timer != nil {
+			s.timer.Stop()
+		}
+		if s.pending {
+			out = append(out, kv{k, s.value})
+		}
+		delete(c.slots, k)
+	}
+	if !c.stopped {
+		c.inflight.Add(1)
+		defer c.inflight.Done()
+	}
+	c.mu.Unlock()
+	for _, e := range out {
+		c.emit(e.k, e.v)
+	}
+}
+
 // size is the number of keys held, for tests of bounded memory.
 func (c *coalescer[T]) size() int {
 	c.mu.Lock()

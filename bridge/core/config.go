@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/presence-bridge/presence-bridge/bridge"
 )
 
 // Policy is how subscription requests from XMPP users are answered.
@@ -42,6 +44,10 @@ type Config struct {
 	// Limits are the budgets of requests from XMPP that would create state
 	// and Matrix-side effects.
 	Limits Limits `yaml:"limits"`
+	// Partitions: the users are shared out among the core instances in
+	// this many partitions (bridge.InStream). Every instance must use the
+	// same number: the stream is made with the first one's.
+	Partitions int `yaml:"partitions"`
 }
 
 // Limits bound how fast XMPP users can make the bridge ask Matrix users:
@@ -76,7 +82,7 @@ type Budget struct {
 
 // Default returns the defaults documented in config.yaml.
 func Default() Config {
-	return Config{CoalesceWindow: 250 * time.Millisecond, Policy: PolicyAsk, Limits: DefaultLimits()}
+	return Config{CoalesceWindow: 250 * time.Millisecond, Policy: PolicyAsk, Limits: DefaultLimits(), Partitions: bridge.DefaultPartitions}
 }
 
 // DefaultLimits are budgets a person never notices (a few requests at
@@ -95,6 +101,9 @@ func (c Config) Validate() error {
 	var errs []error
 	if c.CoalesceWindow < 0 || c.CoalesceWindow > time.Minute {
 		errs = append(errs, fmt.Errorf("coalesce_window: %v: must be between 0 and 1m", c.CoalesceWindow))
+	}
+	if c.Partitions < 1 || c.Partitions > bridge.MaxPartitions {
+		errs = append(errs, fmt.Errorf("partitions: %d: must be between 1 and %d", c.Partitions, bridge.MaxPartitions))
 	}
 	switch c.Policy {
 	case PolicyAsk, PolicyAccept, PolicyReject:

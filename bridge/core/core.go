@@ -29,8 +29,13 @@ type Core struct {
 	// so that nobody is shown after their last link ended.
 	mu     sync.Mutex
 	people map[string]*person // per PresenceKey: only people with a live link
+	// owned: the partitions whose users this instance owns (nil: all);
+	// partitions: their count. See partition.go.
+	owned      map[int]bool
+	partitions int
 	// linkMu serializes the core's link writes with the index above.
 	linkMu sync.Mutex
+	links  map[string]linkSeen // per PairKey: the revision the index reflects
 
 	presence *coalescer[shown]
 	persist  *persister
@@ -62,6 +67,7 @@ type shown struct {
 	p      mapping.Presence
 	notice bool
 	at     time.Time
+	seq    uint64 // of the report shown; 0 for one the core made up
 }
 
 // refusalLogEvery bounds the log lines about refused requests: one per
@@ -85,7 +91,7 @@ func New(cfg Config, ns mapping.Namespace, store *bridge.Store, xmpp bridge.XMPP
 		log = slog.New(slog.DiscardHandler)
 	}
 	c := &Core{cfg: cfg, ns: ns, store: store, xmpp: xmpp, matrix: matrix, log: log, clock: time.Now,
-		people: make(map[string]*person), ready: make(chan struct{}),
+		people: make(map[string]*person), links: make(map[string]linkSeen), ready: make(chan struct{}),
 		limits: newLimiter(cfg.Limits, ns.ComponentDomain), matrixLimits: newMatrixLimiter(cfg.Limits, ns.HomeserverDomain), logLimit: logLimiter{every: refusalLogEvery}}
 	c.persist = newPersister(store, log)
 	c.presence = newCoalescer(cfg.CoalesceWindow, c.show)
@@ -113,6 +119,12 @@ func (c *Core) show(key string, s shown) {
 	}
 	if err != nil {
 		c.log.Error("handing presence to the other side failed", "network", s.net, "err", err)
+		return
+	}
+	if s.seq != 0 && s.seq == pe.rec.Seq && c.owns(key) {
+		// Shown: an instance taking this user over need not show it again.
+		pe.rec.ShownSeq = s.seq
+		c.persist.Put(key, pe.rec)
 	}
 }
 
@@ -126,6 +138,11 @@ func (c *Core) Run(ctx context.Context) error {
 	persistCtx, stopPersist := context.WithCancel(context.WithoutCancel(ctx))
 	persistDone := make(chan struct{})
 	go func() { c.persist.Run(persistCtx); close(persistDone) }()
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	watchDone := make(chan struct{})
+	go func() { c.watchLinks(watchCtx); close(watchDone) }()
+	defer func() { <-watchDone }()
 	close(c.ready)
 	c.log.Info("core running", "coalesce_window", c.cfg.CoalesceWindow, "policy", c.cfg.Policy, "invite_local_only", c.cfg.InviteLocalOnly)
 	<-ctx.Done()
@@ -226,13 +243,17 @@ func (c *Core) onPresence(net mapping.Network, user string, st bridge.Stamp, p m
 	// Under c.mu: a record put after the person was forgotten would
 	// outlive them.
 	rec := bridge.PresenceRecord{Presence: p, Seq: st.Seq, UpdatedAt: st.ObservedAt}
+	if optOut {
+		rec.ShownSeq = st.Seq // not to be shown, now or by a later owner
+	}
+	pe.rec = rec
 	c.persist.Put(key, rec)
 	c.mu.Unlock()
 	c.watch(net, user, rec, optOut)
 	if optOut {
 		return
 	}
-	c.presence.Offer(key, shown{net: net, user: user, p: p, at: st.ObservedAt})
+	c.presence.Offer(key, shown{net: net, user: user, p: p, at: st.ObservedAt, seq: st.Seq})
 }
 
 // XMPPOptOut records an XMPP user's choice and makes Matrix see it.

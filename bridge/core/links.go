@@ -15,9 +15,10 @@ import (
 // presence of a person without a link is neither kept nor shown, so
 // nothing a stranger sends grows the core's memory or state.
 type person struct {
-	asked, approved int    // their links in each state
-	lastSeq         uint64 // newest presence sequence seen
-	optOut          bool   // a copy of their settings: the core writes them
+	asked, approved int                   // their links in each state
+	lastSeq         uint64                // newest presence sequence seen
+	rec             bridge.PresenceRecord // the newest record, as written
+	optOut          bool                  // a copy of their settings: the core writes them
 }
 
 // live reports whether a link in state s lets presence through.
@@ -62,9 +63,7 @@ func (c *Core) writeLink(ctx context.Context, p pair, change func(*bridge.Link))
 	if err != nil {
 		return [2]bool{}, err
 	}
-	var before bridge.LinkState
-	next, err := c.store.Links.Update(ctx, p.key(), func(cur bridge.Link, _ bool) (bridge.Link, bool, error) {
-		before = cur.State
+	next, rev, err := c.store.Links.UpdateRev(ctx, p.key(), func(cur bridge.Link, _ bool) (bridge.Link, bool, error) {
 		cur.MatrixUser, cur.XMPPUser = p.mxid, p.jid
 		change(&cur)
 		cur.UpdatedAt = now()
@@ -73,7 +72,7 @@ func (c *Core) writeLink(ctx context.Context, p pair, change func(*bridge.Link))
 	if err != nil {
 		return [2]bool{}, err
 	}
-	return c.index(p, before, next.State, optOut), nil
+	return c.applyLink(p.key(), p, next.State, rev, optOut), nil
 }
 
 // requestPresenceTimeout bounds asking the Matrix side for a presence.
@@ -99,7 +98,7 @@ func (c *Core) deleteLink(ctx context.Context, p pair) func() error {
 	return func() error {
 		c.linkMu.Lock()
 		defer c.linkMu.Unlock()
-		cur, _, err := c.store.Links.Get(ctx, p.key())
+		_, rev, err := c.store.Links.Get(ctx, p.key())
 		if errors.Is(err, bridge.ErrNotFound) {
 			return nil
 		}
@@ -109,7 +108,9 @@ func (c *Core) deleteLink(ctx context.Context, p pair) func() error {
 		if err := c.store.Links.Delete(ctx, p.key()); err != nil {
 			return err
 		}
-		c.index(p, cur.State, "", [2]bool{})
+		// The deletion's own revision is later than rev: a watched
+		// revision up to rev is older, the deletion itself a no-op.
+		c.applyLink(p.key(), p, "", rev+1, [2]bool{})
 		return nil
 	}
 }
@@ -178,7 +179,9 @@ func (c *Core) index(p pair, before, after bridge.LinkState, optOut [2]bool) (ad
 // forget drops everything the core keeps of a person. c.mu is held.
 func (c *Core) forget(key string) {
 	delete(c.people, key)
-	c.persist.Delete(key)
+	if c.owns(key) {
+		c.persist.Delete(key)
+	}
 	c.presence.Forget(key)
 }
 
@@ -200,19 +203,29 @@ func (c *Core) approvedLinks(jid mapping.BareJID) int {
 func (c *Core) loadLinks(ctx context.Context) error {
 	var stale []string
 	cutoff := now().Add(-endedLinkTTL)
-	err := c.store.Links.Range(ctx, func(key string, l bridge.Link) error {
-		p := pair{l.MatrixUser, l.XMPPUser}
-		switch {
-		case live(l.State) && p.key() == key:
-			c.index(p, "", l.State, [2]bool{})
-		case !live(l.State) && l.UpdatedAt.Before(cutoff):
-			stale = append(stale, key)
-		}
-		return nil
-	})
+	linkKeys, err := c.store.Links.Keys(ctx)
 	if err != nil {
 		return fmt.Errorf("core: loading links: %w", err)
 	}
+	c.linkMu.Lock()
+	for _, key := range linkKeys {
+		l, rev, err := c.store.Links.Get(ctx, key)
+		if errors.Is(err, bridge.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			c.linkMu.Unlock()
+			return fmt.Errorf("core: loading links: %w", err)
+		}
+		p := pair{l.MatrixUser, l.XMPPUser}
+		switch {
+		case live(l.State) && p.key() == key:
+			c.applyLink(key, p, l.State, rev, [2]bool{})
+		case !live(l.State) && l.UpdatedAt.Before(cutoff):
+			stale = append(stale, key)
+		}
+	}
+	c.linkMu.Unlock()
 	for _, key := range stale {
 		if err := c.store.Links.Delete(ctx, key); err != nil {
 			return fmt.Errorf("core: deleting ended links: %w", err)

@@ -2,6 +2,7 @@ package core
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"sync"
 
@@ -23,6 +24,10 @@ type persister struct {
 	dirty   map[string]write
 	writing map[string]write // the batch being written
 	kick    chan struct{}
+	revs    map[string]uint64 // revision of each key this owner last read or wrote (0: absent)
+	queued  uint64            // writes queued so far
+	written uint64            // of them, recorded (or superseded) so far
+	flushed chan struct{}     // closed after each flush, then replaced
 }
 
 // write is a record to put, or a deletion.
@@ -32,7 +37,7 @@ type write struct {
 }
 
 func newPersister(store *bridge.Store, log *slog.Logger) *persister {
-	return &persister{store: store, log: log, dirty: make(map[string]write), kick: make(chan struct{}, 1)}
+	return &persister{store: store, log: log, dirty: make(map[string]write), revs: make(map[string]uint64), kick: make(chan struct{}, 1), flushed: make(chan struct{})}
 }
 
 // Put marks rec as the latest record of key.
@@ -44,11 +49,97 @@ func (p *persister) Delete(key string) { p.queue(key, write{delete: true}) }
 func (p *persister) queue(key string, w write) {
 	p.mu.Lock()
 	p.dirty[key] = w
+	p.queued++
 	p.mu.Unlock()
+	p.poke()
+}
+
+func (p *persister) poke() {
 	select {
 	case p.kick <- struct{}{}:
 	default:
 	}
+}
+
+// Sync returns once every write queued before it is recorded, or ctx
+// ends.
+func (p *persister) Sync(ctx context.Context) error {
+	p.mu.Lock()
+	target := p.queued
+	for p.written < target {
+		ch := p.flushed
+		p.mu.Unlock()
+		p.poke()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		p.mu.Lock()
+	}
+	p.mu.Unlock()
+	return nil
+}
+
+// Drop forgets what is queued for the keys drop selects, and their
+// revisions: their state has another writer now.
+func (p *persister) Drop(drop func(key string) bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for k := range p.dirty {
+		if drop(k) {
+			delete(p.dirty, k)
+		}
+	}
+	for k := range p.revs {
+		if drop(k) {
+			delete(p.revs, k)
+		}
+	}
+}
+
+// Own records the revision of key as read by a new owner (0: absent):
+// from then on its writes are compare-and-set, so that a write of an
+// owner that lost the key in the meantime fails instead of overwriting.
+func (p *persister) Own(key string, rev uint64) {
+	p.mu.Lock()
+	p.revs[key] = rev
+	p.mu.Unlock()
+}
+
+// put writes rec at key: compare-and-set at the known revision, else a
+// plain put (one instance, or a key not read yet). A conflict means
+// another instance wrote the key: the record with the newer sequence
+// stays.
+func (p *persister) put(ctx context.Context, key string, rec bridge.PresenceRecord) error {
+	p.mu.Lock()
+	rev, known := p.revs[key]
+	p.mu.Unlock()
+	var nrev uint64
+	var err error
+	if !known {
+		nrev, err = p.store.Presence.Put(ctx, key, rec)
+	} else if nrev, err = p.store.Presence.PutAt(ctx, key, rec, rev); errors.Is(err, bridge.ErrConflict) {
+		cur, crev, gerr := p.store.Presence.Get(ctx, key)
+		if gerr != nil && !errors.Is(gerr, bridge.ErrNotFound) {
+			return gerr
+		}
+		if gerr == nil && cur.Seq > rec.Seq {
+			p.log.Warn("presence record written by another core instance with a newer sequence; kept")
+			nrev, err = crev, nil
+		} else {
+			nrev, err = p.store.Presence.PutAt(ctx, key, rec, crev)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	if _, still := p.revs[key]; still || !known {
+		p.revs[key] = nrev
+	}
+	p.mu.Unlock()
+	return nil
 }
 
 // pending returns the record of key not yet written, if any, or whether
@@ -79,24 +170,60 @@ func (p *persister) Run(ctx context.Context) {
 	}
 }
 
+// flushWorkers write a batch in parallel: each write is a round trip to
+// JetStream, and a batch holds one write per user changed meanwhile.
+const flushWorkers = 8
+
 func (p *persister) flush(ctx context.Context) {
 	p.mu.Lock()
 	batch := p.dirty
+	target := p.queued
 	p.dirty = make(map[string]write, len(batch))
 	p.writing = batch
 	p.mu.Unlock()
-	for key, w := range batch {
-		var err error
-		if w.delete {
-			err = p.store.Presence.Delete(ctx, key)
-		} else {
-			_, err = p.store.Presence.Put(ctx, key, w.rec)
-		}
-		if err != nil {
-			p.log.Error("store presence failed", "delete", w.delete, "err", err)
-		}
+	keys := make(chan string)
+	var failed sync.Map
+	var wg sync.WaitGroup
+	for range min(flushWorkers, max(1, len(batch)/16)) {
+		wg.Go(func() {
+			for key := range keys {
+				w := batch[key]
+				var err error
+				if w.delete {
+					if err = p.store.Presence.Delete(ctx, key); err == nil {
+						p.mu.Lock()
+						delete(p.revs, key) // the person is forgotten
+						p.mu.Unlock()
+					}
+				} else {
+					err = p.put(ctx, key, w.rec)
+				}
+				if err != nil {
+					failed.Store(key, w)
+					p.log.Error("store presence failed", "delete", w.delete, "err", err)
+				}
+			}
+		})
 	}
+	for key := range batch {
+		keys <- key
+	}
+	close(keys)
+	wg.Wait()
 	p.mu.Lock()
 	p.writing = nil
+	ok := true
+	failed.Range(func(k, w any) bool {
+		ok = false
+		if _, newer := p.dirty[k.(string)]; !newer && ctx.Err() == nil {
+			p.dirty[k.(string)] = w.(write) // tried again at the next flush
+		}
+		return true
+	})
+	if ok {
+		p.written = max(p.written, target)
+	}
+	close(p.flushed)
+	p.flushed = make(chan struct{})
 	p.mu.Unlock()
 }

@@ -11,16 +11,56 @@
 //	xmppside ─XMPPObserver→ Publisher ─NATS→ ServeCore ─→ core
 //	core ─MatrixActor→ Publisher ─NATS→ ServeMatrix ─→ matrixside
 //
-// and the same in the other direction. Presence travels on core NATS (it
-// is state: the next value repairs a lost one). Subscriptions, memberships
-// and opt-outs travel through the JetStream control stream and are read
-// with durable consumers, so a command survives a restart of its reader; a
-// call that returns an error is redelivered with exponential back-off, up
-// to nats.max_deliver times, then moved to bridge.DeadLetterStream.
+// and the same in the other direction. Commands to the sides: presence
+// travels on core NATS (it is state: the next value repairs a lost one);
+// subscriptions and memberships through the JetStream control stream,
+// read with durable consumers, so a command survives a restart of its
+// reader; a call that returns an error is redelivered with exponential
+// back-off, up to nats.max_deliver times, then moved to
+// bridge.DeadLetterStream.
+//
+// # The core shared out by user
+//
+// Every report to the core (pb.v1.in.…, presence included) is kept by the
+// work-queue stream bridge.InStream, whose subject transform puts the
+// user's partition in the stored subject with NATS's own mapping function
+// {{partition(n,3)}} over the user token (core.partitions = n, 16 by
+// default). ServeCore runs bridge.Bus.ServePartitions: each core
+// instance holds about n/instances partitions as leases in the KV bucket
+// bridge.BucketPartitions (renewed every lease_ttl/6 with compare-and-set)
+// and reads each one it holds through that partition's durable pull
+// consumer. So every user's reports are handled by exactly one instance at
+// a time, in stream order; an instance over its share (another joined)
+// hands a partition over in good order (it stops, sends and records what
+// is pending, acknowledges, then frees the lease); an instance that dies
+// loses its leases when they expire (6 s), and the taker deletes and
+// recreates the partition's consumer: the dead owner can no longer
+// acknowledge anything, and the new consumer delivers every report not
+// acknowledged, in order. An owner that could not renew for lease_ttl
+// minus a margin stops handling before its lease can expire for others.
+// Presence is acknowledged only once the core recorded it in KV
+// (bridge.PartitionOwner.Sync), so a core dying mid-event loses nothing:
+// the next owner rebuilds the users' state from KV and is delivered the
+// rest again; reports older than the recorded sequence are dropped.
+//
+// Why this and not the other NATS way, partitioned consumer groups
+// (github.com/synadia-io/orbit.go/pcgroups v0.2.2 resolves, and the
+// servers, v2.15.2, have the 2.11 pinned-client consumers it needs): its
+// membership is administrative (a list of member names in a KV config),
+// not instances joining and leaving by themselves; it keeps strict order
+// across a failover only with max_ack_pending 1, far below the core's
+// throughput; and its failover time is tied to the consumers' ack wait.
+// Subject-mapping partitions with one consumer per partition are plain
+// NATS (one stream option), and the leases add what pcgroups' pinning
+// does not give: the fence and the rebuild on taking a partition. On
+// nats-server before 2.10 (no subject transforms) the stream has one
+// partition, and one core instance should run.
 package transport
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 
 	"github.com/presence-bridge/presence-bridge/bridge"
@@ -29,12 +69,11 @@ import (
 
 // The durable consumers. Their names are kept across versions: a consumer
 // resumes where the previous process stopped.
+// The core's reports are read by one consumer per partition
+// (bridge.PartitionConsumer).
 const (
-	ConsumerCoreSubscriptions = "core-xmpp-subscriptions"
-	ConsumerCoreMembership    = "core-matrix-membership"
-	ConsumerCoreOptOut        = "core-optout"
-	ConsumerXMPP              = "xmppside-subscriptions"
-	ConsumerMatrix            = "matrixside-membership"
+	ConsumerXMPP   = "xmppside-subscriptions"
+	ConsumerMatrix = "matrixside-membership"
 )
 
 // Publisher implements the four ports by publishing on the bus.
@@ -127,64 +166,102 @@ func stampOf(ev *bridge.Event) bridge.Stamp {
 }
 
 // ServeCore returns the server that delivers what the sides report to the
-// core's two observers.
-func ServeCore(bus *bridge.Bus, x bridge.XMPPObserver, m bridge.MatrixObserver, log *slog.Logger) *Server {
+// core's two observers. Reports are read from bridge.InStream, shared out
+// by user among the core instances (see the package doc); if x implements
+// [bridge.PartitionOwner] it is told which partitions it holds, and a
+// presence is acknowledged only once the owner recorded it.
+func ServeCore(bus *bridge.Bus, x bridge.XMPPObserver, m bridge.MatrixObserver, log *slog.Logger, opts ...bridge.PartitionOptions) *Server {
 	s := newServer(bus, log)
-	// The addresses in reports are validated here, where they enter the
-	// core; the core trusts the typed values.
-	s.presence(bridge.In, mapping.NetworkUnknown, func(ctx context.Context, ev *bridge.Event) error {
-		switch ev.Origin {
-		case mapping.NetworkXMPP:
-			jid, err := mapping.NewBareJID(ev.User)
-			if err != nil {
-				return err
+	var o bridge.PartitionOptions
+	if len(opts) > 0 {
+		o = opts[0]
+	}
+	h := bridge.PartitionHandler{Handle: coreHandler(x, m, s.log)}
+	if owner, ok := x.(bridge.PartitionOwner); ok {
+		h.Acquire, h.Release, h.Sync = owner.AcquirePartition, owner.ReleasePartition, owner.Sync
+	}
+	s.parts = append(s.parts, func(ctx context.Context, ready func()) error {
+		return bus.ServePartitions(ctx, o, h, ready)
+	})
+	return s
+}
+
+// coreHandler delivers one report to the observer of its network. The
+// addresses in reports are validated here, where they enter the core; the
+// core trusts the typed values.
+func coreHandler(x bridge.XMPPObserver, m bridge.MatrixObserver, log *slog.Logger) bridge.DurableHandler {
+	handle := func(ctx context.Context, ev *bridge.Event) error {
+		switch ev.Kind {
+		case bridge.KindPresence:
+			if ev.Presence == nil {
+				return permanent(errors.New("transport: presence without payload"))
 			}
-			return x.XMPPPresence(ctx, bridge.XMPPPresence{Stamp: stampOf(ev), User: jid, Presence: *ev.Presence})
-		default:
+			if ev.Origin == mapping.NetworkXMPP {
+				jid, err := mapping.NewBareJID(ev.User)
+				if err != nil {
+					return err
+				}
+				return x.XMPPPresence(ctx, bridge.XMPPPresence{Stamp: stampOf(ev), User: jid, Presence: *ev.Presence})
+			}
 			mxid, err := mapping.NewUserID(ev.User)
 			if err != nil {
 				return err
 			}
 			return m.MatrixPresence(ctx, bridge.MatrixPresence{Stamp: stampOf(ev), User: mxid, Presence: *ev.Presence})
-		}
-	})
-	s.durable(ConsumerCoreSubscriptions, bridge.In, mapping.NetworkXMPP, bridge.KindSubscription, func(ctx context.Context, ev *bridge.Event) error {
-		jid, mxid, err := pairOf(ev.User, ev.Peer)
-		if err != nil {
-			return err
-		}
-		return x.XMPPSubscription(ctx, bridge.XMPPSubscription{Stamp: stampOf(ev), Contact: jid, Puppet: mxid, Type: ev.Subscription.Type, Status: ev.Subscription.Status})
-	})
-	s.durable(ConsumerCoreMembership, bridge.In, mapping.NetworkMatrix, bridge.KindMembership, func(ctx context.Context, ev *bridge.Event) error {
-		jid, mxid, err := pairOf(ev.Peer, ev.User)
-		if err != nil {
-			return err
-		}
-		mem, err := bridge.ParseMembership(ev.Membership.Membership)
-		if err != nil {
-			return permanent(err)
-		}
-		return m.MatrixMembership(ctx, bridge.MatrixMembership{
-			Stamp: stampOf(ev), User: mxid, Ghost: jid,
-			GhostChanged: ev.Membership.Member == ev.Peer, Membership: mem, RoomID: ev.Membership.RoomID,
-			BySelf: ev.Membership.Sender == ev.Membership.Member, IsDirect: ev.Membership.IsDirect,
-		})
-	})
-	s.durable(ConsumerCoreOptOut, bridge.In, mapping.NetworkUnknown, bridge.KindOptOut, func(ctx context.Context, ev *bridge.Event) error {
-		if ev.Origin == mapping.NetworkXMPP {
-			jid, err := mapping.NewBareJID(ev.User)
+		case bridge.KindSubscription:
+			if ev.Origin != mapping.NetworkXMPP || ev.Subscription == nil {
+				return permanent(errors.New("transport: malformed subscription report"))
+			}
+			jid, mxid, err := pairOf(ev.User, ev.Peer)
+			if err != nil {
+				return err
+			}
+			return x.XMPPSubscription(ctx, bridge.XMPPSubscription{Stamp: stampOf(ev), Contact: jid, Puppet: mxid, Type: ev.Subscription.Type, Status: ev.Subscription.Status})
+		case bridge.KindMembership:
+			if ev.Origin != mapping.NetworkMatrix || ev.Membership == nil {
+				return permanent(errors.New("transport: malformed membership report"))
+			}
+			jid, mxid, err := pairOf(ev.Peer, ev.User)
+			if err != nil {
+				return err
+			}
+			mem, err := bridge.ParseMembership(ev.Membership.Membership)
 			if err != nil {
 				return permanent(err)
 			}
-			return x.XMPPOptOut(ctx, bridge.OptOut[mapping.BareJID]{Stamp: stampOf(ev), User: jid, Enabled: ev.OptOut.Enabled})
+			return m.MatrixMembership(ctx, bridge.MatrixMembership{
+				Stamp: stampOf(ev), User: mxid, Ghost: jid,
+				GhostChanged: ev.Membership.Member == ev.Peer, Membership: mem, RoomID: ev.Membership.RoomID,
+				BySelf: ev.Membership.Sender == ev.Membership.Member, IsDirect: ev.Membership.IsDirect,
+			})
+		case bridge.KindOptOut:
+			if ev.OptOut == nil {
+				return permanent(errors.New("transport: opt-out without payload"))
+			}
+			if ev.Origin == mapping.NetworkXMPP {
+				jid, err := mapping.NewBareJID(ev.User)
+				if err != nil {
+					return permanent(err)
+				}
+				return x.XMPPOptOut(ctx, bridge.OptOut[mapping.BareJID]{Stamp: stampOf(ev), User: jid, Enabled: ev.OptOut.Enabled})
+			}
+			mxid, err := mapping.NewUserID(ev.User)
+			if err != nil {
+				return permanent(err)
+			}
+			return m.MatrixOptOut(ctx, bridge.OptOut[mapping.UserID]{Stamp: stampOf(ev), User: mxid, Enabled: ev.OptOut.Enabled})
 		}
-		mxid, err := mapping.NewUserID(ev.User)
-		if err != nil {
-			return permanent(err)
+		return permanent(fmt.Errorf("transport: report of unknown kind %q", ev.Kind))
+	}
+	return func(ctx context.Context, ev *bridge.Event) error {
+		err := handle(ctx, ev)
+		var perm permanentError
+		if errors.As(err, &perm) {
+			log.Error("dropping a report that cannot succeed", "kind", ev.Kind, "id", ev.ID, "err", err)
+			return bridge.ErrDrop
 		}
-		return m.MatrixOptOut(ctx, bridge.OptOut[mapping.UserID]{Stamp: stampOf(ev), User: mxid, Enabled: ev.OptOut.Enabled})
-	})
-	return s
+		return err
+	}
 }
 
 // pairOf validates the addresses of an XMPP user and a Matrix user; a

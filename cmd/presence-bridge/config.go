@@ -175,6 +175,7 @@ func loadConfig(path string) (*File, error) {
 		config.Section{Path: "", Validate: func() error { return namespaceProblems(f.Namespace()) }},
 	)
 	f.Core.Policy = core.Policy(f.XMPP.SubscriptionPolicy)
+	f.NATS.Partitions = f.Core.Partitions
 	return &f, err
 }
 
