@@ -401,30 +401,5 @@ func TestFederationStoryForgedTransactions(t *testing.T) {
 func BenchmarkFederationLatency(b *testing.B) {
 	e := newFedEnv(b)
 	l := e.fedLinkedPair("alice", "bob")
-	pace := coalesceWindow + 50*time.Millisecond
-	var toMatrix, toXMPP []time.Duration
-	var lastAlice, lastBob time.Time
-	shows := []string{"away", ""}
-	presences := []string{"unavailable", "online"}
-	for i := 0; b.Loop(); i++ {
-		status := fmt.Sprintf("x2m-%d", i)
-		waitUntil(lastAlice.Add(pace))
-		lastAlice = time.Now()
-		sendPresence(b, l.alice, "", "", shows[i%2], status)
-		got := l.bob.waitPresence(waitLatency, l.ghost, status, is(presences[i%2], status))
-		toMatrix = append(toMatrix, got.At.Sub(lastAlice))
-
-		status = fmt.Sprintf("m2x-%d", i)
-		waitUntil(lastBob.Add(pace))
-		am := markX(l.alice)
-		lastBob = time.Now()
-		l.bob.put(presences[i%2], status)
-		am.wait(b, waitLatency, status, presenceFrom(l.puppet, func(s prosodytest.Stanza) bool { return s.Status == status }))
-		toXMPP = append(toXMPP, time.Since(lastBob))
-	}
-	b.ReportMetric(0, "ns/op")
-	b.ReportMetric(percentile(toMatrix, 50), "x2m-p50-ms")
-	b.ReportMetric(percentile(toMatrix, 99), "x2m-p99-ms")
-	b.ReportMetric(percentile(toXMPP, 50), "m2x-p50-ms")
-	b.ReportMetric(percentile(toXMPP, 99), "m2x-p99-ms")
+	measureLatency(b, l)
 }

@@ -8,7 +8,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"go.mau.fi/util/jsontime"
 	"maunium.net/go/mautrix/federation"
@@ -418,7 +417,7 @@ func (o *outbox) send(ctx context.Context, dest string, batch []id.UserID) error
 // pushFor renders a ghost's presence for the EDU.
 func (g *Gateway) pushFor(ghost id.UserID, p mapping.Presence, now time.Time) pushEntry {
 	m := g.tr.ToMatrix(p, now)
-	e := pushEntry{UserID: ghost, Presence: m.Presence.String(), StatusMsg: truncateUTF8(m.StatusMsg, g.cfg.MaxStatusLength), CurrentlyActive: m.CurrentlyActive}
+	e := pushEntry{UserID: ghost, Presence: m.Presence.String(), StatusMsg: mapping.TruncateStatus(m.StatusMsg, g.cfg.MaxStatusLength), CurrentlyActive: m.CurrentlyActive}
 	if m.Presence == mapping.MatrixBusy {
 		e.Presence = "unavailable" // federation has no busy: the translator's fallback is off here
 	}
@@ -426,16 +425,6 @@ func (g *Gateway) pushFor(ghost id.UserID, p mapping.Presence, now time.Time) pu
 		e.LastActiveAgo = m.LastActiveAgo.Milliseconds()
 	}
 	return e
-}
-
-func truncateUTF8(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	return s[:n]
 }
 
 // RequestPresence asks the server of a Matrix user for their presence

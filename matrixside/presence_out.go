@@ -3,7 +3,6 @@ package matrixside
 import (
 	"context"
 	"time"
-	"unicode/utf8"
 
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
@@ -35,7 +34,7 @@ func (s *Side) showGhost(jid mapping.BareJID, p mapping.Presence, observedAt, no
 		return "", 0, false
 	}
 	m := s.tr.ToMatrix(p, now)
-	w := wireState{Presence: event.Presence(m.Presence.String()), Status: truncateUTF8(m.StatusMsg, s.cfg.MaxStatusLength)}
+	w := wireState{Presence: event.Presence(m.Presence.String()), Status: mapping.TruncateStatus(m.StatusMsg, s.cfg.MaxStatusLength)}
 	version, pending := s.out.set(ghost, jid, w, observedAt)
 	return ghost, version, pending
 }
@@ -70,15 +69,4 @@ func (s *Side) sendPresence(ctx context.Context, g *ghostOut, w wireState, force
 		}
 		return err
 	})
-}
-
-// truncateUTF8 cuts s to at most n bytes without splitting a character.
-func truncateUTF8(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	return s[:n]
 }
