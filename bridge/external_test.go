@@ -4,14 +4,12 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/presence-bridge/presence-bridge/internal/testenv/natscluster"
 	"github.com/presence-bridge/presence-bridge/mapping"
 )
 
@@ -23,42 +21,6 @@ func freePort(t *testing.T) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
-}
-
-// startNATSCluster runs n separate nats-server processes (Debian's package)
-// clustered with JetStream, and returns their client URLs.
-func startNATSCluster(t *testing.T, n int) []string {
-	t.Helper()
-	bin, err := exec.LookPath("nats-server")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("nats-server not installed (CI=true): apt-get install -y nats-server")
-		}
-		t.Skip("nats-server not installed; install with: apt-get install -y nats-server")
-	}
-	clientPorts, routePorts := make([]int, n), make([]int, n)
-	var routes []string
-	for i := range n {
-		clientPorts[i], routePorts[i] = freePort(t), freePort(t)
-		routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", routePorts[i]))
-	}
-	var urls []string
-	for i := range n {
-		dir := t.TempDir()
-		args := []string{"-a", "127.0.0.1", "-p", fmt.Sprint(clientPorts[i]), "-js", "-sd", dir, "-n", fmt.Sprintf("n%d", i)}
-		if n > 1 {
-			args = append(args, "--cluster_name", "pbtest", "--cluster", routes[i], "--routes", strings.Join(routes, ","))
-		}
-		cmd := exec.Command(bin, args...)
-		logf, _ := os.Create(filepath.Join(dir, "nats.log"))
-		cmd.Stdout, cmd.Stderr = logf, logf
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait(); logf.Close() })
-		urls = append(urls, fmt.Sprintf("nats://127.0.0.1:%d", clientPorts[i]))
-	}
-	return urls
 }
 
 // openExternal retries while the cluster elects its JetStream leader.
@@ -85,7 +47,8 @@ func openExternal(t *testing.T, urls []string, replicas int) *Bus {
 // TestExternalClusterMode: two bridge processes' worth of buses on
 // different servers of one three-node cluster share events and state.
 func TestExternalClusterMode(t *testing.T) {
-	urls := startNATSCluster(t, 3)
+	cl := natscluster.Start(t, 3)
+	urls := cl.URLs()
 	a := openExternal(t, urls[:1], 3)
 	b := openExternal(t, urls[2:], 3)
 	ctx := context.Background()
@@ -129,5 +92,47 @@ func TestExternalConnectErrorIsClear(t *testing.T) {
 	_, err := Open(ctx, cfg, nil)
 	if err == nil || !strings.Contains(err.Error(), "connect to nats") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// TestClusterReplicatesEverything: with nats.replicas 3 every stream and
+// bucket of the bridge has three current peers, and the state survives
+// the loss of any one node (SIGKILL): reads and compare-and-set writes go
+// on through the other two.
+func TestClusterReplicatesEverything(t *testing.T) {
+	cl := natscluster.Start(t, 3)
+	b := openExternal(t, cl.URLs(), 3)
+	if _, err := b.Leases(context.Background(), testLease, 3, "t"); err != nil {
+		t.Fatal(err)
+	}
+	streams := []string{ControlStream, DeadLetterStream}
+	for _, bk := range []string{BucketPresence, BucketSubscriptions, BucketLinks, BucketSettings, BucketTxns, BucketLeases} {
+		streams = append(streams, "KV_"+bk)
+	}
+	for _, s := range streams {
+		waitFor(t, 30*time.Second, s+" with 3 current replicas", func() bool {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			peers, current, err := natscluster.StreamReplicas(ctx, cl.URL(0), s)
+			return err == nil && peers == 3 && current == 3
+		})
+	}
+	ctx := context.Background()
+	key := PresenceKey(mapping.NetworkXMPP, "alice@example.com")
+	if _, err := b.Store().Settings.Put(ctx, key, UserSettings{OptOut: true}); err != nil {
+		t.Fatal(err)
+	}
+	cl.Kill(0)
+	waitFor(t, 30*time.Second, "state readable and writable with one node dead", func() bool {
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		_, err := b.Store().Settings.Update(cctx, key, func(cur UserSettings, ok bool) (UserSettings, bool, error) {
+			return UserSettings{OptOut: !cur.OptOut}, true, nil
+		})
+		return err == nil
+	})
+	s, _, err := b.Store().Settings.Get(ctx, key)
+	if err != nil || s.OptOut {
+		t.Fatalf("after the node's death: %+v %v, want the one update applied", s, err)
 	}
 }
