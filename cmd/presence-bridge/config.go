@@ -18,13 +18,14 @@ import (
 
 // File is config.yaml. Each section belongs to the package that uses it.
 type File struct {
-	XMPP    xmppside.Config   `yaml:"xmpp"`
-	Matrix  matrixside.Config `yaml:"matrix"`
-	NATS    bridge.Config     `yaml:"nats"`
-	Core    core.Config       `yaml:"core"`
-	Mapping MappingConfig     `yaml:"mapping"`
-	Logging LoggingConfig     `yaml:"logging"`
-	Metrics metrics.Config    `yaml:"metrics"`
+	XMPP    xmppside.Config    `yaml:"xmpp"`
+	Matrix  matrixside.Config  `yaml:"matrix"`
+	NATS    bridge.Config      `yaml:"nats"`
+	Core    core.Config        `yaml:"core"`
+	Mapping MappingConfig      `yaml:"mapping"`
+	Logging LoggingConfig      `yaml:"logging"`
+	Metrics metrics.Config     `yaml:"metrics"`
+	Cluster bridge.LeaseConfig `yaml:"cluster"`
 }
 
 // MappingConfig overrides the default presence table (see README).
@@ -107,6 +108,7 @@ func defaults() File {
 		Mapping: MappingConfig{Busy: "auto"},
 		Logging: LoggingConfig{Level: "info", Format: "text"},
 		Metrics: metrics.Default(),
+		Cluster: bridge.DefaultLeaseConfig(),
 	}
 }
 
@@ -129,6 +131,7 @@ func loadConfig(path string) (*File, error) {
 		config.Section{Path: "mapping", Validate: func() error { return f.Mapping.Validate() }},
 		config.Section{Path: "logging", Validate: func() error { return f.Logging.Validate() }},
 		config.Section{Path: "metrics", Validate: func() error { return f.Metrics.Validate() }},
+		config.Section{Path: "cluster", Validate: func() error { return f.Cluster.Validate() }},
 		config.Section{Path: "", Validate: func() error { return namespaceProblems(f.Namespace()) }},
 	)
 	f.Core.Policy = core.Policy(f.XMPP.SubscriptionPolicy)

@@ -100,3 +100,25 @@ func TestVersionAndHelp(t *testing.T) {
 		t.Fatalf("unknown command: exit %d", code)
 	}
 }
+
+// TestRoleNeedsExternalNATS: a split role on the embedded server is
+// refused with a message that says what to do; a bad role is refused.
+func TestRoleNeedsExternalNATS(t *testing.T) {
+	t.Setenv("PB_XMPP_SECRET", "s")
+	t.Setenv("PB_MATRIX_AS_TOKEN", "as")
+	t.Setenv("PB_MATRIX_HS_TOKEN", "hs")
+	for _, role := range []string{"xmpp", "matrix", "core"} {
+		code, _, errs := runCLI(t, "-config", "../../config.yaml", "-role", role, "-check")
+		if code != 1 || !strings.Contains(errs, "-role "+role+" needs nats.urls") {
+			t.Errorf("-role %s: exit %d: %s", role, code, errs)
+		}
+	}
+	code, _, errs := runCLI(t, "-config", "../../config.yaml", "-role", "sides", "-check")
+	if code != 2 || !strings.Contains(errs, "must be all, xmpp, matrix or core") {
+		t.Errorf("-role sides: exit %d: %s", code, errs)
+	}
+	code, out, errs := runCLI(t, "-config", "../../config.yaml", "-role", "all", "-check")
+	if code != 0 || !strings.Contains(out, "OK") {
+		t.Errorf("-role all: exit %d: %s%s", code, out, errs)
+	}
+}
