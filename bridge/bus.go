@@ -158,15 +158,50 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Bus, error) {
 		b.Close()
 		return nil, fmt.Errorf("bridge: jetstream: %w", err)
 	}
-	if err := b.ensureStream(ctx, cfg); err != nil {
-		b.Close()
-		return nil, err
-	}
-	if b.store, err = openStore(ctx, b.js, cfg.Replicas); err != nil {
+	if err := b.setUp(ctx, cfg); err != nil {
 		b.Close()
 		return nil, err
 	}
 	return b, nil
+}
+
+// setupPatience is how long Open waits for an external cluster's
+// JetStream to create the stream and buckets: a cluster that is still
+// electing its leaders, or busy with other instances starting at the
+// same moment, times requests out for a while.
+const setupPatience = 2 * time.Minute
+
+// setUp creates the streams and buckets, retrying on an external cluster
+// while it is not ready (see retrySetup).
+func (b *Bus) setUp(ctx context.Context, cfg Config) error {
+	return b.retrySetup(ctx, !cfg.IsEmbedded(), func(ctx context.Context) error {
+		if err := b.ensureStream(ctx, cfg); err != nil {
+			return err
+		}
+		var err error
+		b.store, err = openStore(ctx, b.js, cfg.Replicas)
+		return err
+	})
+}
+
+// retrySetup calls f until it succeeds, for up to setupPatience on an
+// external cluster (retry), once otherwise.
+func (b *Bus) retrySetup(ctx context.Context, retry bool, f func(context.Context) error) error {
+	deadline := time.Now().Add(setupPatience)
+	for attempt := 1; ; attempt++ {
+		err := f(ctx)
+		if err == nil || !retry || ctx.Err() != nil || time.Now().After(deadline) {
+			return err
+		}
+		b.log.Warn("nats cluster not ready for the bridge's streams and buckets; retrying", "attempt", attempt, "err", err)
+		t := time.NewTimer(time.Second)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+	}
 }
 
 // TokenFile is the file in the embedded server's data dir that holds the

@@ -79,12 +79,17 @@ func (b *Bus) Leases(ctx context.Context, cfg LeaseConfig, replicas int, holder 
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("bridge: cluster config: %w", err)
 	}
-	kv, err := b.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:   BucketLeases,
-		History:  1,
-		Storage:  jetstream.FileStorage,
-		Replicas: replicas,
-		TTL:      cfg.TTL,
+	var kv jetstream.KeyValue
+	err := b.retrySetup(ctx, b.srv == nil, func(ctx context.Context) error {
+		var err error
+		kv, err = b.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:   BucketLeases,
+			History:  1,
+			Storage:  jetstream.FileStorage,
+			Replicas: replicas,
+			TTL:      cfg.TTL,
+		})
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("bridge: bucket %s: %w", BucketLeases, err)

@@ -1,0 +1,360 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	prosodytest "github.com/presence-bridge/presence-bridge/internal/testenv/prosody"
+)
+
+// The cluster stories run the bridge split by role, as separate
+// processes on a three-node NATS cluster (nats-server v2.15.2, separate
+// processes, replicas 3): one core instance (the core is not yet
+// partitioned over instances, issue 11 part 2), two xmpp instances and
+// two matrix instances.
+//
+// The homeserver pushes transactions to one URL: the test puts a small
+// failover proxy there (clusterProxy) that forwards each request to the
+// matrix instance that listens (only the active one does), waiting while
+// neither does, as an operator's load balancer with health checks would.
+
+// The lease timings of the cluster stories: the defaults.
+const (
+	leaseTTL   = 6 * time.Second
+	leaseRenew = 2 * time.Second
+	// failoverWait is how long a story waits for a standby to take over:
+	// the promised 10 s plus the time to connect and announce on a
+	// loaded machine. It is a deadline, not the measure: the measured
+	// times are logged.
+	failoverWait = 30 * time.Second
+)
+
+// instance is one bridge process of a split bridge.
+type instance struct {
+	name string // e.g. xmpp-a
+	role string
+	proc *bridgeProc
+}
+
+// appserviceURLLine is the matrix.appservice_url line of a split bridge's
+// config: the proxy, not the instance's own listener.
+func (e *env) appserviceURLLine() string {
+	if e.cluster == nil {
+		return ""
+	}
+	return "\n  appservice_url: http://" + e.listen
+}
+
+// startCluster starts the failover proxy on e.listen, the core instance
+// (e.bridge), then two xmpp and two matrix instances, and waits until
+// the component answers and a matrix instance listens.
+func (e *env) startCluster(bin, policy, hsURL, hsToken string) {
+	e.t.Helper()
+	var backends []string
+	proxyAddr, mainCfg := e.listen, e.cfgPath
+	for _, name := range []string{"xmpp-a", "xmpp-b", "matrix-a", "matrix-b"} {
+		role := strings.Split(name, "-")[0]
+		cfg := filepath.Join(e.dir, name+".yaml")
+		e.cfgPath = cfg
+		if role == "matrix" {
+			e.listen = fmt.Sprintf("127.0.0.1:%d", freePortE2E(e.t))
+			backends = append(backends, e.listen)
+		}
+		e.writeConfigSecret(policy, hsURL, hsToken, e.xmpp.ComponentSecret)
+		e.listen, e.cfgPath = proxyAddr, mainCfg
+		in := &instance{name: name, role: role, proc: &bridgeProc{bin: bin, cfgPath: cfg, logPath: filepath.Join(e.dir, name+".log"), args: []string{"-role", role}}}
+		e.instances = append(e.instances, in)
+		e.t.Cleanup(func() {
+			in.proc.stop(stopTimeout)
+			if e.t.Failed() || os.Getenv("E2E_LOG") != "" {
+				e.t.Logf("%s log, last %d lines:\n%s", in.name, logTailOnFailed/2, in.proc.logTail(logTailOnFailed/2))
+			}
+		})
+	}
+	startProxy(e.t, proxyAddr, backends)
+	e.bridge.args = []string{"-role", "core"}
+	if err := e.bridge.start(); err != nil {
+		e.t.Fatal(err)
+	}
+	// The core first (it creates the streams and buckets, as an operator
+	// would start it), then the sides.
+	poll(e.t, readyTimeout, "core instance running", func() error {
+		if e.bridge.exited() {
+			e.t.Fatalf("core instance exited: %v\n%s", e.bridge.exitErr(), e.bridge.logTail(50))
+		}
+		if len(e.bridge.logLines("bridge running")) == 0 {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	for _, in := range e.instances {
+		if err := in.proc.start(); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+	e.tap = newBusTap(e.t, strings.Join(e.cluster.URLs(), ","), "")
+	e.waitClusterReady(readyTimeout)
+}
+
+// waitClusterReady waits until the component answers and a matrix
+// instance accepts transactions.
+func (e *env) waitClusterReady(timeout time.Duration) {
+	e.t.Helper()
+	i := 0
+	poll(e.t, timeout, "split bridge ready", func() error {
+		for _, p := range append([]*bridgeProc{e.bridge}, e.procs()...) {
+			if p.exited() && p.exitErr() != nil {
+				e.t.Fatalf("%s exited: %v\n%s", p.logPath, p.exitErr(), p.logTail(50))
+			}
+		}
+		if e.active("matrix") == nil {
+			return errors.New("no active matrix instance")
+		}
+		i++
+		return e.componentUp(e.readyCli, fmt.Sprintf("cready-%d", i))
+	})
+}
+
+func (e *env) procs() []*bridgeProc {
+	var ps []*bridgeProc
+	for _, in := range e.instances {
+		ps = append(ps, in.proc)
+	}
+	return ps
+}
+
+// active returns the running instance of role that holds its lease, by
+// its log: the last lease line of a live instance says whether it is
+// active.
+func (e *env) active(role string) *instance {
+	for _, in := range e.instances {
+		if in.role != role || in.proc.exited() {
+			continue
+		}
+		lines := in.proc.logLines("lease")
+		if len(lines) > 0 && strings.Contains(lines[len(lines)-1], "lease acquired") {
+			return in
+		}
+	}
+	return nil
+}
+
+// kill9 kills the instance (SIGKILL) and returns when it is dead.
+func (in *instance) kill9(t testing.TB) {
+	t.Helper()
+	if _, inTime := in.proc.signal(syscall.SIGKILL, stopTimeout); !inTime {
+		t.Fatalf("%s did not die of SIGKILL", in.name)
+	}
+}
+
+// TestClusterXMPPFailover: the active xmpp instance dies (SIGKILL); the
+// standby takes over, contacts see the puppets' presence again without
+// anyone acting, no subscription is lost and nobody is asked again.
+func TestClusterXMPPFailover(t *testing.T) {
+	e := newEnv(t, options{cluster: true})
+	l := e.linkedPair()
+	invites := len(l.bob.invitesSeen())
+
+	var took []time.Duration
+	for round := range 2 {
+		act := e.active("xmpp")
+		if act == nil {
+			t.Fatal("no active xmpp instance")
+		}
+		am := markX(l.alice)
+		killed := time.Now()
+		act.kill9(t)
+		am.wait(t, failoverWait, "bob's presence announced again by the standby", presenceFrom(l.puppet, withStatus("bob-here")))
+		took = append(took, time.Since(killed))
+		if sub := rosterOf(t, l.alice)[l.puppet]; sub != "both" {
+			t.Errorf("after the failover alice's roster has %s as %q, want both", l.puppet, sub)
+		}
+		e.flowsBothWays(l, fmt.Sprintf("xmpp-failover-%d", round))
+		// The dead instance comes back as the standby.
+		if err := act.proc.start(); err != nil {
+			t.Fatal(err)
+		}
+		poll(t, readyTimeout, act.name+" standing by", func() error {
+			if len(act.proc.logLines("lease held by another instance")) == 0 {
+				return errors.New("not standing by yet")
+			}
+			return nil
+		})
+		sendPresence(t, l.alice, "", "", "", "alice-here")
+		l.bob.put("online", "bob-here")
+		l.alice.Wait(t, waitLatency, "bob back", presenceFrom(l.puppet, withStatus("bob-here")))
+	}
+	t.Logf("xmpp failover, kill to presence re-announced: %v (lease_ttl %v, lease_renew %v)", took, leaseTTL, leaseRenew)
+
+	if err := l.bob.sync(0); err != nil {
+		t.Fatal(err)
+	}
+	if got := l.bob.invitesSeen(); len(got) != invites {
+		t.Errorf("bob was invited again after the failover: %v", got[invites:])
+	}
+	if got := received(l.alice, 0, subscriptionFrom(l.puppet, "subscribe")); len(got) > 1 {
+		t.Errorf("alice was asked %d times to approve the puppet's subscription, want once", len(got))
+	}
+}
+
+// TestClusterMatrixFailover: the active matrix instance dies (SIGKILL)
+// while presence flows; the standby takes over the appservice and the
+// outbound work: presence keeps flowing both ways, and nobody is asked
+// again.
+func TestClusterMatrixFailover(t *testing.T) {
+	e := newEnv(t, options{cluster: true})
+	l := e.linkedPair()
+	invites := len(l.bob.invitesSeen())
+
+	act := e.active("matrix")
+	if act == nil {
+		t.Fatal("no active matrix instance")
+	}
+	killed := time.Now()
+	act.kill9(t)
+	// Both ways, as soon as it can: Matrix to XMPP needs the new active
+	// instance's /sync, XMPP to Matrix its ghost presence.
+	am := markX(l.alice)
+	l.bob.put("unavailable", "bob-after-failover")
+	am.wait(t, failoverWait, "bob's change after the failover", presenceFrom(l.puppet, func(s prosodytest.Stanza) bool { return s.Status == "bob-after-failover" }))
+	tookIn := time.Since(killed)
+	sendPresence(t, l.alice, "", "", "away", "alice-after-failover")
+	l.bob.waitPresence(failoverWait, l.ghost, "alice's change after the failover", is("unavailable", "alice-after-failover"))
+	t.Logf("matrix failover, kill to a Matrix change seen on XMPP: %v (lease_ttl %v, lease_renew %v)", tookIn, leaseTTL, leaseRenew)
+	e.flowsBothWays(l, "matrix-failover")
+
+	if err := l.bob.sync(0); err != nil {
+		t.Fatal(err)
+	}
+	if got := l.bob.invitesSeen(); len(got) != invites {
+		t.Errorf("bob was invited again after the failover: %v", got[invites:])
+	}
+	if got := received(l.alice, 0, subscriptionFrom(l.puppet, "subscribe")); len(got) > 1 {
+		t.Errorf("alice was asked %d times to approve the puppet's subscription, want once", len(got))
+	}
+}
+
+// TestClusterNATSNodeKilled: one NATS node dies (SIGKILL) while presence
+// changes both ways; every final presence is exact, and the bridge goes
+// on when the node comes back.
+func TestClusterNATSNodeKilled(t *testing.T) {
+	e := newEnv(t, options{cluster: true})
+	l := e.linkedPair()
+
+	for node := range 3 {
+		for i := range 5 {
+			if i == 2 {
+				e.cluster.Kill(node)
+			}
+			sendPresence(t, l.alice, "", "", "away", fmt.Sprintf("alice-%d-%d", node, i))
+			l.bob.put("unavailable", fmt.Sprintf("bob-%d-%d", node, i))
+		}
+		final := fmt.Sprintf("%d-4", node)
+		l.bob.waitPresence(failoverWait, l.ghost, "alice's final presence", is("unavailable", "alice-"+final))
+		l.alice.Wait(t, failoverWait, "bob's final presence", presenceFrom(l.puppet, func(s prosodytest.Stanza) bool { return s.Status == "bob-"+final }))
+		e.cluster.Restart(node)
+		e.cluster.WaitReady(readyTimeout)
+		e.flowsBothWays(l, fmt.Sprintf("node-%d-back", node))
+	}
+}
+
+// TestClusterRollingRestart: every instance is restarted in turn (SIGTERM,
+// then started again); presence flows after each step.
+func TestClusterRollingRestart(t *testing.T) {
+	e := newEnv(t, options{cluster: true})
+	l := e.linkedPair()
+	invites := len(l.bob.invitesSeen())
+	for _, p := range append(e.procs(), e.bridge) {
+		if exitErr, inTime := p.signal(syscall.SIGTERM, stopTimeout); !inTime || exitErr != nil {
+			t.Fatalf("%s: clean stop: in time %v, %v", p.logPath, inTime, exitErr)
+		}
+		if err := p.start(); err != nil {
+			t.Fatal(err)
+		}
+		e.waitClusterReady(failoverWait)
+		e.flowsBothWays(l, "rolled-"+strings.TrimSuffix(filepath.Base(p.logPath), ".log"))
+	}
+	if err := l.bob.sync(0); err != nil {
+		t.Fatal(err)
+	}
+	if got := l.bob.invitesSeen(); len(got) != invites {
+		t.Errorf("bob was invited again during the rolling restart: %v", got[invites:])
+	}
+}
+
+// startProxy serves addr until the test ends, forwarding each request to
+// the first of backends that accepts a connection; while none does, it
+// retries for up to failoverWait, as a load balancer in front of the
+// matrix instances would.
+func startProxy(t testing.TB, addr string, backends []string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := &http.Client{Timeout: 60 * time.Second}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		deadline := time.Now().Add(failoverWait)
+		for {
+			for _, b := range backends {
+				req, err := http.NewRequestWithContext(r.Context(), r.Method, "http://"+b+r.URL.RequestURI(), bytes.NewReader(body))
+				if err != nil {
+					http.Error(w, err.Error(), http.StatusInternalServerError)
+					return
+				}
+				req.Header = r.Header.Clone()
+				resp, err := client.Do(req)
+				if err != nil {
+					continue // not listening: the standby, or dead
+				}
+				for k, v := range resp.Header {
+					w.Header()[k] = v
+				}
+				w.WriteHeader(resp.StatusCode)
+				_, _ = io.Copy(w, resp.Body)
+				resp.Body.Close()
+				return
+			}
+			if time.Now().After(deadline) || r.Context().Err() != nil {
+				http.Error(w, "no matrix instance", http.StatusBadGateway)
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	})}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Serve(ln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+		<-done
+		client.CloseIdleConnections()
+	})
+}
+
+func freePortE2E(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
