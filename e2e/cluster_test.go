@@ -279,9 +279,18 @@ func TestClusterRollingRestart(t *testing.T) {
 		if exitErr, inTime := p.signal(syscall.SIGTERM, stopTimeout); !inTime || exitErr != nil {
 			t.Fatalf("%s: clean stop: in time %v, %v", p.logPath, inTime, exitErr)
 		}
+		runs := len(p.logLines("bridge running"))
 		if err := p.start(); err != nil {
 			t.Fatal(err)
 		}
+		// With one core instance, what is said while it restarts is
+		// lost (presence travels on core NATS): wait for it.
+		poll(t, readyTimeout, p.logPath+" running again", func() error {
+			if len(p.logLines("bridge running")) == runs {
+				return errors.New("not yet")
+			}
+			return nil
+		})
 		e.waitClusterReady(failoverWait)
 		e.flowsBothWays(l, "rolled-"+strings.TrimSuffix(filepath.Base(p.logPath), ".log"))
 	}
@@ -323,6 +332,7 @@ func startProxy(t testing.TB, addr string, backends []string) {
 				if err != nil {
 					continue // not listening: the standby, or dead
 				}
+				t.Logf("proxy: %s %s -> %s: %d", r.Method, r.URL.Path, b, resp.StatusCode)
 				for k, v := range resp.Header {
 					w.Header()[k] = v
 				}

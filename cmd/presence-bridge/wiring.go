@@ -114,6 +114,12 @@ func runBridge(ctx context.Context, cfg *File, role Role) error {
 			if err != nil {
 				return err
 			}
+			if leases != nil {
+				// A standby takes over from what the ghosts show:
+				// setting them offline on the way out would leave them
+				// so until each person's next change.
+				ms.KeepGhostsOnStop()
+			}
 			hooks.startMatrix(ms)
 			defer hooks.endMatrix()
 			return runParts(ctx, log,

@@ -14,7 +14,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -46,6 +48,7 @@ type node struct {
 	dir        string
 	clientPort int
 	routePort  int
+	monPort    int // the monitoring port: /healthz
 	routes     []string
 	proc       *proc.Process
 	log        *os.File
@@ -79,7 +82,7 @@ func Start(t testing.TB, n int) *Cluster {
 	t.Helper()
 	c := &Cluster{t: t, bin: Binary(t)}
 	for i := range n {
-		c.nodes = append(c.nodes, &node{name: fmt.Sprintf("n%d", i), dir: t.TempDir(), clientPort: freePort(t), routePort: freePort(t)})
+		c.nodes = append(c.nodes, &node{name: fmt.Sprintf("n%d", i), dir: t.TempDir(), clientPort: freePort(t), routePort: freePort(t), monPort: freePort(t)})
 	}
 	var routes []string
 	for _, nd := range c.nodes {
@@ -132,7 +135,7 @@ func (c *Cluster) start(i int) {
 		c.t.Fatal(err)
 	}
 	args := []string{
-		"-a", "127.0.0.1", "-p", fmt.Sprint(nd.clientPort), "-n", nd.name,
+		"-a", "127.0.0.1", "-p", fmt.Sprint(nd.clientPort), "-n", nd.name, "-m", fmt.Sprint(nd.monPort),
 		"-js", "-sd", filepath.Join(nd.dir, "js"),
 		"--cluster_name", "pbtest", "--cluster", fmt.Sprintf("nats://127.0.0.1:%d", nd.routePort),
 		"--routes", strings.Join(nd.routes, ","),
@@ -184,11 +187,14 @@ func (c *Cluster) Restart(i int) {
 	c.start(i)
 }
 
-// WaitReady waits until JetStream answers through every running node
-// (the cluster has a meta leader and every node has joined it).
+// WaitReady waits until every running node is healthy for JetStream
+// (/healthz: its streams and consumers are current), as an operator
+// waits between the steps of a rolling restart.
 func (c *Cluster) WaitReady(timeout time.Duration) {
 	c.t.Helper()
 	deadline := time.Now().Add(timeout)
+	hc := &http.Client{Timeout: 2 * time.Second}
+	defer hc.CloseIdleConnections()
 	for i, nd := range c.nodes {
 		if nd.proc == nil || nd.proc.Exited() {
 			continue
@@ -196,14 +202,30 @@ func (c *Cluster) WaitReady(timeout time.Duration) {
 		var last error
 		for {
 			if last = jsReady(nd.url()); last == nil {
+				last = healthy(hc, nd.monPort)
+			}
+			if last == nil {
 				break
 			}
 			if time.Now().After(deadline) {
-				c.t.Fatalf("natscluster: JetStream not ready through node %d after %v: %v", i, timeout, last)
+				c.t.Fatalf("natscluster: node %d not healthy after %v: %v", i, timeout, last)
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
+}
+
+func healthy(hc *http.Client, port int) error {
+	resp, err := hc.Get(fmt.Sprintf("http://127.0.0.1:%d/healthz", port))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("healthz %d: %s", resp.StatusCode, strings.TrimSpace(string(body)))
+	}
+	return nil
 }
 
 func jsReady(url string) error {
