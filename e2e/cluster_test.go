@@ -106,6 +106,18 @@ func (e *env) startCluster(bin, policy, hsURL, hsToken string) {
 		}
 	}
 	e.tap = newBusTap(e.t, strings.Join(e.cluster.URLs(), ","), "")
+	e.t.Cleanup(func() {
+		if !e.t.Failed() {
+			return
+		}
+		e.tap.mu.Lock()
+		defer e.tap.mu.Unlock()
+		var lines []string
+		for _, ev := range e.tap.events {
+			lines = append(lines, ev.At.Format("15:04:05.000")+" "+ev.Subject)
+		}
+		e.t.Logf("bus events seen by the tap:\n%s", strings.Join(lines, "\n"))
+	})
 	e.waitClusterReady(readyTimeout)
 }
 
