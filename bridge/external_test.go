@@ -136,3 +136,61 @@ func TestClusterReplicatesEverything(t *testing.T) {
 		t.Fatalf("after the node's death: %+v %v, want the one update applied", s, err)
 	}
 }
+
+// TestLeaseNeverTwoHoldersWhileNodesDie: two instances, each connected to
+// a different node of a three-node cluster, compete for one lease while
+// each node in turn is killed (SIGKILL) and restarted. Leadership may
+// change hands (a dead node may have led the lease bucket), but the two
+// terms never overlap, and someone holds the lease again each time.
+func TestLeaseNeverTwoHoldersWhileNodesDie(t *testing.T) {
+	cl := natscluster.Start(t, 3)
+	a := openExternal(t, []string{cl.URL(0), cl.URL(1)}, 3)
+	b := openExternal(t, []string{cl.URL(2), cl.URL(1)}, 3)
+	cfg := LeaseConfig{TTL: 3 * time.Second, Renew: time.Second}
+	var ta, tb term
+	for _, h := range []struct {
+		bus *Bus
+		tm  *term
+		id  string
+	}{{a, &ta, "a"}, {b, &tb, "b"}} {
+		l, err := h.bus.Leases(context.Background(), cfg, 3, h.id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		runLease(t, l, h.tm, nil)
+	}
+	someone := func() bool { return ta.isActive() || tb.isActive() }
+	waitFor(t, 30*time.Second, "a holder", someone)
+	for node := range 3 {
+		cl.Kill(node)
+		waitFor(t, 60*time.Second, fmt.Sprintf("a holder with node %d dead", node), someone)
+		cl.Restart(node)
+		cl.WaitReady(60 * time.Second)
+		waitFor(t, 60*time.Second, fmt.Sprintf("a holder with node %d back", node), someone)
+	}
+	// The terms, as intervals on this process's clock, never overlap.
+	ta.mu.Lock()
+	tb.mu.Lock()
+	defer ta.mu.Unlock()
+	defer tb.mu.Unlock()
+	type span struct{ from, to time.Time }
+	spans := func(tm *term) []span {
+		var out []span
+		for i, s := range tm.starts {
+			end := time.Now()
+			if i < len(tm.ends) {
+				end = tm.ends[i]
+			}
+			out = append(out, span{s, end})
+		}
+		return out
+	}
+	for _, x := range spans(&ta) {
+		for _, y := range spans(&tb) {
+			if x.from.Before(y.to) && y.from.Before(x.to) {
+				t.Errorf("a held the lease %v–%v and b %v–%v: two holders at once", x.from.Format("05.000"), x.to.Format("05.000"), y.from.Format("05.000"), y.to.Format("05.000"))
+			}
+		}
+	}
+	t.Logf("terms: a %d, b %d", len(ta.starts), len(tb.starts))
+}
