@@ -276,6 +276,43 @@ func TestClusterMatrixFailover(t *testing.T) {
 	}
 }
 
+// TestClusterMatrixFailoverWhilePushing: the homeserver pushes a
+// transaction (a Matrix user accepting a ghost's invite) while the
+// active matrix instance is dead: it waits at the load balancer, the
+// standby takes over and processes it once: the XMPP user is told once
+// that the request was approved, and asked once in return.
+func TestClusterMatrixFailoverWhilePushing(t *testing.T) {
+	e := newEnv(t, options{cluster: true})
+	dave, bob := e.xmppUser("dave"), e.matrixUser("bob")
+	puppet := e.puppet(bob.UserID)
+	sendPresence(t, dave, "", "", "", "dave-here")
+	sendPresence(t, dave, "subscribe", puppet, "", "")
+	inv := bob.waitInvite(flowTimeout)
+
+	act := e.active("matrix")
+	if act == nil {
+		t.Fatal("no active matrix instance")
+	}
+	act.kill9(t)
+	// The join is pushed to the appservice URL at once; no instance
+	// listens until the standby takes over.
+	ctx, cancel := context.WithTimeout(context.Background(), flowTimeout)
+	defer cancel()
+	if err := bob.Join(ctx, inv.RoomID); err != nil {
+		t.Fatalf("join %s: %v", inv.RoomID, err)
+	}
+	dave.Wait(t, failoverWait, "subscribed from "+puppet, subscriptionFrom(puppet, "subscribed"))
+	dave.Wait(t, failoverWait, "subscribe from "+puppet, subscriptionFrom(puppet, "subscribe"))
+	sendPresence(t, dave, "subscribed", puppet, "", "")
+	bob.put("online", "bob-after")
+	dave.Wait(t, waitLatency, "bob's presence", presenceFrom(puppet, withStatus("bob-after")))
+	for _, typ := range []string{"subscribed", "subscribe"} {
+		if got := received(dave, 0, subscriptionFrom(puppet, typ)); len(got) != 1 {
+			t.Errorf("dave got %d %q from the puppet, want 1", len(got), typ)
+		}
+	}
+}
+
 // failoverRounds is how many times a failover story kills the active
 // instance: FAILOVER_ROUNDS, default 2 (more for the figures).
 func failoverRounds() int {
