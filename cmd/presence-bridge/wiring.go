@@ -39,12 +39,18 @@ func runBridge(ctx context.Context, cfg *File, role Role) error {
 
 	bus, err := bridge.Open(ctx, cfg.NATS, log.With("part", "bus"))
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while waiting for the cluster
+		}
 		return err
 	}
 	defer bus.Close()
 	var leases *bridge.Leases
 	if !cfg.NATS.IsEmbedded() && role != RoleCore {
 		if leases, err = bus.Leases(ctx, cfg.Cluster, cfg.NATS.Replicas, holderName(role)); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
 			return err
 		}
 	}
