@@ -81,6 +81,18 @@ func (b *Bus) Leases(ctx context.Context, cfg LeaseConfig, replicas int, holder 
 	}
 	var kv jetstream.KeyValue
 	err := b.retrySetup(ctx, b.srv == nil, func(ctx context.Context) error {
+		// Instances starting together all create the bucket at once;
+		// a cluster answers the first and lets the others wait out
+		// their timeout (5 s). A short one, then binding to the bucket
+		// the first made, is quicker.
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		if cur, err := b.js.KeyValue(ctx, BucketLeases); err == nil {
+			if st, err := cur.Status(ctx); err == nil && st.TTL() == cfg.TTL && replicasOf(st) == replicas {
+				kv = cur
+				return nil
+			}
+		}
 		var err error
 		kv, err = b.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 			Bucket:   BucketLeases,
@@ -232,4 +244,12 @@ func (l *Leases) release(name string, rev uint64) {
 	if err := l.kv.Delete(ctx, name, jetstream.LastRevision(rev)); err != nil {
 		l.log.Debug("lease not released; it expires by itself", "lease", name, "err", err)
 	}
+}
+
+// replicasOf is the replica count of a bucket.
+func replicasOf(st jetstream.KeyValueStatus) int {
+	if js, ok := st.(*jetstream.KeyValueBucketStatus); ok {
+		return js.StreamInfo().Config.Replicas
+	}
+	return 0
 }
