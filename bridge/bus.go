@@ -388,6 +388,7 @@ func (b *Bus) Consume(ctx context.Context, name, filter string, ready func(), h 
 	if err != nil {
 		return fmt.Errorf("bridge: consumer %s: %w", name, err)
 	}
+	b.awaitConsumerLeader(ctx, cons)
 	health := &consumerHealth{name: name, log: b.log}
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		ev, err := DecodeEvent(m.Data())
@@ -420,7 +421,7 @@ func (b *Bus) Consume(ctx context.Context, name, filter string, ready func(), h 
 			health.failed(m.Subject(), ev.ID, n, delay, err)
 			_ = m.NakWithDelay(delay)
 		}
-	})
+	}, jetstream.PullExpiry(pullExpiry))
 	if err != nil {
 		return fmt.Errorf("bridge: consume %s: %w", name, err)
 	}
@@ -431,6 +432,36 @@ func (b *Bus) Consume(ctx context.Context, name, filter string, ready func(), h 
 	cc.Drain()
 	<-cc.Closed()
 	return nil
+}
+
+// pullExpiry bounds one pull request of a durable consumer. In a cluster a
+// pull can be lost (the consumer had no leader yet, or its leader died);
+// the client notices by the missing heartbeats (half of this) and pulls
+// again: a short expiry keeps such a stall to seconds (nats.go's default,
+// 30 s, would hold a subscription request that long).
+const pullExpiry = 5 * time.Second
+
+// awaitConsumerLeader waits (up to 10 s) until a new consumer of a
+// replicated stream has elected its leader: a pull sent before that goes
+// unanswered until it expires.
+func (b *Bus) awaitConsumerLeader(ctx context.Context, cons jetstream.Consumer) {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		info, err := cons.Info(ctx)
+		if err == nil && (info.Cluster == nil || info.Cluster.Leader != "") {
+			return
+		}
+		if ctx.Err() != nil || time.Now().After(deadline) {
+			return
+		}
+		t := time.NewTimer(50 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // consumerHealth logs the state changes of a durable consumer: the first

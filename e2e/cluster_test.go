@@ -293,6 +293,15 @@ func TestClusterMatrixFailoverWhilePushing(t *testing.T) {
 	if act == nil {
 		t.Fatal("no active matrix instance")
 	}
+	// Once the bot is in the room too (it reads presence there): a
+	// takeover does not repair a room the dead instance had not finished
+	// opening (see the report of issue 11).
+	poll(t, flowTimeout, "the direct chat opened", func() error {
+		if len(act.proc.logLines("direct chat opened")) == 0 {
+			return errors.New("not yet")
+		}
+		return nil
+	})
 	act.kill9(t)
 	// The join is pushed to the appservice URL at once; no instance
 	// listens until the standby takes over.
