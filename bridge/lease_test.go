@@ -68,11 +68,15 @@ func runLease(t *testing.T, l *Leases, tm *term, work func(context.Context) erro
 func TestLeaseOneActiveAndCleanHandover(t *testing.T) {
 	b := openTestBus(t, "")
 	var ta, tb term
-	stopA := runLease(t, testLeases(t, b, "a"), &ta, nil)
+	la := testLeases(t, b, "a")
+	var renewals atomic.Int32
+	la.stall = func() { renewals.Add(1) }
+	stopA := runLease(t, la, &ta, nil)
 	waitFor(t, 5*time.Second, "a active", ta.isActive)
 	runLease(t, testLeases(t, b, "b"), &tb, nil)
-	// Several renewals later, b still stands by.
-	time.Sleep(3 * testLease.TTL)
+	// Renewals over three TTLs later, b still stands by.
+	renewals.Store(0)
+	waitFor(t, 10*testLease.TTL, "a's renewals", func() bool { return renewals.Load() > int32(3*testLease.TTL/testLease.Renew) })
 	if tb.isActive() || !ta.isActive() {
 		t.Fatalf("a active %v, b active %v: want only a", ta.isActive(), tb.isActive())
 	}
