@@ -156,7 +156,7 @@ func (e *env) active(role string) *instance {
 		if in.role != role || in.proc.exited() {
 			continue
 		}
-		lines := in.proc.logLines("lease")
+		lines := in.proc.currentLogLines("lease")
 		if len(lines) > 0 && strings.Contains(lines[len(lines)-1], "lease acquired") {
 			return in
 		}
@@ -200,7 +200,7 @@ func TestClusterXMPPFailover(t *testing.T) {
 			t.Fatal(err)
 		}
 		poll(t, readyTimeout, act.name+" standing by", func() error {
-			if len(act.proc.logLines("lease held by another instance")) == 0 {
+			if len(act.proc.currentLogLines("lease held by another instance")) == 0 {
 				return errors.New("not standing by yet")
 			}
 			return nil
@@ -255,7 +255,7 @@ func TestClusterMatrixFailover(t *testing.T) {
 			t.Fatal(err)
 		}
 		poll(t, readyTimeout, act.name+" standing by", func() error {
-			if len(act.proc.logLines("lease held by another instance")) == 0 {
+			if len(act.proc.currentLogLines("lease held by another instance")) == 0 {
 				return errors.New("not standing by yet")
 			}
 			return nil
@@ -297,7 +297,7 @@ func TestClusterMatrixFailoverWhilePushing(t *testing.T) {
 	// takeover does not repair a room the dead instance had not finished
 	// opening (see the report of issue 11).
 	poll(t, flowTimeout, "the direct chat opened", func() error {
-		if len(act.proc.logLines("direct chat opened")) == 0 {
+		if len(act.proc.currentLogLines("direct chat opened")) == 0 {
 			return errors.New("not yet")
 		}
 		return nil
@@ -365,14 +365,13 @@ func TestClusterRollingRestart(t *testing.T) {
 		if exitErr, inTime := p.signal(syscall.SIGTERM, stopTimeout); !inTime || exitErr != nil {
 			t.Fatalf("%s: clean stop: in time %v, %v", p.logPath, inTime, exitErr)
 		}
-		runs := len(p.logLines("bridge running"))
 		if err := p.start(); err != nil {
 			t.Fatal(err)
 		}
 		// With one core instance, what is said while it restarts is
 		// lost (presence travels on core NATS): wait for it.
 		poll(t, readyTimeout, p.logPath+" running again", func() error {
-			if len(p.logLines("bridge running")) == runs {
+			if len(p.currentLogLines("bridge running")) == 0 {
 				return errors.New("not yet")
 			}
 			return nil
@@ -453,4 +452,23 @@ func freePortE2E(t testing.TB) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// currentLogLines is logLines for the process's current run only (the
+// log file is appended to by every start).
+func (b *bridgeProc) currentLogLines(substr string) []string {
+	lines := b.logLines("")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if strings.HasPrefix(lines[i], "=== e2e: bridge started") {
+			lines = lines[i+1:]
+			break
+		}
+	}
+	var out []string
+	for _, l := range lines {
+		if strings.Contains(l, substr) {
+			out = append(out, l)
+		}
+	}
+	return out
 }
