@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -148,9 +149,28 @@ func (l *Leases) Run(ctx context.Context, name string, work func(context.Context
 		case err != nil:
 			return err
 		default:
+			// Give the others a chance before campaigning again (the
+			// work may have ended because this instance cannot work).
 			log.Info("work ended; lease released, standing by")
+			t := time.NewTimer(l.cfg.Renew)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil
+			case <-t.C:
+			}
 		}
 	}
+}
+
+// IsUnavailable reports whether err says that NATS could not answer in
+// time (no responders, a stream or consumer without a leader, a request
+// that timed out): in a cluster, a passing state while a node restarts
+// or leaders are elected, not a reason to give up.
+func IsUnavailable(err error) bool {
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
+		errors.Is(err, jetstream.ErrNoHeartbeat) || errors.Is(err, nats.ErrConnectionReconnecting)
 }
 
 // ErrLeaseLost is the cause of a term's context ending because the lease

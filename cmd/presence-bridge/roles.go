@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -154,9 +155,20 @@ func (h *sideHooks) endMatrix() { h.matrixHealth.set(nil) }
 // external cluster: other instances may run the same side), else at once
 // for as long as ctx lasts (the embedded server: this is the only
 // instance).
-func leaseRun(leases *bridge.Leases, name string, work func(context.Context) error) func(context.Context) error {
+func leaseRun(leases *bridge.Leases, log *slog.Logger, name string, work func(context.Context) error) func(context.Context) error {
 	if leases == nil {
 		return work
 	}
-	return func(ctx context.Context) error { return leases.Run(ctx, name, work, nil) }
+	// A term that fails because NATS could not answer (a node restarting,
+	// a leader being elected) ends; the lease goes back to the pool and
+	// this instance campaigns again: the process stays.
+	term := func(ctx context.Context) error {
+		err := work(ctx)
+		if err != nil && bridge.IsUnavailable(err) {
+			log.Warn("side stopped: NATS did not answer in time; standing by", "lease", name, "err", err)
+			return nil
+		}
+		return err
+	}
+	return func(ctx context.Context) error { return leases.Run(ctx, name, term, nil) }
 }

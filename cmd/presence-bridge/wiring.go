@@ -88,7 +88,7 @@ func runBridge(ctx context.Context, cfg *File, role Role) error {
 			}
 			return xmppside.New(cfg.XMPP, ns, tr, bus.Store(), pub, log.With("part", "xmpp"))
 		}
-		sideWork = append(sideWork, namedWork{"xmpp side", leaseRun(leases, leaseXMPP, func(ctx context.Context) error {
+		sideWork = append(sideWork, namedWork{"xmpp side", leaseRun(leases, log, leaseXMPP, func(ctx context.Context) error {
 			xs, err := next()
 			if err != nil {
 				return err
@@ -115,7 +115,7 @@ func runBridge(ctx context.Context, cfg *File, role Role) error {
 			}
 			return matrixside.New(cfg.Matrix, ns, tr, bus.Store(), pub, log.With("part", "matrix"))
 		}
-		sideWork = append(sideWork, namedWork{"matrix side", leaseRun(leases, leaseMatrix, func(ctx context.Context) error {
+		sideWork = append(sideWork, namedWork{"matrix side", leaseRun(leases, log, leaseMatrix, func(ctx context.Context) error {
 			ms, err := next()
 			if err != nil {
 				return err
