@@ -372,15 +372,22 @@ func (b *Bus) Subscribe(ctx context.Context, filter string, h Handler) (*nats.Su
 // [DeadLetterStream] and logged at ERROR. The log says when the consumer
 // starts failing and when it recovers, not every retry.
 func (b *Bus) Consume(ctx context.Context, name, filter string, ready func(), h DurableHandler) error {
-	cons, err := b.js.CreateOrUpdateConsumer(ctx, ControlStream, jetstream.ConsumerConfig{
-		Durable:       name,
-		FilterSubject: filter,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       30 * time.Second,
-		// The bus counts deliveries and dead-letters itself, so that an
-		// event it gives up on is kept and said.
-		MaxDeliver: -1,
-		BackOff:    nil,
+	var cons jetstream.Consumer
+	// On a cluster that is electing leaders (a node restarting) the
+	// request times out for a while: wait for it rather than fail.
+	err := b.retrySetup(ctx, b.srv == nil, func(ctx context.Context) error {
+		var err error
+		cons, err = b.js.CreateOrUpdateConsumer(ctx, ControlStream, jetstream.ConsumerConfig{
+			Durable:       name,
+			FilterSubject: filter,
+			AckPolicy:     jetstream.AckExplicitPolicy,
+			AckWait:       30 * time.Second,
+			// The bus counts deliveries and dead-letters itself, so that
+			// an event it gives up on is kept and said.
+			MaxDeliver: -1,
+			BackOff:    nil,
+		})
+		return err
 	})
 	if ctx.Err() != nil {
 		return nil

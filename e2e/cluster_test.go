@@ -149,15 +149,23 @@ func (e *env) procs() []*bridgeProc {
 }
 
 // active returns the running instance of role that holds its lease, by
-// its log: the last lease line of a live instance says whether it is
-// active.
+// its log: the last line of the current run that says whether it holds
+// the lease.
 func (e *env) active(role string) *instance {
 	for _, in := range e.instances {
 		if in.role != role || in.proc.exited() {
 			continue
 		}
-		lines := in.proc.currentLogLines("lease")
-		if len(lines) > 0 && strings.Contains(lines[len(lines)-1], "lease acquired") {
+		active := false
+		for _, l := range in.proc.currentLogLines("lease") {
+			switch {
+			case strings.Contains(l, "lease acquired"):
+				active = true
+			case strings.Contains(l, "standing by"), strings.Contains(l, "lease lost"), strings.Contains(l, "lease released"):
+				active = false
+			}
+		}
+		if active {
 			return in
 		}
 	}
