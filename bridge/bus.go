@@ -163,15 +163,50 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Bus, error) {
 		b.Close()
 		return nil, fmt.Errorf("bridge: jetstream: %w", err)
 	}
-	if err := b.ensureStream(ctx, cfg); err != nil {
-		b.Close()
-		return nil, err
-	}
-	if b.store, err = openStore(ctx, b.js, cfg.Replicas); err != nil {
+	if err := b.setUp(ctx, cfg); err != nil {
 		b.Close()
 		return nil, err
 	}
 	return b, nil
+}
+
+// setupPatience is how long Open waits for an external cluster's
+// JetStream to create the stream and buckets: a cluster that is still
+// electing its leaders, or busy with other instances starting at the
+// same moment, times requests out for a while.
+const setupPatience = 2 * time.Minute
+
+// setUp creates the streams and buckets, retrying on an external cluster
+// while it is not ready (see retrySetup).
+func (b *Bus) setUp(ctx context.Context, cfg Config) error {
+	return b.retrySetup(ctx, !cfg.IsEmbedded(), func(ctx context.Context) error {
+		if err := b.ensureStream(ctx, cfg); err != nil {
+			return err
+		}
+		var err error
+		b.store, err = openStore(ctx, b.js, cfg.Replicas)
+		return err
+	})
+}
+
+// retrySetup calls f until it succeeds, for up to setupPatience on an
+// external cluster (retry), once otherwise.
+func (b *Bus) retrySetup(ctx context.Context, retry bool, f func(context.Context) error) error {
+	deadline := time.Now().Add(setupPatience)
+	for attempt := 1; ; attempt++ {
+		err := f(ctx)
+		if err == nil || !retry || ctx.Err() != nil || time.Now().After(deadline) {
+			return err
+		}
+		b.log.Warn("nats cluster not ready for the bridge's streams and buckets; retrying", "attempt", attempt, "err", err)
+		t := time.NewTimer(time.Second)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+	}
 }
 
 // TokenFile is the file in the embedded server's data dir that holds the
@@ -344,15 +379,22 @@ func (b *Bus) Subscribe(ctx context.Context, filter string, h Handler) (*nats.Su
 // [DeadLetterStream] and logged at ERROR. The log says when the consumer
 // starts failing and when it recovers, not every retry.
 func (b *Bus) Consume(ctx context.Context, name, filter string, ready func(), h DurableHandler) error {
-	cons, err := b.js.CreateOrUpdateConsumer(ctx, ControlStream, jetstream.ConsumerConfig{
-		Durable:       name,
-		FilterSubject: filter,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       30 * time.Second,
-		// The bus counts deliveries and dead-letters itself, so that an
-		// event it gives up on is kept and said.
-		MaxDeliver: -1,
-		BackOff:    nil,
+	var cons jetstream.Consumer
+	// On a cluster that is electing leaders (a node restarting) the
+	// request times out for a while: wait for it rather than fail.
+	err := b.retrySetup(ctx, b.srv == nil, func(ctx context.Context) error {
+		var err error
+		cons, err = b.js.CreateOrUpdateConsumer(ctx, ControlStream, jetstream.ConsumerConfig{
+			Durable:       name,
+			FilterSubject: filter,
+			AckPolicy:     jetstream.AckExplicitPolicy,
+			AckWait:       30 * time.Second,
+			// The bus counts deliveries and dead-letters itself, so that
+			// an event it gives up on is kept and said.
+			MaxDeliver: -1,
+			BackOff:    nil,
+		})
+		return err
 	})
 	if ctx.Err() != nil {
 		return nil
@@ -360,6 +402,7 @@ func (b *Bus) Consume(ctx context.Context, name, filter string, ready func(), h 
 	if err != nil {
 		return fmt.Errorf("bridge: consumer %s: %w", name, err)
 	}
+	b.awaitConsumerLeader(ctx, cons)
 	health := &consumerHealth{name: name, log: b.log}
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		ev, err := DecodeEvent(m.Data())
@@ -369,7 +412,7 @@ func (b *Bus) Consume(ctx context.Context, name, filter string, ready func(), h 
 			return
 		}
 		b.settle(ctx, name, m.Subject(), m, ev, h(ctx, ev), health)
-	})
+	}, jetstream.PullExpiry(pullExpiry))
 	if err != nil {
 		return fmt.Errorf("bridge: consume %s: %w", name, err)
 	}
@@ -380,6 +423,36 @@ func (b *Bus) Consume(ctx context.Context, name, filter string, ready func(), h 
 	cc.Drain()
 	<-cc.Closed()
 	return nil
+}
+
+// pullExpiry bounds one pull request of a durable consumer. In a cluster a
+// pull can be lost (the consumer had no leader yet, or its leader died);
+// the client notices by the missing heartbeats (half of this) and pulls
+// again: a short expiry keeps such a stall to seconds (nats.go's default,
+// 30 s, would hold a subscription request that long).
+const pullExpiry = 5 * time.Second
+
+// awaitConsumerLeader waits (up to 10 s) until a new consumer of a
+// replicated stream has elected its leader: a pull sent before that goes
+// unanswered until it expires.
+func (b *Bus) awaitConsumerLeader(ctx context.Context, cons jetstream.Consumer) {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		info, err := cons.Info(ctx)
+		if err == nil && (info.Cluster == nil || info.Cluster.Leader != "") {
+			return
+		}
+		if ctx.Err() != nil || time.Now().After(deadline) {
+			return
+		}
+		t := time.NewTimer(50 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // consumerHealth logs the state changes of a durable consumer: the first

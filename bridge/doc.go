@@ -93,4 +93,14 @@
 // matrixside; the federation gateway's rooms by matrixfed. Others may
 // read them. Updates use
 // compare-and-set ([Bucket.Update]) where a read decides the write.
+//
+// # Several instances
+//
+// On an external cluster (Config.URLs) the bridge may run as several
+// processes, each with a role (cmd/presence-bridge -role). Of the
+// instances of a side one is active at a time: [Leases] elects it with a
+// key per side in the bucket [BucketLeases], taken with create, renewed
+// with compare-and-set on its revision, expiring on the server after
+// LeaseConfig.TTL; the holder stops at its own deadline, before the key
+// can expire, so two are never active at once.
 package bridge

@@ -4,14 +4,12 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/presence-bridge/presence-bridge/internal/testenv/natscluster"
 	"github.com/presence-bridge/presence-bridge/mapping"
 )
 
@@ -23,42 +21,6 @@ func freePort(t *testing.T) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
-}
-
-// startNATSCluster runs n separate nats-server processes (Debian's package)
-// clustered with JetStream, and returns their client URLs.
-func startNATSCluster(t *testing.T, n int) []string {
-	t.Helper()
-	bin, err := exec.LookPath("nats-server")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("nats-server not installed (CI=true): apt-get install -y nats-server")
-		}
-		t.Skip("nats-server not installed; install with: apt-get install -y nats-server")
-	}
-	clientPorts, routePorts := make([]int, n), make([]int, n)
-	var routes []string
-	for i := range n {
-		clientPorts[i], routePorts[i] = freePort(t), freePort(t)
-		routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", routePorts[i]))
-	}
-	var urls []string
-	for i := range n {
-		dir := t.TempDir()
-		args := []string{"-a", "127.0.0.1", "-p", fmt.Sprint(clientPorts[i]), "-js", "-sd", dir, "-n", fmt.Sprintf("n%d", i)}
-		if n > 1 {
-			args = append(args, "--cluster_name", "pbtest", "--cluster", routes[i], "--routes", strings.Join(routes, ","))
-		}
-		cmd := exec.Command(bin, args...)
-		logf, _ := os.Create(filepath.Join(dir, "nats.log"))
-		cmd.Stdout, cmd.Stderr = logf, logf
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait(); logf.Close() })
-		urls = append(urls, fmt.Sprintf("nats://127.0.0.1:%d", clientPorts[i]))
-	}
-	return urls
 }
 
 // openExternal retries while the cluster elects its JetStream leader.
@@ -85,7 +47,8 @@ func openExternal(t *testing.T, urls []string, replicas int) *Bus {
 // TestExternalClusterMode: two bridge processes' worth of buses on
 // different servers of one three-node cluster share events and state.
 func TestExternalClusterMode(t *testing.T) {
-	urls := startNATSCluster(t, 3)
+	cl := natscluster.Start(t, 3)
+	urls := cl.URLs()
 	a := openExternal(t, urls[:1], 3)
 	b := openExternal(t, urls[2:], 3)
 	ctx := context.Background()
@@ -140,4 +103,104 @@ func TestExternalConnectErrorIsClear(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "connect to nats") {
 		t.Fatalf("err = %v", err)
 	}
+}
+
+// TestClusterReplicatesEverything: with nats.replicas 3 every stream and
+// bucket of the bridge has three current peers, and the state survives
+// the loss of any one node (SIGKILL): reads and compare-and-set writes go
+// on through the other two.
+func TestClusterReplicatesEverything(t *testing.T) {
+	cl := natscluster.Start(t, 3)
+	b := openExternal(t, cl.URLs(), 3)
+	if _, err := b.Leases(context.Background(), testLease, 3, "t"); err != nil {
+		t.Fatal(err)
+	}
+	streams := []string{ControlStream, DeadLetterStream}
+	for _, bk := range []string{BucketPresence, BucketSubscriptions, BucketLinks, BucketSettings, BucketTxns, BucketLeases} {
+		streams = append(streams, "KV_"+bk)
+	}
+	for _, s := range streams {
+		waitFor(t, 30*time.Second, s+" with 3 current replicas", func() bool {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			peers, current, err := natscluster.StreamReplicas(ctx, cl.URL(0), s)
+			return err == nil && peers == 3 && current == 3
+		})
+	}
+	ctx := context.Background()
+	key := PresenceKey(mapping.NetworkXMPP, "alice@example.com")
+	if _, err := b.Store().Settings.Put(ctx, key, UserSettings{OptOut: true}); err != nil {
+		t.Fatal(err)
+	}
+	cl.Kill(0)
+	waitFor(t, 30*time.Second, "state readable and writable with one node dead", func() bool {
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		_, err := b.Store().Settings.Update(cctx, key, func(cur UserSettings, ok bool) (UserSettings, bool, error) {
+			return UserSettings{OptOut: !cur.OptOut}, true, nil
+		})
+		return err == nil
+	})
+	s, _, err := b.Store().Settings.Get(ctx, key)
+	if err != nil || s.OptOut {
+		t.Fatalf("after the node's death: %+v %v, want the one update applied", s, err)
+	}
+}
+
+// TestLeaseNeverTwoHoldersWhileNodesDie: two instances, each connected to
+// a different node of a three-node cluster, compete for one lease while
+// each node in turn is killed (SIGKILL) and restarted. Leadership may
+// change hands (a dead node may have led the lease bucket), but the two
+// terms never overlap, and someone holds the lease again each time.
+func TestLeaseNeverTwoHoldersWhileNodesDie(t *testing.T) {
+	cl := natscluster.Start(t, 3)
+	a := openExternal(t, []string{cl.URL(0), cl.URL(1)}, 3)
+	b := openExternal(t, []string{cl.URL(2), cl.URL(1)}, 3)
+	cfg := LeaseConfig{TTL: 3 * time.Second, Renew: time.Second}
+	var ta, tb term
+	for _, h := range []struct {
+		bus *Bus
+		tm  *term
+		id  string
+	}{{a, &ta, "a"}, {b, &tb, "b"}} {
+		l, err := h.bus.Leases(context.Background(), cfg, 3, h.id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		runLease(t, l, h.tm, nil)
+	}
+	someone := func() bool { return ta.isActive() || tb.isActive() }
+	waitFor(t, 30*time.Second, "a holder", someone)
+	for node := range 3 {
+		cl.Kill(node)
+		waitFor(t, 60*time.Second, fmt.Sprintf("a holder with node %d dead", node), someone)
+		cl.Restart(node)
+		cl.WaitReady(60 * time.Second)
+		waitFor(t, 60*time.Second, fmt.Sprintf("a holder with node %d back", node), someone)
+	}
+	// The terms, as intervals on this process's clock, never overlap.
+	ta.mu.Lock()
+	tb.mu.Lock()
+	defer ta.mu.Unlock()
+	defer tb.mu.Unlock()
+	type span struct{ from, to time.Time }
+	spans := func(tm *term) []span {
+		var out []span
+		for i, s := range tm.starts {
+			end := time.Now()
+			if i < len(tm.ends) {
+				end = tm.ends[i]
+			}
+			out = append(out, span{s, end})
+		}
+		return out
+	}
+	for _, x := range spans(&ta) {
+		for _, y := range spans(&tb) {
+			if x.from.Before(y.to) && y.from.Before(x.to) {
+				t.Errorf("a held the lease %v–%v and b %v–%v: two holders at once", x.from.Format("05.000"), x.to.Format("05.000"), y.from.Format("05.000"), y.to.Format("05.000"))
+			}
+		}
+	}
+	t.Logf("terms: a %d, b %d", len(ta.starts), len(tb.starts))
 }

@@ -19,9 +19,16 @@
 //     away and coming back.
 //   - storm_test.go: story 8, 200 contacts changing presence at once.
 //   - latency_test.go: BenchmarkLatency, end-to-end latency both ways.
+//   - cluster_test.go: issue 11, the bridge split by role (one core, two
+//     xmpp and two matrix instances as separate processes) on a
+//     three-node NATS cluster (internal/testenv/natscluster, nats-server
+//     v2.15.2 from make natsserver): the active xmpp or matrix instance
+//     killed, a NATS node killed, a rolling restart. The failover times
+//     are logged (FAILOVER_ROUNDS rounds of the xmpp story).
 //
-// The tests need Prosody (apt-get install -y prosody) and the Dendrite
-// binaries (make dendrite); without them they are skipped, or fail when
+// The tests need Prosody (apt-get install -y prosody), the Dendrite
+// binaries (make dendrite) and, for the cluster stories, nats-server
+// (make natsserver); without them they are skipped, or fail when
 // CI=true. The bridge's log (level debug) is printed when a test fails, or
 // always with E2E_LOG=1.
 package e2e

@@ -23,6 +23,7 @@ import (
 
 	"github.com/presence-bridge/presence-bridge/bridge"
 	dendritetest "github.com/presence-bridge/presence-bridge/internal/testenv/dendrite"
+	"github.com/presence-bridge/presence-bridge/internal/testenv/natscluster"
 	prosodytest "github.com/presence-bridge/presence-bridge/internal/testenv/prosody"
 	"github.com/presence-bridge/presence-bridge/mapping"
 )
@@ -91,6 +92,9 @@ type options struct {
 	// how long a server may be gone before the other side sees its users
 	// offline.
 	offlineGrace time.Duration
+	// cluster runs the bridge split by role over a three-node NATS
+	// cluster (see cluster_test.go): e.bridge is then the core instance.
+	cluster bool
 }
 
 // env is one test's world: Prosody, Dendrite, the bridge process and a tap
@@ -112,6 +116,9 @@ type env struct {
 
 	bridge *bridgeProc
 	tap    *busTap
+
+	cluster   *natscluster.Cluster // with options.cluster
+	instances []*instance          // the xmpp and matrix instances, with options.cluster
 }
 
 // newEnv starts Prosody and Dendrite, then the bridge, and waits until the
@@ -120,6 +127,9 @@ func newEnv(t testing.TB, opts options) *env {
 	t.Helper()
 	e := &env{t: t, dir: t.TempDir(), opts: opts}
 	e.xmpp = prosodytest.Start(t, prosodytest.Options{}) // skips (or fails on CI) without Prosody
+	if opts.cluster {
+		e.cluster = natscluster.Start(t, 3)
+	}
 	bin := bridgeBinary(t)
 	e.ns = mapping.Namespace{GhostPrefix: "_xmpp_", HomeserverDomain: "localhost", ComponentDomain: e.xmpp.ComponentDomain}
 	e.listen = fmt.Sprintf("127.0.0.1:%d", prosodytest.FreePort(t))
@@ -161,6 +171,10 @@ func newEnv(t testing.TB, opts options) *env {
 			t.Logf("bridge log (%s), last %d lines:\n%s", e.bridge.logPath, logTailOnFailed, e.bridge.logTail(logTailOnFailed))
 		}
 	})
+	if opts.cluster {
+		e.startCluster(bin, policy, hsURL, hsToken)
+		return e
+	}
 	e.startBridge()
 	e.tap = newBusTap(t, e.natsURL, filepath.Join(e.dir, "nats", bridge.TokenFile))
 	return e
@@ -202,20 +216,27 @@ matrix:
   # the bridge through the bot's /sync, the bot being in every direct chat
   # a ghost opens, not by polling.
 %s
-nats:
-  embedded:
-    data_dir: %s
-    listen: %s
+%s
 core:
   coalesce_window: %s
 logging:
   level: debug
 `, port, e.xmpp.ComponentDomain, secret, policy, graceLine(grace),
-		homeserverURL, e.ns.HomeserverDomain, e.asToken, hsToken, e.listen, e.ns.GhostPrefix, graceLine(grace),
-		filepath.Join(e.dir, "nats"), strings.TrimPrefix(e.natsURL, "nats://"), coalesceWindow)
+		homeserverURL, e.ns.HomeserverDomain, e.asToken, hsToken, e.listen, e.ns.GhostPrefix, graceLine(grace)+e.appserviceURLLine(),
+		e.natsSection(), coalesceWindow)
 	if err := os.WriteFile(e.cfgPath, []byte(cfg), 0o600); err != nil {
 		e.t.Fatal(err)
 	}
+}
+
+// natsSection is the config's nats section: the embedded server, or
+// with options.cluster the three-node cluster and the lease timings.
+func (e *env) natsSection() string {
+	if e.cluster != nil {
+		return fmt.Sprintf("nats:\n  urls: [%s]\n  replicas: 3\ncluster:\n  lease_ttl: %v\n  lease_renew: %v",
+			strings.Join(e.cluster.URLs(), ", "), leaseTTL, leaseRenew)
+	}
+	return fmt.Sprintf("nats:\n  embedded:\n    data_dir: %s\n    listen: %s", filepath.Join(e.dir, "nats"), strings.TrimPrefix(e.natsURL, "nats://"))
 }
 
 func graceLine(grace string) string {
@@ -353,6 +374,7 @@ func (e *env) busyPresence() string {
 // bridgeProc is the bridge running as its own process.
 type bridgeProc struct {
 	bin, cfgPath, logPath string
+	args                  []string // after -config, e.g. -role xmpp
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -371,7 +393,7 @@ func (b *bridgeProc) start() error {
 		return err
 	}
 	fmt.Fprintf(logf, "=== e2e: bridge started at %s\n", time.Now().Format(time.RFC3339Nano))
-	cmd := exec.Command(b.bin, "-config", b.cfgPath)
+	cmd := exec.Command(b.bin, append([]string{"-config", b.cfgPath}, b.args...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	setParentDeathSignal(cmd)
 	if err := cmd.Start(); err != nil {
@@ -493,12 +515,17 @@ type tapped struct {
 func newBusTap(t testing.TB, url, tokenFile string) *busTap {
 	t.Helper()
 	tap := &busTap{t: t, notify: make(chan struct{})}
-	// The bridge's listener wants the token it keeps in its data dir.
-	tok, err := os.ReadFile(tokenFile)
-	if err != nil {
-		t.Fatalf("e2e: the bridge's nats token: %v", err)
+	opts := []nats.Option{nats.Name("e2e-tap"), nats.MaxReconnects(-1), nats.ReconnectWait(50 * time.Millisecond)}
+	// The bridge's listener wants the token it keeps in its data dir (a
+	// test's own cluster has none: tokenFile "").
+	if tokenFile != "" {
+		tok, err := os.ReadFile(tokenFile)
+		if err != nil {
+			t.Fatalf("e2e: the bridge's nats token: %v", err)
+		}
+		opts = append(opts, nats.Token(strings.TrimSpace(string(tok))))
 	}
-	nc, err := nats.Connect(url, nats.Name("e2e-tap"), nats.Token(strings.TrimSpace(string(tok))), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		t.Fatalf("e2e: connect to the bridge's nats: %v", err)
 	}

@@ -58,6 +58,7 @@ type Side struct {
 	ephemeralSeen atomic.Bool
 	pollRounds    atomic.Int64 // completed poll rounds, for tests
 	running       atomic.Bool
+	keepGhosts    atomic.Bool // KeepGhostsOnStop
 	botJoins      chan id.RoomID
 	ready         chan struct{} // closed once the listener is up
 
@@ -276,7 +277,9 @@ func (s *Side) Run(ctx context.Context) error {
 
 	<-ctx.Done()
 	wg.Wait()
-	s.ghostsOffline(context.WithoutCancel(ctx))
+	if !s.keepGhosts.Load() {
+		s.ghostsOffline(context.WithoutCancel(ctx))
+	}
 	s.as.HTTPClient.CloseIdleConnections()
 	for _, l := range s.sampled {
 		l.flush(time.Now().Add(sampledLogEvery))
@@ -284,6 +287,12 @@ func (s *Side) Run(ctx context.Context) error {
 	s.log.Info("matrix side stopped")
 	return firstErr
 }
+
+// KeepGhostsOnStop makes Run leave the ghosts showing what they show
+// when it ends, instead of setting them offline: for a bridge of several
+// instances, where another instance takes the appservice over and goes
+// on from what the ghosts show. Call it before Run.
+func (s *Side) KeepGhostsOnStop() { s.keepGhosts.Store(true) }
 
 // shutdownOfflineTimeout bounds setting the ghosts offline on shutdown.
 const shutdownOfflineTimeout = 5 * time.Second

@@ -19,13 +19,14 @@ import (
 
 // File is config.yaml. Each section belongs to the package that uses it.
 type File struct {
-	XMPP    xmppside.Config `yaml:"xmpp"`
-	Matrix  MatrixConfig    `yaml:"matrix"`
-	NATS    bridge.Config   `yaml:"nats"`
-	Core    core.Config     `yaml:"core"`
-	Mapping MappingConfig   `yaml:"mapping"`
-	Logging LoggingConfig   `yaml:"logging"`
-	Metrics metrics.Config  `yaml:"metrics"`
+	XMPP    xmppside.Config    `yaml:"xmpp"`
+	Matrix  MatrixConfig       `yaml:"matrix"`
+	NATS    bridge.Config      `yaml:"nats"`
+	Core    core.Config        `yaml:"core"`
+	Mapping MappingConfig      `yaml:"mapping"`
+	Logging LoggingConfig      `yaml:"logging"`
+	Metrics metrics.Config     `yaml:"metrics"`
+	Cluster bridge.LeaseConfig `yaml:"cluster"`
 }
 
 // MatrixConfig is the "matrix" section: the appservice's keys
@@ -145,6 +146,7 @@ func defaults() File {
 		Mapping: MappingConfig{Busy: "auto"},
 		Logging: LoggingConfig{Level: "info", Format: "text"},
 		Metrics: metrics.Default(),
+		Cluster: bridge.DefaultLeaseConfig(),
 	}
 }
 
@@ -172,6 +174,7 @@ func loadConfig(path string) (*File, error) {
 		config.Section{Path: "mapping", Validate: func() error { return f.Mapping.Validate() }},
 		config.Section{Path: "logging", Validate: func() error { return f.Logging.Validate() }},
 		config.Section{Path: "metrics", Validate: func() error { return f.Metrics.Validate() }},
+		config.Section{Path: "cluster", Validate: func() error { return f.Cluster.Validate() }},
 		config.Section{Path: "", Validate: func() error { return namespaceProblems(f.Namespace()) }},
 	)
 	f.Core.Policy = core.Policy(f.XMPP.SubscriptionPolicy)

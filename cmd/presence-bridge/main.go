@@ -1,6 +1,6 @@
 // Command presence-bridge bridges presence between XMPP and Matrix.
 //
-//	presence-bridge [-config config.yaml] [-check]     run the bridge (or only check the config)
+//	presence-bridge [-config config.yaml] [-role all|xmpp|matrix|core] [-check]     run the bridge (or only check the config)
 //	presence-bridge generate-registration [-config config.yaml] [-out registration.yaml]
 //	presence-bridge version
 //	presence-bridge presence|request|statuses|subscriptions|watch [-config config.yaml] [-json] …
@@ -24,9 +24,14 @@ var version = "dev"
 var usage = `presence-bridge: presence between XMPP and Matrix.
 
 Usage:
-  presence-bridge [-config FILE] [-check]
+  presence-bridge [-config FILE] [-role ROLE] [-check]
         Run the bridge with FILE (default config.yaml). With -check, only
         validate the config: every problem is listed, exit status 1 if any.
+        ROLE is the part this process runs: all (the default: everything,
+        with the embedded NATS server unless nats.urls is set), or, on an
+        external NATS cluster (nats.urls), xmpp, matrix or core; run each
+        on as many machines as you like (one xmpp and one matrix instance
+        is active at a time, the others take over when it dies).
   presence-bridge generate-registration [-config FILE] [-out FILE]
         Write a Matrix appservice registration (fresh tokens unless the
         config sets them) for the homeserver. Put the same tokens in the
@@ -63,6 +68,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.Usage = func() { fmt.Fprint(stderr, usage) }
 	path := fs.String("config", "config.yaml", "config file")
 	check := fs.Bool("check", false, "validate the config and exit")
+	roleFlag := fs.String("role", string(RoleAll), "the part this process runs: all, xmpp, matrix or core")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -73,9 +79,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "presence-bridge: unknown command %q\n\n%s", fs.Arg(0), usage)
 		return 2
 	}
+	role, err := ParseRole(*roleFlag)
+	if err != nil {
+		fmt.Fprintf(stderr, "presence-bridge: %v\n", err)
+		return 2
+	}
 	cfg, err := loadConfig(*path)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	if err := checkRole(role, cfg); err != nil {
+		fmt.Fprintf(stderr, "presence-bridge: %v\n", err)
 		return 1
 	}
 	if *check {
@@ -87,7 +102,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	// After the first signal the bridge shuts down cleanly; a second one
 	// (default handling restored) ends the process at once.
 	go func() { <-ctx.Done(); stop() }()
-	if err := runBridge(ctx, cfg); err != nil {
+	if err := runBridge(ctx, cfg, role); err != nil {
 		fmt.Fprintln(stderr, "presence-bridge:", err)
 		return 1
 	}

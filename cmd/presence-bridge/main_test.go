@@ -100,3 +100,41 @@ func TestVersionAndHelp(t *testing.T) {
 		t.Fatalf("unknown command: exit %d", code)
 	}
 }
+
+// TestRoleNeedsExternalNATS: a split role on the embedded server is
+// refused with a message that says what to do; a bad role is refused.
+func TestRoleNeedsExternalNATS(t *testing.T) {
+	t.Setenv("PB_XMPP_SECRET", "s")
+	t.Setenv("PB_MATRIX_AS_TOKEN", "as")
+	t.Setenv("PB_MATRIX_HS_TOKEN", "hs")
+	for _, role := range []string{"xmpp", "matrix", "core"} {
+		code, _, errs := runCLI(t, "-config", "../../config.yaml", "-role", role, "-check")
+		if code != 1 || !strings.Contains(errs, "-role "+role+" needs nats.urls") {
+			t.Errorf("-role %s: exit %d: %s", role, code, errs)
+		}
+	}
+	code, _, errs := runCLI(t, "-config", "../../config.yaml", "-role", "sides", "-check")
+	if code != 2 || !strings.Contains(errs, "must be all, xmpp, matrix or core") {
+		t.Errorf("-role sides: exit %d: %s", code, errs)
+	}
+	code, out, errs := runCLI(t, "-config", "../../config.yaml", "-role", "all", "-check")
+	if code != 0 || !strings.Contains(out, "OK") {
+		t.Errorf("-role all: exit %d: %s%s", code, out, errs)
+	}
+}
+
+// TestRoleWithClusterChecks: with nats.urls every role's config checks,
+// and the cluster section is validated with its keys.
+func TestRoleWithClusterChecks(t *testing.T) {
+	p := writeFile(t, "xmpp:\n  component_domain: matrix.example.net\n  secret: s\nmatrix:\n  homeserver_url: http://127.0.0.1:8008\n  homeserver_domain: example.org\n  as_token: a\n  hs_token: h\nnats:\n  urls: [nats://127.0.0.1:4222]\n  replicas: 3\n")
+	for _, role := range []string{"all", "xmpp", "matrix", "core"} {
+		if code, out, errs := runCLI(t, "-config", p, "-role", role, "-check"); code != 0 || !strings.Contains(out, "OK") {
+			t.Errorf("-role %s: exit %d: %s%s", role, code, out, errs)
+		}
+	}
+	bad := writeFile(t, "xmpp:\n  component_domain: matrix.example.net\n  secret: s\nmatrix:\n  homeserver_url: http://127.0.0.1:8008\n  homeserver_domain: example.org\n  as_token: a\n  hs_token: h\ncluster:\n  lease_ttl: 2s\n  lease_renew: 3s\n")
+	code, _, errs := runCLI(t, "-config", bad, "-check")
+	if code != 1 || !strings.Contains(errs, "cluster.lease_renew") {
+		t.Errorf("renew above the TTL: exit %d: %s", code, errs)
+	}
+}

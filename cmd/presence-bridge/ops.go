@@ -19,28 +19,34 @@ import (
 // as the core): the presence service, the updates the core publishes,
 // and, if configured, metrics and health checks. It reports false if the
 // group stopped before they were ready.
-func startOps(g *group, c *core.Core, bus *bridge.Bus, pub *transport.Publisher, xs *xmppside.Component, ms matrixSide,
+func startOps(g *group, c *core.Core, bus *bridge.Bus, pub *transport.Publisher, hooks *sideHooks, role Role,
 	cfg *File, table mapping.Table, busy bool, log *slog.Logger) bool {
 	log = log.With("part", "ops")
 	var watcher bridge.PresenceWatcher = opsapi.NewUpdates(bus.Conn(), log)
 	var m *metrics.Metrics
 	if cfg.Metrics.Listen != "" {
 		var err error
-		m, err = metrics.New(metrics.Sources{
-			NATS: bus.Conn(), Store: bus.Store(), XMPP: xs, Matrix: ms,
-			XMPPConnects: xs.StreamConnects, Coalesced: c.Coalesced, Log: log,
-		})
+		src := metrics.Sources{NATS: bus.Conn(), Store: bus.Store(), Coalesced: c.Coalesced, Log: log}
+		// The sides' health and counts where this process runs them
+		// (the core role alone reports NATS and the state).
+		if role.runs(RoleXMPP) {
+			src.XMPP, src.XMPPConnects = &hooks.xmppHealth, hooks.streamConnects
+		}
+		if role.runs(RoleMatrix) {
+			src.Matrix = &hooks.matrixHealth
+		}
+		m, err = metrics.New(src)
 		if err != nil {
 			g.run("metrics", func(context.Context) error { return err })
 			return false
 		}
-		// Before the sides run. Ghosts show XMPP users' presence,
+		// On each side before it runs. Ghosts show XMPP users' presence,
 		// puppets Matrix users'.
-		if as, ok := ms.(*matrixside.Side); ok {
-			as.InstrumentRequests(m.ObserveHomeserverRequest)
-			as.OnDelivered(m.Delivered(mapping.NetworkXMPP))
-		}
-		xs.OnDelivered(m.Delivered(mapping.NetworkMatrix))
+		hooks.onMatrix(func(ms *matrixside.Side) {
+			ms.InstrumentRequests(m.ObserveHomeserverRequest)
+			ms.OnDelivered(m.Delivered(mapping.NetworkXMPP))
+		})
+		hooks.onXMPP(func(xs *xmppside.Component) { xs.OnDelivered(m.Delivered(mapping.NetworkMatrix)) })
 		watcher = m.Watcher(watcher)
 	}
 	c.SetWatcher(watcher)
