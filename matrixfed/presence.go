@@ -3,6 +3,7 @@ package matrixfed
 import (
 	"context"
 	stdjson "encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -57,7 +58,9 @@ func (g *Gateway) restorePresence(ctx context.Context) {
 			continue
 		}
 		key := bridge.PresenceKey(mapping.NetworkXMPP, string(jid))
-		if s, _, err := g.store.Settings.Get(ctx, key); err == nil && s.OptOut {
+		// An opted-out person's record holds their real presence: show
+		// nothing when their choice cannot be read.
+		if s, _, err := g.store.Settings.Get(ctx, key); (err == nil && s.OptOut) || (err != nil && !errors.Is(err, bridge.ErrNotFound)) {
 			continue
 		}
 		rec, _, err := g.store.Presence.Get(ctx, key)

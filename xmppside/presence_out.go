@@ -31,6 +31,17 @@ func (c *Component) currentPresence(ctx context.Context, id mapping.UserID) (sho
 	if st := rec.Presence.State; st == mapping.StateUnknown || st == mapping.StateUnset {
 		return shown{}, false
 	}
+	// The record holds an opted-out user's real presence (the core shows
+	// offline in its place): read their choice, and show nothing when it
+	// cannot be read.
+	set, _, err := c.store.Settings.Get(gctx, bridge.PresenceKey(mapping.NetworkMatrix, string(id)))
+	switch {
+	case err == nil && set.OptOut:
+		return shown{}, false
+	case err != nil && !errors.Is(err, bridge.ErrNotFound):
+		c.plog.Warn("reading a puppet's opt-out failed; not showing its stored presence", "mxid", id, "err", err)
+		return shown{}, false
+	}
 	return c.puppets.setIfUnknown(id, shown{presence: rec.Presence, seq: rec.Seq, at: rec.UpdatedAt}), true
 }
 

@@ -182,3 +182,25 @@ func TestPuppetDeliveredOnce(t *testing.T) {
 		t.Error("a presence without an observation time reported")
 	}
 }
+
+// TestOptedOutRecordNeverShownAfterRestart: the core's record of a Matrix
+// user who opted out still holds their real presence (the core shows
+// offline in its place). A component that starts afresh, and so reads the
+// record, must not show it to a contact.
+func TestOptedOutRecordNeverShownAfterRestart(t *testing.T) {
+	c, _ := newTestComponent(t)
+	ctx := context.Background()
+	rec := bridge.PresenceRecord{Presence: mapping.Presence{State: mapping.StateBusy, Status: "private"}, Seq: 9, UpdatedAt: time.Now().UTC()}
+	key := bridge.PresenceKey(mapping.NetworkMatrix, string(carol))
+	if _, err := c.store.Presence.Put(ctx, key, rec); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.store.Settings.Put(ctx, key, bridge.UserSettings{OptOut: true, UpdatedAt: time.Now().UTC()}); err != nil {
+		t.Fatal(err)
+	}
+	befriendInStore(t, c, carol, "u@x.org")
+	out := feed(t, c, `<presence type='probe' from='u@x.org/r' to='`+puppetOf(t, c, carol)+`'/>`)
+	if strings.Contains(out, "private") || strings.Contains(out, "<show>") {
+		t.Errorf("an opted-out user's stored presence was shown: %s", out)
+	}
+}
