@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -103,6 +104,8 @@ type Bus struct {
 	maxDeliver int
 	retryBase  time.Duration // the first back-off step; tests shorten it
 
+	republishing atomic.Int64 // reports being published again (see republish)
+
 	replicas       int
 	partitions     int  // of InStream
 	wantPartitions int  // cfg.Partitions: checked by ServePartitions
@@ -159,7 +162,9 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Bus, error) {
 		return nil, fmt.Errorf("bridge: connect to nats: %w", err)
 	}
 	b.nc = nc
-	if b.js, err = jetstream.New(nc); err != nil {
+	if b.js, err = jetstream.New(nc,
+		jetstream.WithPublishAsyncErrHandler(b.republish),
+		jetstream.WithPublishAsyncTimeout(reportAckTimeout)); err != nil {
 		b.Close()
 		return nil, fmt.Errorf("bridge: jetstream: %w", err)
 	}
@@ -346,10 +351,60 @@ func (b *Bus) Publish(ctx context.Context, dir Direction, ev *Event) error {
 		}
 		return nil
 	}
+	if dir == In {
+		// A report goes to the core's stream (InStream). Published
+		// without waiting, so that a side is not slowed by a round trip
+		// per report; one the stream did not acknowledge (its leader was
+		// being elected, a node died) is published again by republish.
+		if _, err := b.js.PublishAsync(subj, data, jetstream.WithMsgID(ev.ID)); err != nil {
+			return fmt.Errorf("bridge: publish %s: %w", subj, err)
+		}
+		return nil
+	}
 	if err := b.nc.Publish(subj, data); err != nil {
 		return fmt.Errorf("bridge: publish %s: %w", subj, err)
 	}
 	return nil
+}
+
+// reportAckTimeout is how long a report waits for the stream's
+// acknowledgement before it is published again.
+const reportAckTimeout = 5 * time.Second
+
+// maxRepublishing bounds the reports being published again at once (a
+// long outage): beyond it they are dropped, with a warning; presence is
+// state, and the person's next change repairs it.
+const maxRepublishing = 4096
+
+// republish publishes again, until the stream acknowledges it or the bus
+// closes, a report the stream did not acknowledge. It keeps its message
+// id, so that the stream drops a copy of one that was stored after all;
+// the core drops one that arrives after a newer report of the same person
+// (by Seq).
+func (b *Bus) republish(_ jetstream.JetStream, msg *nats.Msg, cause error) {
+	if n := b.republishing.Add(1); n > maxRepublishing {
+		b.republishing.Add(-1)
+		b.log.Warn("report not acknowledged and too many being published again; dropped", "subject", msg.Subject, "err", cause)
+		return
+	}
+	go func() {
+		defer b.republishing.Add(-1)
+		wait := 100 * time.Millisecond
+		for {
+			select {
+			case <-b.closed:
+				return
+			case <-time.After(wait):
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), reportAckTimeout)
+			_, err := b.js.PublishMsg(ctx, msg)
+			cancel()
+			if err == nil || errors.Is(err, nats.ErrConnectionClosed) {
+				return
+			}
+			wait = min(2*wait, 2*time.Second)
+		}
+	}()
 }
 
 // Subscribe delivers events on subjects matching filter (see
@@ -518,6 +573,13 @@ func (b *Bus) Close() error {
 	var err error
 	b.closeOnce.Do(func() {
 		if b.nc != nil {
+			// Reports still waiting for their acknowledgement.
+			if b.js != nil {
+				select {
+				case <-b.js.PublishAsyncComplete():
+				case <-time.After(reportAckTimeout):
+				}
+			}
 			if e := b.nc.Drain(); e != nil && !errors.Is(e, nats.ErrConnectionClosed) {
 				err = e
 			}

@@ -382,8 +382,9 @@ func (l *leaser) start(ctx context.Context, i int, rev uint64, validUntil time.T
 	if err != nil {
 		return fail(fmt.Errorf("bridge: consumer %s: %w", PartitionConsumer(i), err))
 	}
+	l.bus.awaitConsumerLeader(wctx, cons)
 	go w.acker()
-	if w.cc, err = cons.Consume(w.deliver, jetstream.PullMaxMessages(1000)); err != nil {
+	if w.cc, err = cons.Consume(w.deliver, jetstream.PullMaxMessages(1000), jetstream.PullExpiry(pullExpiry)); err != nil {
 		cancel()
 		<-w.ackDone
 		return nil, fmt.Errorf("bridge: consume %s: %w", PartitionConsumer(i), err)

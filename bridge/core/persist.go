@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/presence-bridge/presence-bridge/bridge"
 )
@@ -157,24 +158,42 @@ func (p *persister) pending(key string) (rec bridge.PresenceRecord, ok, deleted 
 	return w.rec, !w.delete, w.delete
 }
 
-// Run writes until ctx ends, then writes what is left.
+// Run writes until ctx ends, then writes what is left. Writes that failed
+// (a cluster electing a leader answers nothing for seconds) are tried
+// again after a back-off, not only when the next change comes: the
+// reports they hold are acknowledged only once written.
 func (p *persister) Run(ctx context.Context) {
+	var retry <-chan time.Time
+	backoff := retryMin
 	for {
 		select {
 		case <-ctx.Done():
 			p.flush(context.WithoutCancel(ctx))
 			return
 		case <-p.kick:
-			p.flush(ctx)
+		case <-retry:
 		}
+		if p.flush(ctx) {
+			retry, backoff = nil, retryMin
+			continue
+		}
+		retry = time.After(backoff)
+		backoff = min(2*backoff, retryMax)
 	}
 }
+
+// The back-off of failed writes.
+const (
+	retryMin = 100 * time.Millisecond
+	retryMax = 5 * time.Second
+)
 
 // flushWorkers write a batch in parallel: each write is a round trip to
 // JetStream, and a batch holds one write per user changed meanwhile.
 const flushWorkers = 8
 
-func (p *persister) flush(ctx context.Context) {
+// flush writes what is dirty, and reports whether every write succeeded.
+func (p *persister) flush(ctx context.Context) bool {
 	p.mu.Lock()
 	batch := p.dirty
 	target := p.queued
@@ -226,4 +245,5 @@ func (p *persister) flush(ctx context.Context) {
 	close(p.flushed)
 	p.flushed = make(chan struct{})
 	p.mu.Unlock()
+	return ok
 }
