@@ -80,13 +80,23 @@ func TestLeaseOneActiveAndCleanHandover(t *testing.T) {
 	if tb.isActive() || !ta.isActive() {
 		t.Fatalf("a active %v, b active %v: want only a", ta.isActive(), tb.isActive())
 	}
-	stopped := time.Now()
 	if err := stopA(); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 5*time.Second, "b active", tb.isActive)
-	if took := time.Since(stopped); took >= testLease.TTL {
-		t.Errorf("clean handover took %v, want less than the TTL (%v): the lease was not released", took, testLease.TTL)
+	// Released, not expired: b started sooner after a's term ended than
+	// the lease would have taken to expire (a's own shutdown not counted).
+	ta.mu.Lock()
+	aEnded := ta.ends
+	ta.mu.Unlock()
+	tb.mu.Lock()
+	bStarted := tb.starts[0]
+	tb.mu.Unlock()
+	if len(aEnded) != 1 {
+		t.Fatalf("a's terms ended: %v, want one", aEnded)
+	}
+	if took := bStarted.Sub(aEnded[0]); took >= testLease.TTL {
+		t.Errorf("clean handover took %v after a's term ended, want less than the TTL (%v): the lease was not released", took, testLease.TTL)
 	}
 }
 
