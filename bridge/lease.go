@@ -238,14 +238,18 @@ func (l *Leases) keep(tctx context.Context, lose context.CancelCauseFunc, name s
 			l.stall()
 		}
 		s := time.Now()
-		rctx, cancel := context.WithTimeout(tctx, l.cfg.Renew)
+		// Not under tctx: a renewal cut short by the term's end may still
+		// be applied, and release needs the revision it wrote.
+		rctx, cancel := context.WithTimeout(context.Background(), l.cfg.Renew)
 		next, err := l.kv.Update(rctx, name, []byte(l.holder), rev)
 		cancel()
+		if err == nil {
+			rev = next
+		}
 		switch {
 		case tctx.Err() != nil:
 			return rev
 		case err == nil:
-			rev = next
 			expire.Reset(time.Until(s.Add(l.cfg.TTL)))
 		case errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyNotFound):
 			lose(fmt.Errorf("%w: revision %d is no longer current", ErrLeaseLost, rev))
@@ -261,7 +265,15 @@ func (l *Leases) keep(tctx context.Context, lose context.CancelCauseFunc, name s
 func (l *Leases) release(name string, rev uint64) {
 	ctx, cancel := context.WithTimeout(context.Background(), l.cfg.Renew)
 	defer cancel()
-	if err := l.kv.Delete(ctx, name, jetstream.LastRevision(rev)); err != nil {
+	err := l.kv.Delete(ctx, name, jetstream.LastRevision(rev))
+	if err != nil {
+		// A renewal whose answer was lost moved the revision: the key
+		// is still ours if it names this holder (holder names are unique).
+		if e, gerr := l.kv.Get(ctx, name); gerr == nil && string(e.Value()) == l.holder {
+			err = l.kv.Delete(ctx, name, jetstream.LastRevision(e.Revision()))
+		}
+	}
+	if err != nil {
 		l.log.Debug("lease not released; it expires by itself", "lease", name, "err", err)
 	}
 }
