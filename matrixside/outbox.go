@@ -184,6 +184,19 @@ func (o *outbox) set(ghost id.UserID, jid mapping.BareJID, w wireState, observed
 	return g.version, true
 }
 
+// setIfNone is set for a ghost the outbox knows nothing of yet: what a
+// start restores from the stores never overrides what the core asked.
+func (o *outbox) setIfNone(ghost id.UserID, jid mapping.BareJID, w wireState) bool {
+	o.mu.Lock()
+	_, known := o.ghosts.peek(ghost)
+	o.mu.Unlock()
+	if known {
+		return false
+	}
+	o.set(ghost, jid, w, time.Time{})
+	return true
+}
+
 // waitShown waits until version of ghost's state (or a newer one) is
 // shown by the homeserver. It returns errPresenceRefused if the
 // homeserver refused it for good, errPresenceForgotten if the ghost was

@@ -355,3 +355,46 @@ func TestDeliveryNotReportedWhenSettled(t *testing.T) {
 		t.Errorf("reported %v, want %v", got, want)
 	}
 }
+
+// TestStartRestoresGhostsFromCoreRecords: a side that starts (a restart,
+// or a takeover after the core's commands went to an instance that was
+// dying) shows the presence the core last recorded for the XMPP users of
+// approved links; not for a person who opted out, nor for a link only
+// asked for.
+func TestStartRestoresGhostsFromCoreRecords(t *testing.T) {
+	hs := newFakeHS(t)
+	s := newTestSide(t, testConfig(hs.URL), nil, &fakeObserver{})
+	ctx := t.Context()
+	put := func(jid mapping.BareJID, state bridge.LinkState, optOut bool) {
+		l := bridge.Link{MatrixUser: "@bob:example.org", XMPPUser: jid, State: state, UpdatedAt: time.Now()}
+		if _, err := s.store.Links.Put(ctx, bridge.PairKey(string(l.MatrixUser), string(jid)), l); err != nil {
+			t.Fatal(err)
+		}
+		key := bridge.PresenceKey(mapping.NetworkXMPP, string(jid))
+		if _, err := s.store.Presence.Put(ctx, key, bridge.PresenceRecord{Presence: presenceIs(mapping.StateAway, "private of "+string(jid)), Seq: 1, UpdatedAt: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+		if optOut {
+			if _, err := s.store.Settings.Put(ctx, key, bridge.UserSettings{OptOut: true, UpdatedAt: time.Now()}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	put("alice@example.com", bridge.LinkApproved, false)
+	put("carol@example.com", bridge.LinkApproved, true)
+	put("dave@example.com", bridge.LinkAsked, false)
+
+	s.loadLinks(ctx)
+	startWorkers(t, s)
+	alice := ghostOf(t, "alice@example.com")
+	waitFor(t, 10*time.Second, "alice's ghost shown", func() bool { return len(hs.putsOf(alice)) == 1 })
+	if got := hs.putsOf(alice)[0]; got.StatusMsg != "private of alice@example.com" {
+		t.Errorf("alice's ghost shows %+v", got)
+	}
+	waitFor(t, 5*time.Second, "idle", s.out.idle)
+	for _, jid := range []mapping.BareJID{"carol@example.com", "dave@example.com"} {
+		if n := len(hs.putsOf(ghostOf(t, jid))); n != 0 {
+			t.Errorf("%s: %d PUTs, want none", jid, n)
+		}
+	}
+}

@@ -33,10 +33,14 @@ func (s *Side) showGhost(jid mapping.BareJID, p mapping.Presence, observedAt, no
 		s.log.Warn("no ghost for user", "user", jid, "err", err)
 		return "", 0, false
 	}
-	m := s.tr.ToMatrix(p, now)
-	w := wireState{Presence: event.Presence(m.Presence.String()), Status: mapping.TruncateStatus(m.StatusMsg, s.cfg.MaxStatusLength)}
-	version, pending := s.out.set(ghost, jid, w, observedAt)
+	version, pending := s.out.set(ghost, jid, s.wireOf(p, now), observedAt)
 	return ghost, version, pending
+}
+
+// wireOf is what a ghost is asked to show for p.
+func (s *Side) wireOf(p mapping.Presence, now time.Time) wireState {
+	m := s.tr.ToMatrix(p, now)
+	return wireState{Presence: event.Presence(m.Presence.String()), Status: mapping.TruncateStatus(m.StatusMsg, s.cfg.MaxStatusLength)}
 }
 
 // ghostOf returns the ghost of jid.

@@ -2,11 +2,14 @@ package matrixside
 
 import (
 	"context"
+	"errors"
 	"sync"
+	"time"
 
 	"maunium.net/go/mautrix/id"
 
 	"github.com/presence-bridge/presence-bridge/bridge"
+	"github.com/presence-bridge/presence-bridge/mapping"
 )
 
 // rooms remembers which ghosts and which Matrix users share which rooms,
@@ -173,6 +176,7 @@ func (r *rooms) allUsers() map[id.UserID]struct{} {
 // from the links bucket (the core's; the side only reads it).
 func (s *Side) loadLinks(ctx context.Context) {
 	n := 0
+	var approved []mapping.BareJID
 	err := s.store.Links.Range(ctx, func(_ string, l bridge.Link) error {
 		ghost, err := s.ghostOf(l.XMPPUser)
 		if err != nil {
@@ -180,6 +184,9 @@ func (s *Side) loadLinks(ctx context.Context) {
 		}
 		if l.State == bridge.LinkAsked || l.State == bridge.LinkApproved {
 			s.ghosts.markLinked(ghost)
+		}
+		if l.State == bridge.LinkApproved {
+			approved = append(approved, l.XMPPUser)
 		}
 		if l.RoomID == "" {
 			return nil
@@ -193,4 +200,40 @@ func (s *Side) loadLinks(ctx context.Context) {
 	}
 	s.log.Debug("links loaded", "rooms", n)
 	s.loadReported(ctx)
+	s.restoreGhosts(ctx, approved)
+}
+
+// restoreGhosts shows, after a start or a takeover, the presence the core
+// last recorded for the XMPP users of approved links (pb_presence): what
+// the core asked while no instance was active (a handover) is otherwise
+// lost. The ghosts' records (pb_ghost_presence) keep the homeserver from
+// being asked again what it shows already. An opted-out person's record
+// holds their real presence: nothing is restored for them, nor when their
+// choice cannot be read.
+func (s *Side) restoreGhosts(ctx context.Context, approved []mapping.BareJID) {
+	n := 0
+	for _, jid := range approved {
+		if ctx.Err() != nil {
+			return
+		}
+		key := bridge.PresenceKey(mapping.NetworkXMPP, string(jid))
+		gctx, cancel := context.WithTimeout(ctx, stateTimeout)
+		set, _, serr := s.store.Settings.Get(gctx, key)
+		rec, _, perr := s.store.Presence.Get(gctx, key)
+		cancel()
+		if (serr == nil && set.OptOut) || (serr != nil && !errors.Is(serr, bridge.ErrNotFound)) || perr != nil {
+			continue
+		}
+		if st := rec.Presence.State; st == mapping.StateUnknown || st == mapping.StateUnset {
+			continue
+		}
+		ghost, err := s.ghostOf(jid)
+		if err != nil {
+			continue
+		}
+		if s.out.setIfNone(ghost, jid, s.wireOf(rec.Presence, time.Now())) {
+			n++
+		}
+	}
+	s.log.Debug("ghosts' presence restored from the core's records", "ghosts", n)
 }
