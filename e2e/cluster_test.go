@@ -202,7 +202,7 @@ func TestClusterXMPPFailover(t *testing.T) {
 		if sub := rosterOf(t, l.alice)[l.puppet]; sub != "both" {
 			t.Errorf("after the failover alice's roster has %s as %q, want both", l.puppet, sub)
 		}
-		e.flowsBothWays(l, fmt.Sprintf("xmpp-failover-%d", round))
+		e.flowsBothWaysEventually(l, fmt.Sprintf("xmpp-failover-%d", round), failoverWait)
 		// The dead instance comes back as the standby.
 		if err := act.proc.start(); err != nil {
 			t.Fatal(err)
@@ -258,7 +258,7 @@ func TestClusterMatrixFailover(t *testing.T) {
 		took = append(took, time.Since(killed))
 		sendPresence(t, l.alice, "", "", "away", "alice-"+tag)
 		l.bob.waitPresence(failoverWait, l.ghost, "alice's change after the failover", is("unavailable", "alice-"+tag))
-		e.flowsBothWays(l, fmt.Sprintf("matrix-failover-%d", round))
+		e.flowsBothWaysEventually(l, fmt.Sprintf("matrix-failover-%d", round), failoverWait)
 		if err := act.proc.start(); err != nil {
 			t.Fatal(err)
 		}
@@ -360,11 +360,10 @@ func TestClusterNATSNodeKilled(t *testing.T) {
 		e.cluster.Restart(node)
 		e.cluster.WaitReady(readyTimeout)
 		// A node that led the lease bucket takes the leases with it for
-		// the election (seconds): a side may hand over. Presence
-		// commands published while no matrix instance is active are
-		// lost (see the report of issue 11); wait for the handover.
+		// the election (seconds): a side may hand over, and the change
+		// may take that long; it must arrive.
 		e.waitClusterReady(failoverWait)
-		e.flowsBothWays(l, fmt.Sprintf("node-%d-back", node))
+		e.flowsBothWaysEventually(l, fmt.Sprintf("node-%d-back", node), failoverWait)
 	}
 }
 
@@ -390,7 +389,7 @@ func TestClusterRollingRestart(t *testing.T) {
 			return nil
 		})
 		e.waitClusterReady(failoverWait)
-		e.flowsBothWays(l, "rolled-"+strings.TrimSuffix(filepath.Base(p.logPath), ".log"))
+		e.flowsBothWaysEventually(l, "rolled-"+strings.TrimSuffix(filepath.Base(p.logPath), ".log"), failoverWait)
 	}
 	if err := l.bob.sync(0); err != nil {
 		t.Fatal(err)
