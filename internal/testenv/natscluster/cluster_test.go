@@ -13,8 +13,17 @@ import (
 func TestKillRestart(t *testing.T) {
 	c := Start(t, 3)
 	c.Kill(1)
-	if err := jsReady(c.URL(0)); err != nil {
-		t.Fatalf("JetStream through node 0 with node 1 dead: %v", err)
+	// If node 1 led the JetStream meta group, the others elect another
+	// leader first (seconds).
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		err := jsReady(c.URL(0))
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("JetStream through node 0 with node 1 dead: %v", err)
+		}
+		<-time.After(100 * time.Millisecond) // an answer that came at once ("no responders")
 	}
 	c.Restart(1)
 	c.WaitReady(60 * time.Second)
