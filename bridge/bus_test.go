@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/presence-bridge/presence-bridge/internal/testenv/poll"
 	"github.com/presence-bridge/presence-bridge/mapping"
 )
 
@@ -39,13 +40,7 @@ func openTestBus(t testing.TB, dir string) *Bus {
 // waitFor polls cond until it holds or the deadline passes.
 func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	poll.Until(t, timeout, what, cond)
 }
 
 func TestPublishSubscribePresence(t *testing.T) {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/presence-bridge/presence-bridge/internal/testenv/natscluster"
+	"github.com/presence-bridge/presence-bridge/internal/testenv/poll"
 	"github.com/presence-bridge/presence-bridge/mapping"
 )
 
@@ -28,20 +29,16 @@ func openExternal(t *testing.T, urls []string, replicas int) *Bus {
 	t.Helper()
 	cfg := Default()
 	cfg.URLs, cfg.Replicas = urls, replicas
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	var b *Bus
+	var err error
+	poll.Until(t, 60*time.Second, "external nats usable", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		b, err := Open(ctx, cfg, nil)
-		cancel()
-		if err == nil {
-			t.Cleanup(func() { b.Close() })
-			return b
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("external nats never became usable: %v", err)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		defer cancel()
+		b, err = Open(ctx, cfg, nil)
+		return err == nil
+	})
+	t.Cleanup(func() { b.Close() })
+	return b
 }
 
 // TestExternalClusterMode: two bridge processes' worth of buses on
@@ -59,18 +56,10 @@ func TestExternalClusterMode(t *testing.T) {
 	if _, err := a.Store().Settings.Put(ctx, PresenceKey(mapping.NetworkXMPP, "alice@example.com"), UserSettings{OptOut: true}); err != nil {
 		t.Fatal(err)
 	}
-	var s UserSettings
-	var err error
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		s, _, err = b.Store().Settings.Get(ctx, PresenceKey(mapping.NetworkXMPP, "alice@example.com"))
-		if err == nil && s.OptOut {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("read through another server: %+v %v", s, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	poll.Until(t, 10*time.Second, "the opt-out read through another server", func() bool {
+		s, _, err := b.Store().Settings.Get(ctx, PresenceKey(mapping.NetworkXMPP, "alice@example.com"))
+		return err == nil && s.OptOut
+	})
 
 	// A durable event published on one server is consumed on another.
 	var got atomic.Int32

@@ -118,7 +118,10 @@ func TestLeaseHolderDiesOtherTakesOver(t *testing.T) {
 	wake := func() { once.Do(func() { close(release) }) }
 	t.Cleanup(wake) // before the Run above is stopped
 	waitFor(t, 5*time.Second, "a active", ta.isActive)
-	runLease(t, testLeases(t, b, "b"), &tb, nil)
+	lb := testLeases(t, b, "b")
+	var bRenewals atomic.Int32
+	lb.stall = func() { bRenewals.Add(1) }
+	runLease(t, lb, &tb, nil)
 
 	// a freezes: no renewal from now on (a dead or paused process).
 	stalled.Store(true)
@@ -139,8 +142,15 @@ func TestLeaseHolderDiesOtherTakesOver(t *testing.T) {
 		t.Fatalf("a's term ended at %v, b's began at %v: two active at once", aEnded, bStarted)
 	}
 	wake()
-	// a wakes up, finds the lease taken and stands by.
-	time.Sleep(2 * testLease.Renew)
+	// a wakes up, finds the lease taken and stands by: while b renews
+	// twice more, a is never active again.
+	n := bRenewals.Load()
+	waitFor(t, 10*testLease.TTL, "two more renewals by b", func() bool {
+		if ta.isActive() {
+			t.Fatal("a, woken up, is active again while b holds the lease")
+		}
+		return bRenewals.Load() >= n+2
+	})
 	if ta.isActive() {
 		t.Fatal("a, woken up, is active again while b holds the lease")
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/presence-bridge/presence-bridge/bridge/core"
 	"github.com/presence-bridge/presence-bridge/bridge/opsapi"
 	"github.com/presence-bridge/presence-bridge/bridge/transport"
+	"github.com/presence-bridge/presence-bridge/internal/testenv/poll"
 	"github.com/presence-bridge/presence-bridge/mapping"
 )
 
@@ -142,10 +143,7 @@ func BenchmarkCoreWatchers(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
-		deadline := time.Now().Add(2 * time.Minute)
-		for out.Load() < int64(n) && time.Now().Before(deadline) {
-			time.Sleep(time.Millisecond)
-		}
+		poll.Until(b, 2*time.Minute, fmt.Sprintf("%d events out", n), func() bool { return out.Load() >= int64(n) })
 		if got := out.Load(); got < int64(n) {
 			b.Fatalf("only %d of %d events came out", got, n)
 		}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/presence-bridge/presence-bridge/bridge"
+	"github.com/presence-bridge/presence-bridge/internal/testenv/poll"
 )
 
 // Open starts an embedded bus with its data in dir (a temp dir if empty)
@@ -34,13 +35,7 @@ func Open(t testing.TB, dir string) *bridge.Bus {
 // WaitFor polls cond until it holds, or fails the test after timeout.
 func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	poll.Until(t, timeout, what, cond)
 }
 
 // Logger logs at debug level to t until the test ends (later lines, from
